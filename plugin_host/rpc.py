@@ -1,0 +1,473 @@
+"""JSON-RPC 2.0 over a pair of byte streams, one message per line (SPEC 3.1).
+
+Transport (line framing with a hard size bound) and dispatch (ids, pending
+calls, cancellation) live here; both the host and the SDK use this class, so
+the two ends of every plugin connection share one implementation.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import ByteReceiveStream, ByteSendStream, TaskStatus
+
+from .errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    REQUEST_CANCELLED,
+    TIMED_OUT,
+    TOO_LARGE,
+    UNAVAILABLE,
+    RpcError,
+)
+
+DEFAULT_MAX_MESSAGE_BYTES = 524_288
+CANCEL_METHOD = "$/cancelRequest"
+_READ_CHUNK = 65_536
+_NOTIFICATION_QUEUE = 1024
+
+log = logging.getLogger(__name__)
+
+UNSET = msgspec.UNSET
+Id = int | str | None
+
+
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Incoming(msgspec.Struct, omit_defaults=True):
+    """Any message read from the peer; params/result stay raw until a typed decode."""
+
+    jsonrpc: str | msgspec.UnsetType = UNSET
+    id: Id | msgspec.UnsetType = UNSET
+    method: str | msgspec.UnsetType = UNSET
+    params: msgspec.Raw | msgspec.UnsetType = UNSET
+    result: msgspec.Raw | msgspec.UnsetType = UNSET
+    error: ErrorObject | msgspec.UnsetType = UNSET
+
+
+class _Request(msgspec.Struct):
+    jsonrpc: str
+    id: int | str
+    method: str
+    params: Any
+
+
+class _Notification(msgspec.Struct):
+    jsonrpc: str
+    method: str
+    params: Any
+
+
+class _Result(msgspec.Struct):
+    jsonrpc: str
+    id: Id
+    result: Any
+
+
+class _Error(msgspec.Struct):
+    jsonrpc: str
+    id: Id
+    error: ErrorObject
+
+
+RequestHandler = Callable[[str, "msgspec.Raw | None", "RequestContext"], Awaitable[Any]]
+NotificationHandler = Callable[[str, "msgspec.Raw | None"], Awaitable[None]]
+ViolationHook = Callable[[str, bytes], None]
+
+
+class RequestContext:
+    """What a request handler knows about the request it serves."""
+
+    __slots__ = ("id", "method", "cancel_scope")
+
+    def __init__(self, id: Id, method: str, cancel_scope: anyio.CancelScope) -> None:
+        self.id = id
+        self.method = method
+        self.cancel_scope = cancel_scope
+
+
+class ConnectionStats:
+    __slots__ = ("protocol_violations", "oversized_messages", "messages_in", "messages_out")
+
+    def __init__(self) -> None:
+        self.protocol_violations = 0
+        self.oversized_messages = 0
+        self.messages_in = 0
+        self.messages_out = 0
+
+
+class _Waiter:
+    __slots__ = ("event", "result", "error")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: msgspec.Raw | None = None
+        self.error: RpcError | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Incoming)
+_NULL = msgspec.Raw(b"null")
+
+
+async def _method_not_found(method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
+    from .errors import METHOD_NOT_FOUND
+
+    raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+
+async def _ignore_notification(method: str, params: msgspec.Raw | None) -> None:
+    return None
+
+
+class Connection:
+    """One JSON-RPC peer over newline-delimited byte streams.
+
+    Run `serve()` in a task group you own; it returns when the peer closes its
+    output (EOF) or the streams break, after failing every pending call with
+    -32002. `call`/`notify` may be used from any task while it runs.
+    """
+
+    def __init__(
+        self,
+        receive: ByteReceiveStream,
+        send: ByteSendStream,
+        *,
+        on_request: RequestHandler = _method_not_found,
+        on_notification: NotificationHandler = _ignore_notification,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_violation: ViolationHook | None = None,
+        name: str = "peer",
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._on_request = on_request
+        self._on_notification = on_notification
+        self.max_message_bytes = max_message_bytes
+        self._on_violation = on_violation
+        self.name = name
+        self.stats = ConnectionStats()
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, _Waiter] = {}
+        self._incoming: dict[Id, anyio.CancelScope] = {}
+        self._wbuf: list[bytes] = []
+        self._round = anyio.Event()  # set when the batch holding the current _wbuf is written
+        self._wakeup = anyio.Event()
+        self._write_error: BaseException | None = None
+        self._closed = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._notes_send, self._notes_recv = anyio.create_memory_object_stream[tuple[str, Any]](
+            _NOTIFICATION_QUEUE
+        )
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                tg.start_soon(self._notification_worker)
+                task_status.started()
+                try:
+                    await self._read_loop()
+                finally:
+                    self._close(RpcError(UNAVAILABLE, f"{self.name} closed the connection"))
+                # Let answers already queued reach the peer before tearing down.
+                with anyio.move_on_after(1):
+                    await self._drain()
+                tg.cancel_scope.cancel()
+        finally:
+            self._close(RpcError(UNAVAILABLE, f"{self.name} connection stopped"))
+            self._tg = None
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        result_type: Any = Any,
+    ) -> Any:
+        """Send a request and wait for its answer; raises `RpcError`.
+
+        On timeout the peer is told with `$/cancelRequest` and -32001 is raised;
+        a cancelled caller also sends `$/cancelRequest` before unwinding.
+        """
+        if self._closed:
+            raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
+        request_id = next(self._ids)
+        data = _encoder.encode(_Request("2.0", request_id, method, {} if params is None else params))
+        if len(data) > self.max_message_bytes:
+            raise RpcError(
+                TOO_LARGE,
+                f"request {method} is {len(data)} bytes, over the {self.max_message_bytes} byte limit",
+            )
+        waiter = _Waiter()
+        self._pending[request_id] = waiter
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                await self._write(data)
+                await waiter.event.wait()
+            if scope.cancelled_caught and not waiter.event.is_set():
+                await self._send_cancel(request_id)
+                raise RpcError(TIMED_OUT, f"{method} timed out after {timeout:g} s")
+        except anyio.get_cancelled_exc_class():
+            if not waiter.event.is_set():
+                with anyio.CancelScope(shield=True):
+                    await self._send_cancel(request_id)
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+        if waiter.error is not None:
+            raise waiter.error
+        raw = waiter.result if waiter.result is not None else _NULL
+        if result_type is Any:
+            return msgspec.json.decode(raw)
+        try:
+            return msgspec.json.decode(raw, type=result_type)
+        except msgspec.ValidationError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid result for {method}: {exc}") from None
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        if self._closed:
+            raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
+        data = _encoder.encode(_Notification("2.0", method, {} if params is None else params))
+        if len(data) > self.max_message_bytes:
+            raise RpcError(TOO_LARGE, f"notification {method} is over the size limit")
+        await self._write(data)
+
+    def fail_pending(self, error: RpcError) -> None:
+        """Fail every call in flight (the peer died)."""
+        for waiter in list(self._pending.values()):
+            if not waiter.event.is_set():
+                waiter.error = error
+                waiter.event.set()
+
+    # ---------------------------------------------------------------- writing
+
+    async def _write(self, data: bytes) -> None:
+        if self._write_error is not None or self._closed and self._tg is None:
+            raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
+        done = self._round
+        self._wbuf.append(data)
+        self._wbuf.append(b"\n")
+        self._wakeup.set()
+        await done.wait()
+        if self._write_error is not None:
+            raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
+        self.stats.messages_out += 1
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                if not self._wbuf:
+                    continue
+                batch, self._wbuf = self._wbuf, []
+                done, self._round = self._round, anyio.Event()
+                try:
+                    await self._send.send(b"".join(batch))
+                finally:
+                    done.set()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._write_error = exc
+        finally:
+            if self._write_error is None and self._closed:
+                self._write_error = anyio.ClosedResourceError()
+            self._round.set()
+
+    async def _drain(self) -> None:
+        while self._wbuf and self._write_error is None:
+            await self._round.wait()
+
+    async def _send_cancel(self, request_id: int | str) -> None:
+        try:
+            with anyio.move_on_after(1):
+                await self.notify(CANCEL_METHOD, {"id": request_id})
+        except RpcError:
+            pass
+
+    async def _respond(self, request_id: Id, result: Any) -> None:
+        data = _encoder.encode(_Result("2.0", request_id, result))
+        if len(data) > self.max_message_bytes:
+            data = _encoder.encode(
+                _Error("2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit"))
+            )
+        await self._write(data)
+
+    async def _respond_error(self, request_id: Id, error: RpcError) -> None:
+        data = error.data
+        obj = ErrorObject(error.code, error.message, data) if data is not None else ErrorObject(error.code, error.message)
+        await self._write(_encoder.encode(_Error("2.0", request_id, obj)))
+
+    # ---------------------------------------------------------------- reading
+
+    async def _read_loop(self) -> None:
+        limit = self.max_message_bytes
+        buf = bytearray()
+        discarding = False
+        while True:
+            try:
+                chunk = await self._receive.receive(_READ_CHUNK)
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                return
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                if nl < 0:
+                    if not discarding:
+                        if len(buf) + len(chunk) - start > limit:
+                            self._oversized(bytes(buf[:200]) or chunk[start : start + 200])
+                            buf.clear()
+                            discarding = True
+                        else:
+                            buf += chunk[start:]
+                    break
+                if discarding:
+                    discarding = False
+                elif buf:
+                    buf += chunk[start:nl]
+                    if len(buf) > limit + 1:
+                        self._oversized(bytes(buf[:200]))
+                    else:
+                        await self._handle_line(bytes(buf))
+                    buf.clear()
+                elif nl - start > limit + 1:
+                    self._oversized(chunk[start : start + 200])
+                else:
+                    await self._handle_line(chunk[start:nl])
+                start = nl + 1
+
+    def _oversized(self, head: bytes) -> None:
+        self.stats.oversized_messages += 1
+        if self._on_violation is not None:
+            self._on_violation("oversized", head)
+
+    def _violation(self, kind: str, line: bytes) -> None:
+        self.stats.protocol_violations += 1
+        if self._on_violation is not None:
+            self._on_violation(kind, line[:200])
+
+    async def _handle_line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            msg = _decoder.decode(line)
+        except msgspec.DecodeError:
+            self._violation("not_json_rpc", line)
+            return
+        if msg.jsonrpc != "2.0":
+            self._violation("not_json_rpc", line)
+            if msg.method is not UNSET and msg.id is not UNSET:
+                await self._respond_error(msg.id, RpcError(INVALID_REQUEST, "jsonrpc must be \"2.0\""))
+            return
+        self.stats.messages_in += 1
+        if msg.method is not UNSET:
+            params = None if msg.params is UNSET else msg.params
+            if msg.id is UNSET:
+                await self._dispatch_notification(msg.method, params)
+            elif msg.id is None:
+                self._violation("invalid_request", line)
+                await self._respond_error(None, RpcError(INVALID_REQUEST, "request id must not be null"))
+            else:
+                self._dispatch_request(msg.id, msg.method, params)
+            return
+        if msg.id is UNSET or (msg.result is UNSET and msg.error is UNSET):
+            self._violation("invalid_message", line)
+            return
+        waiter = self._pending.get(msg.id)  # type: ignore[arg-type]
+        if waiter is None or waiter.event.is_set():
+            # an answer to a call we already gave up on (timeout) is expected, not a violation
+            return
+        if msg.error is not UNSET:
+            err = msg.error
+            waiter.error = RpcError(err.code, err.message, err.data)
+        else:
+            waiter.result = msg.result  # type: ignore[assignment]
+        waiter.event.set()
+
+    async def _dispatch_notification(self, method: str, params: msgspec.Raw | None) -> None:
+        if method == CANCEL_METHOD:
+            try:
+                target = msgspec.json.decode(params or b"{}").get("id")
+            except (msgspec.DecodeError, AttributeError):
+                return
+            scope = self._incoming.get(target)
+            if scope is not None:
+                scope.cancel()
+            return
+        # ordered, off the read loop, bounded: a slow consumer slows the peer, never us
+        await self._notes_send.send((method, params))
+
+    async def _notification_worker(self) -> None:
+        async for method, params in self._notes_recv:
+            try:
+                await self._on_notification(method, params)
+            except Exception:  # a bad notification must not stop the connection
+                log.exception("%s: notification %s failed", self.name, method)
+
+    def _dispatch_request(self, request_id: Id, method: str, params: msgspec.Raw | None) -> None:
+        if request_id in self._incoming:
+            self._violation("duplicate_id", method.encode())
+            return
+        scope = anyio.CancelScope()
+        self._incoming[request_id] = scope
+        assert self._tg is not None
+        self._tg.start_soon(self._run_request, request_id, method, params, scope)
+
+    async def _run_request(
+        self, request_id: Id, method: str, params: msgspec.Raw | None, scope: anyio.CancelScope
+    ) -> None:
+        error: RpcError | None = None
+        result: Any = None
+        try:
+            with scope:
+                try:
+                    result = await self._on_request(method, params, RequestContext(request_id, method, scope))
+                except RpcError as exc:
+                    error = exc
+                except msgspec.ValidationError as exc:
+                    error = RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
+                except msgspec.DecodeError as exc:
+                    error = RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
+                except Exception as exc:
+                    log.exception("%s: handler for %s failed", self.name, method)
+                    error = RpcError(INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}")
+            if scope.cancelled_caught:
+                error = RpcError(REQUEST_CANCELLED, f"{method} was cancelled")
+            try:
+                if error is not None:
+                    await self._respond_error(request_id, error)
+                else:
+                    await self._respond(request_id, result)
+            except RpcError:
+                pass  # peer gone; nothing to answer
+        finally:
+            self._incoming.pop(request_id, None)
+
+    def _close(self, error: RpcError) -> None:
+        if not self._closed:
+            self._closed = True
+            self.fail_pending(error)
+            self._notes_send.close()
