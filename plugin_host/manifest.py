@@ -1,4 +1,8 @@
-"""The plugin manifest, `plugin.json` (SPEC 4), with every default of the spec."""
+"""The plugin manifest, `plugin.json` (SPEC 4), with every default of the spec.
+
+`load_manifest(bytes) -> Manifest` checks it against `schemas/plugin-manifest.schema.json`
+(through `plugin_host.wire_schemas`, imported lazily) and raises `ManifestError`.
+"""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -51,3 +55,78 @@ class Manifest(_M):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: Limits = msgspec.field(default_factory=Limits)
     health_interval_ms: int = 10000
+
+
+class ManifestError(Exception):
+    """plugin.json is refused; `code` names the rule, `errors` lists schema issues ({path, message})."""
+
+    def __init__(self, code: str, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+
+    def __repr__(self) -> str:
+        return f"ManifestError({self.code!r}, {self.message!r})"
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def load_manifest(data: bytes) -> Manifest:
+    """Parse and validate plugin.json (SPEC 4): size, JSON, schema, configSchema, then decode.
+
+    Raises ManifestError with code `manifest_too_large`, `manifest_invalid_json` or
+    `manifest_schema`.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            "manifest_too_large", f"{MANIFEST_NAME} is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )
+    try:
+        obj = msgspec.json.decode(data.removeprefix(_BOM))
+    except msgspec.DecodeError as exc:
+        raise ManifestError("manifest_invalid_json", f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+
+    # jsonschema costs tens of milliseconds to import; plugins import this module on cold start.
+    from .wire_schemas import errors_of, manifest_validator
+
+    errors = errors_of(manifest_validator(), obj)
+    if not errors:
+        errors = _config_schema_errors(obj.get("configSchema")) + _duplicate_kinds(obj["connectors"])
+    if errors:
+        first = errors[0]
+        raise ManifestError(
+            "manifest_schema",
+            f"{MANIFEST_NAME} does not match the manifest schema: {first['path'] or '/'}: {first['message']}",
+            errors,
+        )
+    try:
+        return msgspec.convert(obj, Manifest)
+    except msgspec.ValidationError as exc:  # the schema should have caught it; keep one error shape anyway
+        raise ManifestError("manifest_schema", f"{MANIFEST_NAME}: {exc}", [{"path": "", "message": str(exc)}]) from None
+
+
+def _config_schema_errors(config_schema: Any) -> list[dict[str, str]]:
+    if config_schema is None:
+        return []
+    from jsonschema import Draft202012Validator
+
+    from .wire_schemas import errors_of
+
+    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+    return [
+        {"path": e["path"], "message": f"configSchema is not a valid JSON Schema: {e['message']}"}
+        for e in errors_of(meta, config_schema, prefix="/configSchema")
+    ]
+
+
+def _duplicate_kinds(connectors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    seen: set[str] = set()
+    errors = []
+    for i, connector in enumerate(connectors):
+        kind = connector["kind"]
+        if kind in seen:
+            errors.append({"path": f"/connectors/{i}/kind", "message": f"connector kind {kind!r} is declared twice"})
+        seen.add(kind)
+    return errors
