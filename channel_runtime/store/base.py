@@ -1,0 +1,533 @@
+"""The store interface: one abstract class per area, records, and the `Store` facade.
+
+Every method is async and speaks only Python values and the records below (no
+SQL, no driver types), so a PostgreSQL backend can follow without touching
+callers. Timestamps are float epoch seconds from the injected clock
+(`Clock.time()`).
+
+Queues (inbox, outbox) share one model:
+- statuses `pending` -> `claimed` -> done (`ack`/`mark_sent`) or back to `pending`
+  (`retry`, with a delay) or `dead` (`dead_letter`);
+- a conversation (channel id + conversation key) is worked in order: only its
+  earliest unfinished entry can be claimed, and only when that entry is due
+  (`next_attempt_at <= now`) and not held by a live claim. Dead entries count as
+  finished, so a dead letter does not block its conversation; different
+  conversations are claimed in parallel, oldest head first;
+- claims are leases: `claim_ready` sets `claimed_until = now + lease`. An entry
+  whose holder crashed (or was closed without acking) is handed out again once
+  its lease has run out, also by a new store opened on the same file. Leases,
+  rather than resetting claims when a store opens, keep a second process that
+  opens the same file (a CLI command) from stealing live work. A consumer must
+  finish an entry within its lease; `attempts` counts the claims. An owner that
+  knows it is the only consumer (the runtime, at start) may call
+  `release_claims()` to hand every claim back at once instead of waiting.
+"""
+from __future__ import annotations
+
+import abc
+import secrets
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Literal, get_args
+
+import msgspec
+
+from plugin_host.protocol import SessionStatus
+
+from ..crypto import CredentialCipher
+from ..messages import InboundMessage
+
+DEDUPE_IN_PROGRESS_TTL = 60.0  # SPEC 6.3: processing and updated less than this ago -> 409
+DEDUPE_RETENTION = 7 * 24 * 3600.0  # SPEC 6.3: completed records kept this long
+RETRY_AFTER_SECONDS = 5  # SPEC 6.3: the 409 answer's retryAfterSeconds
+DEFAULT_LEASE = 300.0  # seconds a claimed queue entry is held before it is handed out again
+
+DedupeStatus = Literal["processing", "completed", "failed"]
+BeginOutcome = Literal["new", "duplicate", "in_progress", "stale", "retry"]
+QueueStatus = Literal["pending", "claimed", "dead"]
+OutboxStatus = Literal["pending", "claimed", "sent", "dead"]
+ConnectionState = Literal["pending", "pairing", "connected", "disconnected", "error", "revoked"]
+CONNECTION_STATES: frozenset[str] = frozenset(get_args(ConnectionState))
+SESSION_STATES: frozenset[str] = frozenset(get_args(SessionStatus))  # SPEC 3.5
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done (bad URL, unknown record, invalid value)."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """No record with that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+def check_connection_status(status: str) -> None:
+    if status not in CONNECTION_STATES:
+        raise StoreError(f"unknown connection status {status!r}; expected one of {sorted(CONNECTION_STATES)}")
+
+
+def require_cipher(cipher: CredentialCipher | None) -> CredentialCipher:
+    if cipher is None:
+        raise StoreError("this store was opened without a CredentialCipher; credentials cannot be stored or read")
+    return cipher
+
+
+def check_session_status(status: str) -> None:
+    if status not in SESSION_STATES:
+        raise StoreError(f"unknown connector session status {status!r}; expected one of {sorted(SESSION_STATES)}")
+
+
+class _Record(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
+    pass
+
+
+# ---------------------------------------------------------------- bridge dedupe (SPEC 6.3)
+
+
+def dedupe_key(connection_id: str, event_id: str) -> str:
+    """The bridge dedupe key `{connectionId}:{eventId}` (connection ids hold no colon)."""
+    return f"{connection_id}:{event_id}"
+
+
+class DedupeRecord(_Record):
+    dedupe_key: str
+    connection_id: str
+    event_id: str
+    status: DedupeStatus
+    first_seen_at: float
+    updated_at: float
+    delivery_attempts: int
+    message_id: str = ""
+    last_error: str | None = None
+
+
+class BeginResult(_Record):
+    """What to do with a delivery: `should_process` for new/stale/retry."""
+
+    outcome: BeginOutcome
+    record: DedupeRecord
+
+    @property
+    def should_process(self) -> bool:
+        return self.outcome in ("new", "stale", "retry")
+
+    @property
+    def dedupe_key(self) -> str:
+        return self.record.dedupe_key
+
+
+def decide_begin(
+    existing: DedupeRecord | None,
+    *,
+    connection_id: str,
+    event_id: str,
+    message_id: str,
+    now: float,
+    ttl: float,
+) -> tuple[BeginOutcome, DedupeRecord, bool]:
+    """SPEC 6.3 as a pure function: (outcome, record after, whether the record changed).
+
+    Every backend calls this inside its own atomic section, so the rules live once.
+    """
+    if existing is None:
+        record = DedupeRecord(
+            dedupe_key=dedupe_key(connection_id, event_id), connection_id=connection_id,
+            event_id=event_id, status="processing", first_seen_at=now, updated_at=now,
+            delivery_attempts=1, message_id=message_id,
+        )
+        return "new", record, True
+    if existing.status == "completed":
+        return "duplicate", existing, False
+    if existing.status == "processing" and now - existing.updated_at < ttl:
+        return "in_progress", existing, False
+    outcome: BeginOutcome = "stale" if existing.status == "processing" else "retry"
+    record = msgspec.structs.replace(
+        existing, status="processing", updated_at=now,
+        delivery_attempts=existing.delivery_attempts + 1,
+        message_id=message_id or existing.message_id, last_error=None,
+    )
+    return outcome, record, True
+
+
+class BridgeDedupeStore(abc.ABC):
+    """Bridge dedupe by `connectionId + eventId` (SPEC 6.3)."""
+
+    ttl: float
+    retention: float
+
+    @abc.abstractmethod
+    async def begin(self, connection_id: str, event_id: str, message_id: str = "") -> BeginResult:
+        """Record a delivery and say what to do with it (atomic: one caller gets `new`)."""
+
+    @abc.abstractmethod
+    async def complete(self, key: str) -> bool:
+        """Mark processed; False when there is no such record."""
+
+    @abc.abstractmethod
+    async def fail(self, key: str, error: str) -> bool:
+        """Mark failed with `error` (the next delivery processes again); False when unknown."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> DedupeRecord | None: ...
+
+    @abc.abstractmethod
+    async def prune(self, retention: float | None = None) -> int:
+        """Remove completed records not updated for `retention` seconds (default: the store's); count."""
+
+
+# ---------------------------------------------------------------- runtime message dedupe
+
+
+class MessageDedupeStore(abc.ABC):
+    """Runtime dedupe by `channelId + messageId` (SPEC 6.3)."""
+
+    retention: float
+
+    @abc.abstractmethod
+    async def seen_or_mark(self, channel_id: str, message_id: str) -> bool:
+        """True when already seen; otherwise remember it now and return False."""
+
+    @abc.abstractmethod
+    async def prune(self, retention: float | None = None) -> int:
+        """Forget ids seen `retention` seconds ago or more; count."""
+
+
+# ---------------------------------------------------------------- inbox
+
+
+class InboxEntry(_Record):
+    id: int
+    channel_id: str
+    session_id: str
+    message: InboundMessage
+    status: QueueStatus
+    attempts: int
+    next_attempt_at: float
+    claimed_until: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+class InboxStore(abc.ABC):
+    """Durable inbox; conversation = channel id + `message.session_id`."""
+
+    @abc.abstractmethod
+    async def commit(self, message: InboundMessage) -> InboxEntry | None:
+        """Mark `channelId + messageId` seen and enqueue, atomically; None when the id was seen."""
+
+    @abc.abstractmethod
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
+        """Claim up to `limit` due conversation heads (see the module doc)."""
+
+    @abc.abstractmethod
+    async def release_claims(self) -> int:
+        """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
+
+    @abc.abstractmethod
+    async def ack(self, entry_id: int) -> bool:
+        """Done: remove the entry; False when unknown."""
+
+    @abc.abstractmethod
+    async def retry(self, entry_id: int, error: str, delay: float) -> bool:
+        """Back to pending, due `delay` seconds from now; its conversation waits for it."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, entry_id: int, error: str) -> bool:
+        """Give up: keep it visible in `list_dead`; its conversation moves on."""
+
+    @abc.abstractmethod
+    async def get(self, entry_id: int) -> InboxEntry | None: ...
+
+    @abc.abstractmethod
+    async def list_dead(self, limit: int = 100) -> list[InboxEntry]:
+        """Dead letters, oldest first."""
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int:
+        """Entries not yet finished (pending or claimed)."""
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def outbox_conversation(request_id: str) -> str:
+    """Default conversation key of a request id: it minus its last `:` part.
+
+    For SPEC 6.4 ids (`out_{channel}:{session_id}:{suffix}`) this is
+    `out_{channel}:{session_id}`, one key per conversation.
+    """
+    head, sep, _ = request_id.rpartition(":")
+    return head if sep else request_id
+
+
+class OutboxEntry(_Record):
+    id: int
+    channel_id: str
+    request_id: str
+    conversation: str
+    payload: dict[str, Any]
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: float
+    claimed_until: float | None
+    last_error: str | None
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+class OutboxStore(abc.ABC):
+    """Durable outbox, idempotent by `request_id`; ordered per conversation."""
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, channel_id: str, request_id: str, payload: dict[str, Any], *, conversation: str | None = None
+    ) -> bool:
+        """Add a delivery; False (and nothing changes) when `request_id` is already known.
+
+        `conversation` defaults to `outbox_conversation(request_id)`.
+        """
+
+    @abc.abstractmethod
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]: ...
+
+    @abc.abstractmethod
+    async def release_claims(self) -> int:
+        """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
+
+    @abc.abstractmethod
+    async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
+        """Delivered: kept as `sent` (so the request id stays known) until `prune`."""
+
+    @abc.abstractmethod
+    async def retry(self, entry_id: int, error: str, delay: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def dead_letter(self, entry_id: int, error: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def get(self, entry_id: int) -> OutboxEntry | None: ...
+
+    @abc.abstractmethod
+    async def get_by_request_id(self, request_id: str) -> OutboxEntry | None: ...
+
+    @abc.abstractmethod
+    async def list_dead(self, limit: int = 100) -> list[OutboxEntry]:
+        """Dead letters, oldest first."""
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int: ...
+
+    @abc.abstractmethod
+    async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
+        """Remove `sent` entries last updated `retention` seconds ago or more; count."""
+
+
+# ---------------------------------------------------------------- connections
+
+
+def new_connection_id() -> str:
+    return "conn_" + secrets.token_urlsafe(18)  # 24 url-safe characters
+
+
+def new_session_id() -> str:
+    return "cs_" + secrets.token_urlsafe(18)
+
+
+class ConnectionRecord(_Record):
+    """A connection as stored; never carries credentials (see `ConnectionStore.get_credentials`)."""
+
+    connection_id: str
+    kind: str
+    plugin_id: str
+    channel_id: str
+    account_id: str
+    display_name: str
+    options: dict[str, Any]
+    status: ConnectionState
+    error: str | None
+    has_credentials: bool
+    created_at: float
+    updated_at: float
+
+
+_Connections = list[ConnectionRecord]
+
+
+class ConnectionStore(abc.ABC):
+    @abc.abstractmethod
+    async def create(
+        self,
+        *,
+        kind: str,
+        plugin_id: str,
+        channel_id: str | None = None,
+        account_id: str = "",
+        display_name: str = "",
+        options: dict[str, Any] | None = None,
+        status: ConnectionState = "pending",
+        connection_id: str | None = None,
+    ) -> ConnectionRecord:
+        """A new connection (`conn_...` id unless given); `channel_id` defaults to the connection id."""
+
+    @abc.abstractmethod
+    async def get(self, connection_id: str) -> ConnectionRecord | None: ...
+
+    @abc.abstractmethod
+    async def list(
+        self, *, status: str | None = None, kind: str | None = None, plugin_id: str | None = None
+    ) -> _Connections:
+        """Connections, oldest first, filtered by the given fields."""
+
+    @abc.abstractmethod
+    async def update(
+        self,
+        connection_id: str,
+        *,
+        channel_id: str | None = None,
+        account_id: str | None = None,
+        display_name: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> ConnectionRecord:
+        """Change the given fields; NotFoundError when unknown."""
+
+    @abc.abstractmethod
+    async def update_status(
+        self, connection_id: str, status: ConnectionState, error: str | None = None
+    ) -> ConnectionRecord:
+        """Set the status and error (None clears it); NotFoundError when unknown."""
+
+    @abc.abstractmethod
+    async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
+        """Store credentials encrypted with the store's `CredentialCipher`."""
+
+    @abc.abstractmethod
+    async def get_credentials(self, connection_id: str) -> dict[str, Any]:
+        """Decrypted credentials, `{}` when none; CredentialDecryptError on a wrong key."""
+
+    @abc.abstractmethod
+    async def delete(self, connection_id: str) -> bool:
+        """Remove the connection and its sessions; False when unknown."""
+
+
+# ---------------------------------------------------------------- connector sessions
+
+
+class ConnectorSessionRecord(_Record):
+    session_id: str
+    connection_id: str
+    kind: str
+    plugin_id: str
+    status: str
+    view: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+_Sessions = list[ConnectorSessionRecord]
+
+
+def clean_view(view: dict[str, Any] | None) -> dict[str, Any]:
+    """A session view as stored: never credentials (a `session.update` may carry them)."""
+    return {k: v for k, v in (view or {}).items() if k != "credentials"}
+
+
+class ConnectorSessionStore(abc.ABC):
+    @abc.abstractmethod
+    async def create(
+        self,
+        *,
+        connection_id: str,
+        kind: str,
+        plugin_id: str,
+        status: str = "pending",
+        view: dict[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> ConnectorSessionRecord:
+        """A new session (`cs_...` id unless given) of an existing connection (NotFoundError otherwise)."""
+
+    @abc.abstractmethod
+    async def get(self, session_id: str) -> ConnectorSessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def list(self, *, connection_id: str | None = None, status: str | None = None) -> _Sessions: ...
+
+    @abc.abstractmethod
+    async def update(
+        self, session_id: str, *, status: str | None = None, view: dict[str, Any] | None = None
+    ) -> ConnectorSessionRecord:
+        """Set status and/or the last view (camelCase `ConnectorSessionView` builtins); NotFoundError when unknown."""
+
+
+# ---------------------------------------------------------------- key/value
+
+
+class KeyValueStore(abc.ABC):
+    """Small JSON values by key (settings, cursors)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, default: Any = None) -> Any: ...
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool: ...
+
+
+# ---------------------------------------------------------------- facade
+
+
+class Store:
+    """All areas of one store; `await store.aclose()` (or `async with`) when done."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        bridge_dedupe: BridgeDedupeStore,
+        message_dedupe: MessageDedupeStore,
+        inbox: InboxStore,
+        outbox: OutboxStore,
+        connections: ConnectionStore,
+        sessions: ConnectorSessionStore,
+        kv: KeyValueStore,
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.url = url
+        self.bridge_dedupe = bridge_dedupe
+        self.message_dedupe = message_dedupe
+        self.inbox = inbox
+        self.outbox = outbox
+        self.connections = connections
+        self.sessions = sessions
+        self.kv = kv
+        self._close = close
+        self._closed = False
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.url)!r})"
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password masked, for logs and reprs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
