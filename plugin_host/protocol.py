@@ -87,7 +87,7 @@ class SendRequest(Wire, omit_defaults=False):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class SendResult(Wire):
+class SendResult(Wire, omit_defaults=False):
     duplicate: bool = False
     provider_message_id: str | None = None
 

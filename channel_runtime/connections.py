@@ -1,0 +1,365 @@
+"""Connections and connector sessions (SPEC 6.5): onboarding through a plugin, without restarts.
+
+start_session → connection `pairing` → plugin `session.start` → `session.update`
+notifications → on `connected`: credentials stored encrypted, connection
+`connected`, `add_channel` (the channel runs at once). Logout → plugin
+`connection.logout` → `remove_channel` → `revoked`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import segno
+
+from plugin_host.errors import UNAVAILABLE, RpcError
+from plugin_host.protocol import (
+    TERMINAL_SESSION_STATUSES,
+    ConnectionInfo,
+    ConnectionRef,
+    ConnectionStatusParams,
+    ConnectorSessionView,
+    SessionInputParams,
+    SessionRef,
+    SessionStartParams,
+    SessionUpdate,
+)
+from plugin_host.redact import redact
+
+from .config import ChannelConfig
+from .store.base import ConnectionRecord, ConnectorSessionRecord
+
+if TYPE_CHECKING:
+    from plugin_host.host import PluginHost
+
+    from .runtime import ChannelRuntime
+
+log = logging.getLogger(__name__)
+
+_SECRET_KEY = re.compile(r"(?i)(secret|token|password|passwd|key|credential)")
+_FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
+_LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
+_SUBSCRIBER_BUFFER = 64
+
+
+class OnboardingError(Exception):
+    """A refused onboarding or connection operation; `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def public_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as stored and shown: secret-looking values never leave the plugin call."""
+    return {k: v for k, v in options.items() if not _SECRET_KEY.search(k)}
+
+
+def connection_view(record: ConnectionRecord) -> dict[str, Any]:
+    view = msgspec.to_builtins(record)
+    view["options"] = public_options(view.get("options") or {})
+    return view
+
+
+def with_qr_image(view: dict[str, Any]) -> dict[str, Any]:
+    """SPEC 6.5: a `qrCode` without `qrImage` gets an SVG data URI rendered by the host."""
+    code = view.get("qrCode")
+    if code and not view.get("qrImage"):
+        view = dict(view)
+        view["qrImage"] = segno.make(str(code), error="m").svg_data_uri(scale=4, border=2)
+    return view
+
+
+class ConnectionManager:
+    def __init__(self, runtime: ChannelRuntime, host: PluginHost) -> None:
+        self.runtime = runtime
+        self.host = host
+        self._subscribers: dict[str, set[anyio.abc.ObjectSendStream[dict[str, Any]]]] = {}
+        self._session_locks: dict[str, anyio.Lock] = {}
+        host.hooks.on_request = runtime.on_plugin_request
+        host.hooks.on_notification = self.on_notification
+        host.hooks.connections = self.connection_infos
+        host.hooks.usage = self.usage
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Materialise every connected connection as a running channel."""
+        for record in await self.runtime.store.connections.list(status="connected"):
+            try:
+                await self.runtime.add_channel(record.channel_id, self._channel_config(record))
+            except Exception as exc:
+                log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+
+    async def stop(self) -> None:
+        for streams in self._subscribers.values():
+            for stream in streams:
+                stream.close()
+        self._subscribers.clear()
+
+    # ---------------------------------------------------------------- host hooks
+
+    async def connection_infos(self, plugin_id: str) -> list[ConnectionInfo]:
+        """Connections a (re)starting plugin resumes through `initialize`, with their credentials."""
+        if not self.runtime.started:
+            return []
+        store = self.runtime.store
+        infos = []
+        for record in await store.connections.list(plugin_id=plugin_id, status="connected"):
+            infos.append(
+                ConnectionInfo(
+                    connection_id=record.connection_id,
+                    channel_id=record.channel_id,
+                    kind=record.kind,
+                    account_id=record.account_id,
+                    display_name=record.display_name,
+                    options=dict(record.options),
+                    credentials=await store.connections.get_credentials(record.connection_id),
+                )
+            )
+        return infos
+
+    async def usage(self, plugin_id: str) -> int:
+        if not self.runtime.started:
+            return 0
+        records = await self.runtime.store.connections.list(plugin_id=plugin_id)
+        return sum(1 for r in records if r.status in _LIVE_CONNECTION_STATUSES)
+
+    async def on_notification(self, plugin_id: str, method: str, params: msgspec.Raw | None) -> None:
+        if method == "session.update":
+            await self.on_session_update(plugin_id, msgspec.json.decode(params or b"{}", type=SessionUpdate))
+        elif method == "connection.status":
+            await self.on_connection_status(
+                plugin_id, msgspec.json.decode(params or b"{}", type=ConnectionStatusParams)
+            )
+        else:
+            log.debug("plugin %s sent an unknown notification %s", plugin_id, method)
+
+    # ---------------------------------------------------------------- sessions
+
+    async def start_session(
+        self, kind: str, display_name: str = "", options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        options = options or {}
+        plugin_id = self.host.plugin_for_kind(kind)
+        if plugin_id is None:
+            raise OnboardingError(404, "unknown_kind", f"no enabled plugin provides connector kind {kind!r}")
+        if self.host.supervisor(plugin_id) is None:
+            raise OnboardingError(503, "plugin_unavailable", f"plugin {plugin_id} is not running")
+        store = self.runtime.store
+        connection = await store.connections.create(
+            kind=kind, plugin_id=plugin_id, display_name=display_name,
+            options=public_options(options), status="pairing",
+        )
+        session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
+        params = SessionStartParams(
+            session_id=session.session_id, kind=kind, connection_id=connection.connection_id,
+            channel_id=connection.channel_id, display_name=display_name, options=options,
+        )
+        try:
+            view = await self.host.call(plugin_id, "session.start", params, result_type=ConnectorSessionView)
+        except RpcError as exc:
+            message = redact(exc.message)
+            await store.sessions.update(
+                session.session_id, status="error",
+                view={"sessionId": session.session_id, "kind": kind, "status": "error", "error": message},
+            )
+            await store.connections.update_status(connection.connection_id, "error", message)
+            await self._publish(session.session_id)
+            raise OnboardingError(
+                503 if exc.code == UNAVAILABLE else 502, "session_start_failed",
+                f"plugin {plugin_id} could not start the session: {message}",
+            ) from None
+        await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
+        return await self.session_view(session.session_id)
+
+    async def session_view(self, session_id: str) -> dict[str, Any]:
+        store = self.runtime.store
+        session = await store.sessions.get(session_id)
+        if session is None:
+            raise OnboardingError(404, "session_not_found", f"no connector session {session_id}")
+        connection = await store.connections.get(session.connection_id)
+        return {
+            "session": _session_view(session),
+            "connection": connection_view(connection) if connection else None,
+        }
+
+    async def session_input(self, session_id: str, value: Any) -> dict[str, Any]:
+        session = await self._live_session(session_id)
+        try:
+            view = await self.host.call(
+                session.plugin_id, "session.input", SessionInputParams(session_id=session_id, input=value),
+                result_type=ConnectorSessionView,
+            )
+        except RpcError as exc:
+            raise OnboardingError(502, "session_input_failed", redact(exc.message)) from None
+        await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
+        return await self.session_view(session_id)
+
+    async def cancel_session(self, session_id: str) -> dict[str, Any]:
+        session = await self._live_session(session_id)
+        try:
+            await self.host.call(session.plugin_id, "session.cancel", SessionRef(session_id=session_id))
+        except RpcError as exc:
+            log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, exc.message)
+        view = dict(session.view) or {"sessionId": session_id, "kind": session.kind}
+        view["status"] = "cancelled"
+        await self._apply_view(session_id, view, from_call=False)
+        return await self.session_view(session_id)
+
+    async def subscribe(self, session_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Session views as they change: the current one first, then each update until terminal."""
+        current = await self.session_view(session_id)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](_SUBSCRIBER_BUFFER)
+        self._subscribers.setdefault(session_id, set()).add(send)
+        try:
+            yield current
+            if current["session"]["status"] in TERMINAL_SESSION_STATUSES:
+                return
+            async with receive:
+                async for view in receive:
+                    yield view
+                    if view["session"]["status"] in TERMINAL_SESSION_STATUSES:
+                        return
+        finally:
+            subscribers = self._subscribers.get(session_id)
+            if subscribers is not None:
+                subscribers.discard(send)
+                if not subscribers:
+                    self._subscribers.pop(session_id, None)
+            send.close()
+
+    async def on_session_update(self, plugin_id: str, update: SessionUpdate) -> None:
+        session = await self.runtime.store.sessions.get(update.session_id)
+        if session is None or session.plugin_id != plugin_id:
+            log.warning("plugin %s updated an unknown session", plugin_id)
+            return
+        view = msgspec.to_builtins(update)
+        credentials = view.pop("credentials", None)
+        view.pop("connectionId", None)
+        await self._apply_view(update.session_id, view, from_call=False, credentials=credentials)
+
+    async def _apply_view(
+        self, session_id: str, view: dict[str, Any], *, from_call: bool, credentials: dict[str, Any] | None = None
+    ) -> None:
+        store = self.runtime.store
+        lock = self._session_locks.setdefault(session_id, anyio.Lock())
+        async with lock:
+            session = await store.sessions.get(session_id)
+            if session is None:
+                return
+            if session.status in TERMINAL_SESSION_STATUSES and (from_call or view.get("status") != "connected"):
+                # a late answer or update must not undo a finished session
+                return
+            view = with_qr_image({**view, "sessionId": session_id, "kind": session.kind})
+            status = str(view.get("status") or session.status)
+            await store.sessions.update(session_id, status=status, view=view)
+            connection_id = session.connection_id
+            if status == "connected":
+                await self._connected(connection_id, view, credentials)
+            elif status in _FAILED_STATUSES:
+                reason = view.get("error") or f"session {status}"
+                await store.connections.update_status(connection_id, "error", redact(str(reason)))
+            if status in TERMINAL_SESSION_STATUSES:
+                self._session_locks.pop(session_id, None)
+        await self._publish(session_id)
+
+    async def _connected(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
+        store = self.runtime.store
+        if credentials:
+            await store.connections.set_credentials(connection_id, credentials)
+        record = await store.connections.update(
+            connection_id,
+            account_id=view.get("accountId") or None,
+            display_name=view.get("displayName") or None,
+        )
+        record = await store.connections.update_status(connection_id, "connected")
+        try:
+            await self.runtime.add_channel(record.channel_id, self._channel_config(record))
+        except Exception as exc:
+            await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
+
+    async def _publish(self, session_id: str) -> None:
+        subscribers = self._subscribers.get(session_id)
+        if not subscribers:
+            return
+        view = await self.session_view(session_id)
+        for stream in list(subscribers):
+            try:
+                stream.send_nowait(view)
+            except anyio.WouldBlock:
+                stream.close()  # a subscriber that does not read is dropped, never waited for
+                subscribers.discard(stream)
+
+    async def _live_session(self, session_id: str) -> ConnectorSessionRecord:
+        session = await self.runtime.store.sessions.get(session_id)
+        if session is None:
+            raise OnboardingError(404, "session_not_found", f"no connector session {session_id}")
+        if session.status in TERMINAL_SESSION_STATUSES:
+            raise OnboardingError(409, "session_finished", f"session {session_id} is already {session.status}")
+        return session
+
+    # ---------------------------------------------------------------- connections
+
+    async def list_connections(self) -> list[dict[str, Any]]:
+        return [connection_view(r) for r in await self.runtime.store.connections.list()]
+
+    async def get_connection(self, connection_id: str) -> dict[str, Any]:
+        record = await self.runtime.store.connections.get(connection_id)
+        if record is None:
+            raise OnboardingError(404, "connection_not_found", f"no connection {connection_id}")
+        return connection_view(record)
+
+    async def logout(self, connection_id: str) -> dict[str, Any]:
+        store = self.runtime.store
+        record = await store.connections.get(connection_id)
+        if record is None:
+            raise OnboardingError(404, "connection_not_found", f"no connection {connection_id}")
+        if record.status != "revoked":
+            try:
+                await self.host.call(record.plugin_id, "connection.logout", ConnectionRef(connection_id=connection_id))
+            except RpcError as exc:
+                # revoking locally must not depend on the plugin being up
+                log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, exc.message)
+            await self._revoke(record)
+        return await self.get_connection(connection_id)
+
+    async def on_connection_status(self, plugin_id: str, params: ConnectionStatusParams) -> None:
+        store = self.runtime.store
+        record = await store.connections.get(params.connection_id)
+        if record is None or record.plugin_id != plugin_id or record.status == "revoked":
+            return
+        if params.status == "revoked":
+            await self._revoke(record, params.error)
+            return
+        await store.connections.update_status(
+            record.connection_id, params.status, redact(params.error) if params.error else None
+        )
+
+    async def _revoke(self, record: ConnectionRecord, error: str | None = None) -> None:
+        store = self.runtime.store
+        await self.runtime.remove_channel(record.channel_id)
+        await store.connections.set_credentials(record.connection_id, {})
+        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
+
+    def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
+        return ChannelConfig(
+            kind="plugin",
+            account_id=record.account_id,
+            display_name=record.display_name,
+            config={"pluginId": record.plugin_id, "connectionId": record.connection_id, "connectorKind": record.kind},
+        )
+
+
+def _session_view(session: ConnectorSessionRecord) -> dict[str, Any]:
+    view = {"sessionId": session.session_id, "kind": session.kind, "instructions": [], "metadata": {}}
+    view.update(session.view)
+    view["status"] = session.status
+    view["connectionId"] = session.connection_id
+    return view

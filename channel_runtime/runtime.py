@@ -1,0 +1,453 @@
+"""ChannelRuntime: the embeddable core (SPEC 6).
+
+Owns the channels, the store, the inbound pipeline (bridge dedupe → runtime
+dedupe → durable inbox → handler workers) and the outbox dispatcher. Every
+background loop runs in the runtime's task group; `stop()` cancels and awaits it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from plugin_host.clock import Clock, SystemClock
+from plugin_host.errors import METHOD_NOT_FOUND, UNKNOWN_CONNECTION, RpcError
+from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
+from plugin_host.redact import redact
+
+from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
+from .config import ChannelConfig
+from .messages import InboundMessage, OutboundMessage
+from .queues import QueueWorker, backoff_delay
+from .store import Store, open_store
+from .store.base import RETRY_AFTER_SECONDS, InboxEntry, OutboxEntry
+
+if TYPE_CHECKING:
+    from plugin_host.host import PluginHost
+
+    from .connections import ConnectionManager
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[InboundMessage], Awaitable["OutboundMessage | list[OutboundMessage] | None"]]
+CHANNEL_STATES = ("starting", "running", "stopped", "failed", "disabled", "removed")
+
+
+class ChannelError(Exception):
+    """add_channel/remove_channel/send refused: unknown kind, failed start, unknown channel."""
+
+
+class IngestError(Exception):
+    """An inbound event refused before it was accepted; `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class IngestResult(msgspec.Struct, frozen=True):
+    status: int  # 200 accepted/duplicate, 409 in progress
+    ack: InboundAck
+
+
+class ChannelState(msgspec.Struct):
+    state: str
+    last_error: str | None = None
+    started_at: float | None = None
+
+
+async def echo_handler(message: InboundMessage) -> OutboundMessage | None:
+    return message.reply(f"echo: {message.content}")
+
+
+class ChannelRuntime:
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        store: str | Store = "memory://",
+        *,
+        plugin_host: PluginHost | None = None,
+        clock: Clock | None = None,
+        home: Path | str | None = None,
+        secret_key: str | None = None,
+        inbox_concurrency: int = 16,
+        outbox_concurrency: int = 16,
+        handler_attempts: int = 5,
+        delivery_attempts: int = 8,
+        retry_base: float = 1.0,
+        retry_cap: float = 300.0,
+        idle_poll: float = 1.0,
+        lease: float = 300.0,
+        retention_interval: float = 3600.0,
+    ) -> None:
+        self.handler: Handler = handler or echo_handler
+        self._store_spec = store
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self.plugin_host = plugin_host
+        self.clock = clock or SystemClock()
+        self.home = Path(home) if home is not None else None
+        self._secret_key = secret_key
+        self._kinds: dict[str, ChannelFactory] = dict(BUILTIN_KINDS)
+        self._channels: dict[str, Channel] = {}
+        self._configs: dict[str, ChannelConfig] = {}
+        self._states: dict[str, ChannelState] = {}
+        self._lifecycle = anyio.Lock()
+        self._handler_attempts = handler_attempts
+        self._delivery_attempts = delivery_attempts
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._lease = lease
+        self._retention_interval = retention_interval
+        self._inbox = QueueWorker[InboxEntry](
+            "inbox", self._claim_inbox, self._handle_entry, concurrency=inbox_concurrency, idle_poll=idle_poll
+        )
+        self._outbox = QueueWorker[OutboxEntry](
+            "outbox", self._claim_outbox, self._deliver_entry, concurrency=outbox_concurrency, idle_poll=idle_poll
+        )
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._started = False
+        self.connections: ConnectionManager | None = None
+        if plugin_host is not None:
+            from .connections import ConnectionManager
+
+            self.connections = ConnectionManager(self, plugin_host)
+
+    # ---------------------------------------------------------------- read-only views
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        return MappingProxyType(self._channels)
+
+    @property
+    def channel_configs(self) -> Mapping[str, ChannelConfig]:
+        return MappingProxyType(self._configs)
+
+    @property
+    def states(self) -> Mapping[str, dict[str, Any]]:
+        return MappingProxyType(
+            {cid: {"state": s.state, "last_error": s.last_error, "started_at": s.started_at} for cid, s in self._states.items()}
+        )
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the runtime is not started")
+        return self._store
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def register_channel_kind(self, name: str, factory: ChannelFactory) -> None:
+        """Let `ChannelConfig(kind=name)` build channels with `factory(runtime, channel_id, config)`."""
+        self._kinds[name] = factory
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self._store is None:
+            self._store = await self._open_store()
+        await self._store.inbox.release_claims()
+        await self._store.outbox.release_claims()
+        self._tg = await anyio.create_task_group().__aenter__()
+        try:
+            await self._tg.start(self._inbox.run)
+            await self._tg.start(self._outbox.run)
+            self._tg.start_soon(self._retention_loop)
+            self._started = True
+            async with self._lifecycle:
+                for channel_id, config in list(self._configs.items()):
+                    if config.enabled and channel_id not in self._channels:
+                        await self._start_new(channel_id, config, raise_errors=False)
+            if self.connections is not None:
+                await self.connections.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop channels and background loops; call from the task that called `start()`."""
+        with anyio.CancelScope(shield=True):
+            if self.connections is not None:
+                await self.connections.stop()
+            async with self._lifecycle:
+                for channel_id in list(self._channels):
+                    await self._stop_channel(channel_id, "stopped")
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            # the task group is exited at the nesting level where start() entered it
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        self._started = False
+        if self._store is not None and not isinstance(self._store_spec, Store):
+            with anyio.CancelScope(shield=True):
+                await self._store.aclose()
+            self._store = None
+
+    async def __aenter__(self) -> ChannelRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _open_store(self) -> Store:
+        from .crypto import CredentialCipher, load_or_create_key
+
+        url = str(self._store_spec)
+        import os
+
+        env = dict(os.environ)
+        if self._secret_key:
+            env["CHANNEL_RUNTIME_SECRET_KEY"] = self._secret_key
+        key_home = self.home or (Path(url[len("sqlite:///"):]).parent if url.startswith("sqlite:///") else None)
+        if key_home is None and "CHANNEL_RUNTIME_SECRET_KEY" not in env:
+            cipher = CredentialCipher.ephemeral()
+        else:
+            cipher = CredentialCipher(load_or_create_key(key_home or Path("."), env))
+        return await open_store(url, clock=self.clock, cipher=cipher)
+
+    # ---------------------------------------------------------------- channels (SPEC 6.2)
+
+    async def add_channel(self, channel_id: str, config: ChannelConfig) -> None:
+        async with self._lifecycle:
+            current = self._configs.get(channel_id)
+            if not config.enabled:
+                if channel_id in self._channels:
+                    await self._stop_channel(channel_id, "disabled")
+                self._configs[channel_id] = config
+                self._states[channel_id] = ChannelState("disabled")
+                return
+            if current == config and (channel_id in self._channels or not self._started):
+                return
+            if not self._started:
+                self._factory(config)  # unknown kind fails now, not at start
+                self._configs[channel_id] = config
+                self._states[channel_id] = ChannelState("stopped")
+                return
+            if channel_id in self._channels:
+                await self._replace(channel_id, config)
+            else:
+                await self._start_new(channel_id, config, raise_errors=True)
+
+    async def remove_channel(self, channel_id: str) -> None:
+        async with self._lifecycle:
+            if channel_id not in self._configs and channel_id not in self._channels:
+                return
+            await self._stop_channel(channel_id, "removed")
+            self._configs.pop(channel_id, None)
+
+    def _factory(self, config: ChannelConfig) -> ChannelFactory:
+        factory = self._kinds.get(config.kind)
+        if factory is None:
+            raise ChannelError(f"unknown channel kind {config.kind!r}; known: {', '.join(sorted(self._kinds))}")
+        return factory
+
+    async def _build_and_start(self, channel_id: str, config: ChannelConfig) -> Channel:
+        channel = self._factory(config)(self, channel_id, config)
+        await channel.start()
+        return channel
+
+    async def _start_new(self, channel_id: str, config: ChannelConfig, *, raise_errors: bool) -> None:
+        self._configs[channel_id] = config
+        self._states[channel_id] = ChannelState("starting")
+        try:
+            channel = await self._build_and_start(channel_id, config)
+        except Exception as exc:
+            self._states[channel_id] = ChannelState("failed", _error_text(exc))
+            if raise_errors:
+                self._configs.pop(channel_id, None)
+                raise ChannelError(f"channel {channel_id} failed to start: {_error_text(exc)}") from exc
+            log.warning("channel %s failed to start: %s", channel_id, _error_text(exc))
+            return
+        self._channels[channel_id] = channel
+        self._states[channel_id] = ChannelState("running", None, self.clock.time())
+        self._outbox.wake()
+
+    async def _replace(self, channel_id: str, config: ChannelConfig) -> None:
+        """Start the replacement first; only when it runs, swap and stop the old one."""
+        try:
+            replacement = await self._build_and_start(channel_id, config)
+        except Exception as exc:
+            # the old channel stays registered and running; its state records the failed attempt
+            self._states[channel_id].last_error = _error_text(exc)
+            raise ChannelError(f"replacement of channel {channel_id} failed to start: {_error_text(exc)}") from exc
+        old = self._channels[channel_id]
+        self._channels[channel_id] = replacement
+        self._configs[channel_id] = config
+        self._states[channel_id] = ChannelState("running", None, self.clock.time())
+        await _stop_quietly(old)
+
+    async def _stop_channel(self, channel_id: str, final_state: str) -> None:
+        channel = self._channels.pop(channel_id, None)
+        if channel is not None:
+            await _stop_quietly(channel)
+        previous = self._states.get(channel_id)
+        self._states[channel_id] = ChannelState(final_state, previous.last_error if previous else None)
+
+    # ---------------------------------------------------------------- inbound (SPEC 6.3)
+
+    async def ingest(self, event: BridgeEvent, *, plugin_id: str | None = None) -> IngestResult:
+        """The one inbound pipeline for the bridge, `event.inbound` and webhooks."""
+        store = self.store
+        connection = await store.connections.get(event.connection_id)
+        if connection is None or connection.status == "revoked" or (
+            plugin_id is not None and connection.plugin_id != plugin_id
+        ):
+            raise IngestError(404, "unknown_connection", "unknown or revoked connection")
+        begin = await store.bridge_dedupe.begin(event.connection_id, event.event_id, event.message_id)
+        if begin.outcome == "duplicate":
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+        if begin.outcome == "in_progress":
+            return IngestResult(
+                409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
+            )
+        try:
+            message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
+            if not message.account_id:
+                message.account_id = connection.account_id
+            entry = await store.inbox.commit(message)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await store.bridge_dedupe.fail(begin.dedupe_key, _error_text(exc))
+            raise
+        await store.bridge_dedupe.complete(begin.dedupe_key)
+        if entry is None:
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+        self._inbox.wake()
+        return IngestResult(200, InboundAck(accepted=True, pending=True))
+
+    async def accept(self, message: InboundMessage) -> bool:
+        """Commit a message from a local channel (runtime dedupe + inbox); False when already seen."""
+        entry = await self.store.inbox.commit(message)
+        if entry is not None:
+            self._inbox.wake()
+        return entry is not None
+
+    async def _claim_inbox(self, limit: int) -> list[InboxEntry]:
+        return await self.store.inbox.claim_ready(limit, lease=self._lease)
+
+    async def _handle_entry(self, entry: InboxEntry) -> None:
+        store = self.store
+        try:
+            result = await self.handler(entry.message)
+            replies = [] if result is None else result if isinstance(result, list) else [result]
+            for reply in replies:
+                await self.send(reply)
+        except Exception as exc:
+            error = _error_text(exc)
+            log.warning("handler failed for %s (attempt %d): %s", entry.message.message_id, entry.attempts, error)
+            if entry.attempts >= self._handler_attempts:
+                await store.inbox.dead_letter(entry.id, error)
+            else:
+                await store.inbox.retry(
+                    entry.id, error, backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
+                )
+            return
+        await store.inbox.ack(entry.id)
+
+    # ---------------------------------------------------------------- outbound (SPEC 6.4)
+
+    async def send(self, message: OutboundMessage) -> str:
+        """Write to the durable outbox and return its stable `requestId`; delivery follows."""
+        config = self._configs.get(message.channel_id)
+        if config is None:
+            raise ChannelError(f"unknown channel {message.channel_id!r}")
+        kind = str(config.config.get("connectorKind") or config.kind)
+        request_id = message.request_id(kind)
+        request = SendRequest(
+            request_id=request_id,
+            connection_id=str(config.config.get("connectionId") or ""),
+            channel_id=message.channel_id,
+            kind=kind,
+            target=Target(
+                peer_id=message.peer_id,
+                peer_type=message.peer_type,  # type: ignore[arg-type]
+                thread_id=message.thread_id,
+                reply_to_message_id=message.reply_to_message_id,
+            ),
+            content=message.content,
+            content_type=message.content_type,
+            metadata=dict(message.metadata),
+        )
+        if await self.store.outbox.enqueue(message.channel_id, request_id, msgspec.to_builtins(request)):
+            self._outbox.wake()
+        return request_id
+
+    async def _claim_outbox(self, limit: int) -> list[OutboxEntry]:
+        return await self.store.outbox.claim_ready(limit, lease=self._lease)
+
+    async def _deliver_entry(self, entry: OutboxEntry) -> None:
+        store = self.store
+        channel = self._channels.get(entry.channel_id)
+        try:
+            if channel is None:
+                raise DeliveryError(f"channel {entry.channel_id} is not running")
+            request = msgspec.convert(entry.payload, SendRequest)
+            result: SendResult = await channel.send(request)
+        except Exception as exc:
+            error = redact(_error_text(exc))
+            retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+            permanent = isinstance(exc, DeliveryError) and exc.permanent
+            if permanent or entry.attempts >= self._delivery_attempts:
+                log.warning("delivery %s dead-lettered: %s", entry.request_id, error)
+                await store.outbox.dead_letter(entry.id, error)
+            else:
+                delay = retry_after if retry_after is not None else backoff_delay(
+                    entry.attempts, base=self._retry_base, cap=self._retry_cap
+                )
+                await store.outbox.retry(entry.id, error, delay)
+            return
+        await store.outbox.mark_sent(entry.id, msgspec.to_builtins(result))
+
+    def wake(self) -> None:
+        """Look for due work now (after moving a fake clock, or after an outside change)."""
+        self._inbox.wake()
+        self._outbox.wake()
+
+    # ---------------------------------------------------------------- plugin host hooks
+
+    async def on_plugin_request(self, plugin_id: str, method: str, params: msgspec.Raw | None) -> Any:
+        if method == "event.inbound":
+            event = msgspec.json.decode(params or b"{}", type=BridgeEvent)
+            try:
+                result = await self.ingest(event, plugin_id=plugin_id)
+            except IngestError as exc:
+                raise RpcError(UNKNOWN_CONNECTION, exc.message) from None
+            return result.ack
+        raise RpcError(METHOD_NOT_FOUND, f"the host does not serve {method}")
+
+    # ---------------------------------------------------------------- housekeeping
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._retention_interval)
+            try:
+                store = self.store
+                await store.bridge_dedupe.prune()
+                await store.message_dedupe.prune()
+                await store.outbox.prune()
+            except Exception:
+                log.exception("retention clean-up failed")
+
+
+async def _stop_quietly(channel: Channel) -> None:
+    try:
+        with anyio.move_on_after(10, shield=True):
+            await channel.stop()
+    except Exception as exc:
+        log.warning("channel %s did not stop cleanly: %s", channel.channel_id, _error_text(exc))
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(text)[:500]
