@@ -17,7 +17,10 @@ _KEYED = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?")
 # long random-looking strings: at least 32 chars of token alphabet with both letters and digits
-_TOKENISH = re.compile(r"(?<![\w/.-])(?=[A-Za-z0-9_+/=-]*\d)(?=[A-Za-z0-9_+/=-]*[A-Za-z])[A-Za-z0-9_+/=-]{32,}(?![\w/.-])")
+# (starting with a letter or digit, so an absolute path like /tmp/pytest-of-root/... is left alone)
+_TOKENISH = re.compile(
+    r"(?<![\w/.-])(?=[A-Za-z0-9_+/=-]*\d)(?=[A-Za-z0-9_+/=-]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9_+/=-]{31,}(?![\w/.-])"
+)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

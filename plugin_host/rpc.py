@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream, TaskStatus
 
@@ -117,6 +118,7 @@ class _Waiter:
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Incoming)
 _NULL = msgspec.Raw(b"null")
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
 async def _method_not_found(method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
@@ -307,7 +309,12 @@ class Connection:
             pass
 
     async def _respond(self, request_id: Id, result: Any) -> None:
-        data = _encoder.encode(_Result("2.0", request_id, result))
+        try:
+            data = _encoder.encode(_Result("2.0", request_id, result))
+        except _ENCODE_ERRORS as exc:  # a handler's bad result must not take the connection down
+            log.error("%s: result of request %r cannot be encoded: %s", self.name, request_id, exc)
+            await self._respond_error(request_id, RpcError(INTERNAL_ERROR, "the result cannot be encoded as JSON"))
+            return
         if len(data) > self.max_message_bytes:
             data = _encoder.encode(
                 _Error("2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit"))
@@ -317,7 +324,11 @@ class Connection:
     async def _respond_error(self, request_id: Id, error: RpcError) -> None:
         data = error.data
         obj = ErrorObject(error.code, error.message, data) if data is not None else ErrorObject(error.code, error.message)
-        await self._write(_encoder.encode(_Error("2.0", request_id, obj)))
+        try:
+            encoded = _encoder.encode(_Error("2.0", request_id, obj))
+        except _ENCODE_ERRORS:  # unencodable `data`: answer without it
+            encoded = _encoder.encode(_Error("2.0", request_id, ErrorObject(error.code, error.message)))
+        await self._write(encoded)
 
     # ---------------------------------------------------------------- reading
 
@@ -330,6 +341,9 @@ class Connection:
                 chunk = await self._receive.receive(_READ_CHUNK)
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 return
+            # fd streams return buffered data without yielding: a flooding peer must not
+            # starve every other task of the event loop
+            await anyio.lowlevel.checkpoint()
             start = 0
             while True:
                 nl = chunk.find(b"\n", start)
@@ -413,6 +427,8 @@ class Connection:
                 target = msgspec.json.decode(params or b"{}").get("id")
             except (msgspec.DecodeError, AttributeError):
                 return
+            if not isinstance(target, (int, str)):  # e.g. an unhashable object from a confused peer
+                return
             scope = self._incoming.get(target)
             if scope is not None:
                 scope.cancel()
@@ -421,11 +437,12 @@ class Connection:
         await self._notes_send.send((method, params))
 
     async def _notification_worker(self) -> None:
-        async for method, params in self._notes_recv:
-            try:
-                await self._on_notification(method, params)
-            except Exception:  # a bad notification must not stop the connection
-                log.exception("%s: notification %s failed", self.name, method)
+        async with self._notes_recv:  # closed on cancel too (else a ResourceWarning at GC)
+            async for method, params in self._notes_recv:
+                try:
+                    await self._on_notification(method, params)
+                except Exception:  # a bad notification must not stop the connection
+                    log.exception("%s: notification %s failed", self.name, method)
 
     def _dispatch_request(self, request_id: Id, method: str, params: msgspec.Raw | None) -> None:
         if request_id in self._incoming:

@@ -1,0 +1,108 @@
+"""What a handler sees: the request context and the client for plugin -> host calls."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import UNAVAILABLE, RpcError
+from ..protocol import BridgeEvent, ConnectionStatus, ConnectionStatusParams, InboundAck, LogParams, SessionUpdate
+from ..rpc import Connection, Id
+
+if TYPE_CHECKING:
+    from .plugin import Plugin
+
+DEFAULT_HOST_CALL_TIMEOUT = 30.0
+_LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+
+class HostClient:
+    """Plugin -> host messages (SPEC 3.4) over the plugin's one connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @property
+    def connected(self) -> bool:
+        return not self._conn.closed
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = DEFAULT_HOST_CALL_TIMEOUT,
+        result_type: Any = Any,
+    ) -> Any:
+        """A request to the host; raises `RpcError` (-32001 on timeout)."""
+        return await self._conn.call(method, params, timeout=timeout, result_type=result_type)
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        await self._conn.notify(method, params)
+
+    async def inbound(self, event: BridgeEvent, *, timeout: float | None = DEFAULT_HOST_CALL_TIMEOUT) -> InboundAck:
+        """Deliver one inbound message (`event.inbound`) and return the host's answer."""
+        return await self._conn.call("event.inbound", event, timeout=timeout, result_type=InboundAck)
+
+    async def session_update(self, update: SessionUpdate) -> None:
+        await self._conn.notify("session.update", update)
+
+    async def connection_status(
+        self, connection_id: str, status: ConnectionStatus, error: str | None = None
+    ) -> None:
+        await self._conn.notify("connection.status", ConnectionStatusParams(connection_id, status, error))
+
+    async def log(self, level: str, message: str, **fields: Any) -> None:
+        """A structured `log` notification; the host redacts and forwards it to its logger."""
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"log level must be one of {sorted(_LOG_LEVELS)}, not {level!r}")
+        await self._conn.notify("log", LogParams(level, message, fields or None))  # type: ignore[arg-type]
+
+
+class Context:
+    """Passed to every handler: who is asking, and the plugin's shared state.
+
+    Created per request, so it stays a few slots; everything else is read
+    through the plugin.
+    """
+
+    __slots__ = ("_plugin", "request_id", "method", "cancel_scope")
+
+    def __init__(
+        self,
+        plugin: Plugin,
+        request_id: Id = None,
+        method: str | None = None,
+        cancel_scope: anyio.CancelScope | None = None,
+    ) -> None:
+        self._plugin = plugin
+        self.request_id = request_id
+        self.method = method
+        self.cancel_scope = cancel_scope
+
+    @property
+    def plugin(self) -> Plugin:
+        return self._plugin
+
+    @property
+    def host(self) -> HostClient:
+        return self._plugin.host
+
+    @property
+    def state_dir(self) -> str:
+        return self._plugin.state_dir
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._plugin.config
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._plugin.log
+
+
+def not_connected() -> RpcError:
+    return RpcError(UNAVAILABLE, "the plugin is not connected to a host (serve() is not running)")

@@ -1,0 +1,369 @@
+"""A host stand-in for a plugin author's own tests.
+
+```python
+async with PluginHarness.in_process(plugin, config={...}) as h:      # same event loop
+    result = await h.call("message.send", request, result_type=SendResult)
+    assert h.inbound_events[0].content == "hi"
+
+async with PluginHarness.subprocess("plugins/echo") as h:             # a real child process
+    ...
+```
+Both perform `initialize`/`initialized`, answer the plugin's `event.inbound`
+(accepted, unless `inbound_answer` says otherwise) and record everything the
+plugin sends to the host. Shapes the plugin sends are validated against
+`plugin_host.protocol`; mismatches land in `protocol_errors`.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Union
+
+import anyio
+import msgspec
+from anyio.abc import ByteReceiveStream, Process, TaskStatus
+
+from ..errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from ..protocol import (
+    PLUGIN_TO_HOST,
+    PROTOCOL_VERSION,
+    BridgeEvent,
+    ConnectionInfo,
+    InboundAck,
+    InitializeParams,
+    InitializeResult,
+    NameVersion,
+    PluginRef,
+    SessionUpdate,
+)
+from ..rpc import Connection, RequestContext
+from ..streams import pipe_pair
+from .plugin import Plugin
+
+# a fixed answer to `event.inbound`, or a function (sync or async) of the event returning one
+InboundAnswer = Union[InboundAck, Mapping[str, Any], Callable[[BridgeEvent], Any]]
+
+_STOP_GRACE = 5.0
+_HOST = NameVersion("plugin-harness", "1")
+
+
+class PluginHarness:
+    """The host end of one plugin connection, with a record of what the plugin sent."""
+
+    def __init__(self, *, inbound_answer: InboundAnswer | None = None) -> None:
+        self.inbound_answer: InboundAnswer = inbound_answer if inbound_answer is not None else InboundAck(accepted=True)
+        self.connection: Connection | None = None
+        self.initialize_result: InitializeResult | None = None
+        self.calls: list[tuple[str, Any]] = []  # plugin -> host requests, as plain JSON
+        self.notifications: list[tuple[str, Any]] = []  # plugin -> host notifications, as plain JSON
+        self.inbound_events: list[BridgeEvent] = []
+        self.protocol_errors: list[str] = []
+        self.process: Process | None = None
+        self.stderr_lines: list[str] = []
+        self.disconnected = anyio.Event()  # set when the plugin closed the connection
+        self._changed = anyio.Event()
+
+    # ---------------------------------------------------------------- talking to the plugin
+
+    async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0, result_type: Any = Any) -> Any:
+        return await self._conn.call(method, params, timeout=timeout, result_type=result_type)
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        await self._conn.notify(method, params)
+
+    async def initialize(
+        self,
+        *,
+        state_dir: str,
+        config: Mapping[str, Any] | None = None,
+        connections: Sequence[ConnectionInfo] = (),
+        plugin_id: str = "plugin",
+        version: str = "0.0.0",
+    ) -> InitializeResult:
+        params = InitializeParams(
+            protocol_version=PROTOCOL_VERSION,
+            host=_HOST,
+            plugin=PluginRef(plugin_id, version),
+            state_dir=state_dir,
+            config=dict(config or {}),
+            connections=list(connections),
+        )
+        self.initialize_result = await self.call("initialize", params, result_type=InitializeResult)
+        await self.notify("initialized", {})
+        return self.initialize_result
+
+    @property
+    def session_updates(self) -> list[SessionUpdate]:
+        return [msgspec.convert(p, SessionUpdate) for m, p in self.notifications if m == "session.update"]
+
+    def notifications_of(self, method: str) -> list[Any]:
+        return [params for m, params in self.notifications if m == method]
+
+    async def wait_for_notification(
+        self, method: str, predicate: Callable[[Any], bool] | None = None, *, timeout: float = 5.0
+    ) -> Any:
+        """The first notification `method` (matching `predicate`), waiting for it if need be."""
+        with anyio.fail_after(timeout):
+            while True:
+                for m, params in self.notifications:
+                    if m == method and (predicate is None or predicate(params)):
+                        return params
+                await self._wait_changed()
+
+    async def wait_for_inbound(self, count: int = 1, *, timeout: float = 5.0) -> list[BridgeEvent]:
+        with anyio.fail_after(timeout):
+            while len(self.inbound_events) < count:
+                await self._wait_changed()
+        return self.inbound_events
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def _record(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def _conn(self) -> Connection:
+        if self.connection is None:
+            raise RuntimeError("the harness is not connected")
+        return self.connection
+
+    # ---------------------------------------------------------------- what the plugin sends
+
+    async def _on_request(self, method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
+        plain = msgspec.json.decode(params) if params is not None else None
+        self.calls.append((method, plain))
+        self._record()
+        if method != "event.inbound":
+            raise RpcError(METHOD_NOT_FOUND, f"the harness does not answer {method}")
+        try:
+            event = msgspec.json.decode(params or b"{}", type=BridgeEvent)
+        except msgspec.ValidationError as exc:
+            self.protocol_errors.append(f"event.inbound: {exc}")
+            raise RpcError(INVALID_PARAMS, f"invalid BridgeEvent: {exc}") from None
+        self.inbound_events.append(event)
+        self._record()
+        answer = self.inbound_answer
+        if callable(answer):
+            answer = answer(event)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        return answer
+
+    async def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
+        plain = msgspec.json.decode(params) if params is not None else None
+        known = PLUGIN_TO_HOST.get(method)
+        if known is None:
+            self.protocol_errors.append(f"unknown notification {method}")
+        else:
+            try:
+                msgspec.convert(plain, known[0])
+            except msgspec.ValidationError as exc:
+                self.protocol_errors.append(f"{method}: {exc}")
+        self.notifications.append((method, plain))
+        self._record()
+
+    async def _serve_connection(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._conn.serve(task_status=task_status)
+        finally:
+            self.disconnected.set()
+
+    def _connect(self, receive: ByteReceiveStream, send: Any) -> Connection:
+        self.connection = Connection(
+            receive,
+            send,
+            on_request=self._on_request,
+            on_notification=self._on_notification,
+            on_violation=lambda kind, head: self.protocol_errors.append(f"{kind}: {head[:80]!r}"),
+            name="plugin",
+        )
+        return self.connection
+
+    # ---------------------------------------------------------------- in the same event loop
+
+    @classmethod
+    @asynccontextmanager
+    async def in_process(
+        cls,
+        plugin: Plugin,
+        *,
+        config: Mapping[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        connections: Sequence[ConnectionInfo] = (),
+        inbound_answer: InboundAnswer | None = None,
+        initialize: bool = True,
+        plugin_id: str = "plugin",
+        version: str = "0.0.0",
+    ) -> AsyncIterator[PluginHarness]:
+        """Serve `plugin` over OS pipes in this event loop (`stateDir` a temporary folder by default)."""
+        harness = cls(inbound_answer=inbound_answer)
+        async with AsyncExitStack() as stack:
+            if state_dir is None:
+                state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
+            to_plugin_r, to_plugin_w = pipe_pair()
+            to_host_r, to_host_w = pipe_pair()
+            harness._connect(to_host_r, to_plugin_w)
+            plugin_done = anyio.Event()
+
+            async def serve_plugin() -> None:
+                try:
+                    await plugin.serve(to_plugin_r, to_host_w)
+                finally:
+                    plugin_done.set()
+
+            error: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve_plugin)
+                await tg.start(harness._serve_connection)
+                try:
+                    if initialize:
+                        await harness.initialize(
+                            state_dir=os.fspath(state_dir),
+                            config=config,
+                            connections=connections,
+                            plugin_id=plugin_id,
+                            version=version,
+                        )
+                    yield harness
+                except Exception as exc:  # re-raised below, outside the task group: not wrapped in a group
+                    error = exc
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await to_plugin_w.aclose()  # EOF: the plugin stops and closes its end
+                        with anyio.move_on_after(_STOP_GRACE):
+                            await plugin_done.wait()
+                    tg.cancel_scope.cancel()
+            await to_host_r.aclose()
+            if error is not None:
+                raise error
+
+    # ---------------------------------------------------------------- as a child process
+
+    @classmethod
+    @asynccontextmanager
+    async def subprocess(
+        cls,
+        target: str | os.PathLike[str] | Sequence[str],
+        *,
+        config: Mapping[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        connections: Sequence[ConnectionInfo] = (),
+        env: Mapping[str, str] | None = None,
+        inbound_answer: InboundAnswer | None = None,
+        initialize: bool = True,
+        plugin_id: str | None = None,
+        version: str | None = None,
+    ) -> AsyncIterator[PluginHarness]:
+        """Spawn the plugin as a child: `target` is a plugin folder (with `plugin.json`),
+        a Python file, or an argv list. A plain spawn, not the supervisor: own
+        process group, stateDir as working directory, stderr collected in
+        `stderr_lines`; on exit stdin is closed and the group killed if need be."""
+        harness = cls(inbound_answer=inbound_answer)
+        argv, plugin_dir, manifest = _resolve_target(target)
+        async with AsyncExitStack() as stack:
+            if state_dir is None:
+                state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
+            child_env = _child_env(plugin_dir, env)
+            process = await anyio.open_process(
+                argv, cwd=os.fspath(state_dir), env=child_env, start_new_session=True
+            )
+            harness.process = process
+            assert process.stdin is not None and process.stdout is not None
+            harness._connect(process.stdout, process.stdin)
+            error: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(harness._read_stderr, process.stderr)
+                await tg.start(harness._serve_connection)
+                try:
+                    if initialize:
+                        await harness.initialize(
+                            state_dir=os.fspath(state_dir),
+                            config=config,
+                            connections=connections,
+                            plugin_id=plugin_id or manifest.get("id", "plugin"),
+                            version=version or manifest.get("version", "0.0.0"),
+                        )
+                    yield harness
+                except Exception as exc:  # re-raised below, outside the task group: not wrapped in a group
+                    error = exc
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await harness._stop_process(process)
+                    tg.cancel_scope.cancel()
+            if error is not None:
+                raise error
+
+    async def close_stdin(self) -> None:
+        """EOF on the plugin's stdin: a plugin must then exit."""
+        if self.process is not None and self.process.stdin is not None:
+            await self.process.stdin.aclose()
+
+    async def wait_exit(self, *, timeout: float = _STOP_GRACE) -> int:
+        assert self.process is not None
+        with anyio.fail_after(timeout):
+            return await self.process.wait()
+
+    async def _stop_process(self, process: Process) -> None:
+        try:
+            await self.close_stdin()
+        except (OSError, anyio.BrokenResourceError):
+            pass
+        with anyio.move_on_after(_STOP_GRACE):
+            await process.wait()
+        if process.returncode is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        with anyio.move_on_after(_STOP_GRACE):
+            await process.aclose()
+
+    async def _read_stderr(self, stream: ByteReceiveStream | None) -> None:
+        if stream is None:
+            return
+        pending = b""
+        try:
+            async for chunk in stream:
+                *lines, pending = (pending + chunk).split(b"\n")
+                self.stderr_lines.extend(line.decode("utf-8", "replace") for line in lines)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        if pending:
+            self.stderr_lines.append(pending.decode("utf-8", "replace"))
+
+
+def _resolve_target(target: str | os.PathLike[str] | Sequence[str]) -> tuple[list[str], str | None, dict[str, Any]]:
+    """(argv, plugin folder, manifest) for a plugin folder, a Python file or an argv list."""
+    if not isinstance(target, (str, os.PathLike)):
+        return list(target), None, {}
+    path = Path(target).resolve()
+    if path.is_file():
+        return [sys.executable, str(path)], str(path.parent), {}
+    manifest = msgspec.json.decode((path / "plugin.json").read_bytes())
+    runtime = manifest.get("runtime", {})
+    if runtime.get("type") == "python":
+        return [sys.executable, "-m", runtime["module"]], str(path), manifest
+    argv = [str(path / part[2:]) if part.startswith("./") else part for part in runtime.get("command", [])]
+    return argv, str(path), manifest
+
+
+def _child_env(plugin_dir: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # plugin_host itself must be importable by the child, wherever its stateDir is
+    paths = [str(Path(__file__).resolve().parents[2])]
+    if plugin_dir is not None:
+        env["PLUGIN_DIR"] = plugin_dir
+        paths[:0] = [plugin_dir, os.path.join(plugin_dir, "lib")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra or {})
+    return env

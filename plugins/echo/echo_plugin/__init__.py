@@ -1,0 +1,1 @@
+"""Echo: the example connector of the SDK. See `__main__.py`."""
