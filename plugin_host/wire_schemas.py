@@ -31,7 +31,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from jsonschema import Draft202012Validator, FormatChecker
@@ -39,7 +39,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from .protocol import HOST_TO_PLUGIN, PLUGIN_TO_HOST
+from .protocol import HOST_TO_PLUGIN, PLUGIN_TO_HOST, BridgeEvent
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 BASE_URI = "https://channel-runtime.local/schemas/"
@@ -230,3 +230,61 @@ def check_schemas() -> list[str]:
         except Exception:
             bad.append(rel)
     return bad
+
+
+# ---------------------------------------------------------------- fast BridgeEvent decoding
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _StrictBridgeEvent(msgspec.Struct, rename="camel"):
+    """bridge-event.schema.json as a msgspec type: every required field, no defaults.
+
+    It accepts a subset of what the schema accepts (msgspec is stricter on a few
+    JSON corners, e.g. `1.0` as an integer); whatever it refuses goes to the schema.
+    """
+
+    event_id: _NonEmpty
+    timestamp: Annotated[str, msgspec.Meta(pattern=_RFC3339.pattern)]
+    delivery_attempt: Annotated[int, msgspec.Meta(ge=1)]
+    connection_id: _NonEmpty
+    channel_id: str
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    account_id: str
+    peer_id: _NonEmpty
+    peer_type: Literal["dm", "group", "channel", "unknown"]
+    message_id: _NonEmpty
+    message_type: _NonEmpty
+    content: str
+    metadata: dict[str, Any]
+    user_id: str | None = None
+    thread_id: str | None = None
+
+
+_strict_event_decoder = msgspec.json.Decoder(_StrictBridgeEvent)
+
+
+def decode_bridge_event(data: bytes | Any) -> tuple[BridgeEvent | None, list[SchemaIssue]]:
+    """A BridgeEvent from raw JSON bytes (or a decoded value) with exactly the schema's verdict.
+
+    The common, valid case is decided by msgspec from the bytes; only input it
+    refuses is judged by jsonschema, which also words the errors.
+    """
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview, str)):
+            strict = _strict_event_decoder.decode(data)
+        else:
+            strict = msgspec.convert(data, _StrictBridgeEvent)
+        if _is_date_time(strict.timestamp):  # False or ValueError: the schema words the error
+            return BridgeEvent(**msgspec.structs.asdict(strict)), []
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        pass
+    if isinstance(data, (bytes, bytearray, memoryview, str)):
+        try:
+            data = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            return None, [{"path": "", "message": f"not JSON: {exc}"}]
+    issues = errors_of(bridge_event_validator(), data)
+    if issues:
+        return None, issues
+    return msgspec.convert(data, BridgeEvent, strict=False), []
