@@ -41,7 +41,12 @@ from referencing.jsonschema import DRAFT202012
 
 from .protocol import HOST_TO_PLUGIN, PLUGIN_TO_HOST, BridgeEvent
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+# the repository's schemas/ (editable install), else the copy a wheel ships as plugin_host/schemas
+SCHEMAS_DIR = next(
+    (d for d in (Path(__file__).resolve().parents[1] / "schemas", Path(__file__).resolve().parent / "schemas")
+     if (d / "plugin-manifest.schema.json").is_file()),
+    Path(__file__).resolve().parent / "schemas",
+)
 BASE_URI = "https://channel-runtime.local/schemas/"
 
 Part = Literal["params", "result"]
