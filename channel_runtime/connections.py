@@ -7,6 +7,7 @@ notifications → on `connected`: credentials stored encrypted, connection
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -213,20 +214,19 @@ class ConnectionManager:
         await self._apply_view(session_id, view, from_call=False)
         return await self.session_view(session_id)
 
-    async def subscribe(self, session_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Session views as they change: the current one first, then each update until terminal."""
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, session_id: str
+    ) -> AsyncIterator[tuple[dict[str, Any], anyio.abc.ObjectReceiveStream[dict[str, Any]]]]:
+        """The current view and a stream of the views that follow (closed when the manager stops).
+
+        A subscriber that falls `_SUBSCRIBER_BUFFER` views behind is dropped: its stream ends.
+        """
         current = await self.session_view(session_id)
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](_SUBSCRIBER_BUFFER)
         self._subscribers.setdefault(session_id, set()).add(send)
         try:
-            yield current
-            if current["session"]["status"] in TERMINAL_SESSION_STATUSES:
-                return
-            async with receive:
-                async for view in receive:
-                    yield view
-                    if view["session"]["status"] in TERMINAL_SESSION_STATUSES:
-                        return
+            yield current, receive
         finally:
             subscribers = self._subscribers.get(session_id)
             if subscribers is not None:
@@ -234,6 +234,7 @@ class ConnectionManager:
                 if not subscribers:
                     self._subscribers.pop(session_id, None)
             send.close()
+            receive.close()
 
     async def on_session_update(self, plugin_id: str, update: SessionUpdate) -> None:
         session = await self.runtime.store.sessions.get(update.session_id)

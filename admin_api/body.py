@@ -1,0 +1,124 @@
+"""Request bodies with their size limits (SPEC 7.1): 1 MiB JSON, 50 MiB plugin upload.
+
+Limits are enforced while the body streams in: a declared Content-Length over
+the limit is refused before reading, and an undeclared or lying one is cut off
+as soon as the bytes read pass the limit. Uploads are spooled to a temporary
+file, never held whole in memory.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from .errors import ApiError
+
+JSON_LIMIT = 1024 * 1024
+UPLOAD_LIMIT = 50 * 1024 * 1024
+# multipart framing around the file (boundaries, part headers, small fields)
+MULTIPART_OVERHEAD = 64 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024
+
+_RAW_ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream", ""})
+
+
+def _too_large(what: str, limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the {what} is larger than {limit} bytes", {"limit": limit})
+
+
+async def limited_stream(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The request body in chunks; raises 413 as soon as more than `limit` bytes arrive."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(what, limit)
+        if chunk:
+            yield chunk
+
+
+async def read_json(request: Request, *, limit: int = JSON_LIMIT) -> Any:
+    """The JSON value of the body; 413 over `limit`, 400 when it is not JSON."""
+    chunks = [chunk async for chunk in limited_stream(request, limit, "JSON body")]
+    body = b"".join(chunks)
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "a JSON body is required")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+async def read_object(request: Request, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    value = await read_json(request, limit=limit)
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return value
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def receive_upload(request: Request, *, limit: int = UPLOAD_LIMIT) -> IO[bytes]:
+    """The uploaded zip as a file positioned at 0: a raw body or multipart field `file`.
+
+    The caller closes it.
+    """
+    media_type = _media_type(request)
+    if media_type == "multipart/form-data":
+        return await _receive_multipart(request, limit)
+    if media_type not in _RAW_ZIP_TYPES:
+        raise ApiError(
+            415, "unsupported_media_type",
+            "upload the zip as an application/zip body or as multipart/form-data field 'file'",
+            {"contentType": media_type},
+        )
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    try:
+        async for chunk in limited_stream(request, limit, "plugin upload"):
+            # small chunks into a spool file: the write is a memcpy or a page-cache write
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    if spool.tell() == 0:
+        spool.close()
+        raise ApiError(400, "empty_upload", "the upload is empty; send the plugin zip as the body")
+    spool.seek(0)
+    return spool
+
+
+async def _receive_multipart(request: Request, limit: int) -> IO[bytes]:
+    parser = MultiPartParser(
+        request.headers,
+        limited_stream(request, limit + MULTIPART_OVERHEAD, "plugin upload"),
+        max_files=1,
+        max_fields=8,
+        max_part_size=16 * 1024,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "invalid_multipart", f"the multipart body is invalid: {exc.message}") from None
+    upload = form.get("file")
+    try:
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "missing_file", "the multipart body has no file field 'file'")
+        if upload.size is not None and upload.size > limit:
+            raise _too_large("plugin upload", limit)
+        if not upload.size:
+            raise ApiError(400, "empty_upload", "the uploaded file is empty")
+    except ApiError:
+        await form.close()
+        raise
+    upload.file.seek(0)
+    return upload.file

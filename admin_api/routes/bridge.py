@@ -1,0 +1,102 @@
+"""The connector bridge and platform webhooks: the HTTP doors of the inbound pipeline (SPEC 6.3, 7.3).
+
+Both end in `ChannelRuntime.ingest`: an answer of 200 means the event is
+committed to the durable inbox.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from channel_runtime.runtime import ChannelRuntime
+from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, RpcError
+from plugin_host.protocol import WebhookParams, WebhookResult
+from plugin_host.wire_schemas import decode_bridge_event
+
+from ..body import JSON_LIMIT, limited_stream
+from ..errors import ApiError
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_BODY_LIMIT = JSON_LIMIT
+# hop-by-hop and framing headers are the server's business, not the plugin's
+_DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
+
+
+def runtime_of(request: Request) -> ChannelRuntime:
+    runtime = request.app.state.runtime
+    if runtime is None or not runtime.started:
+        raise ApiError(503, "runtime_unavailable", "the channel runtime is not running")
+    return runtime
+
+
+async def bridge_event(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = b"".join([chunk async for chunk in limited_stream(request, JSON_LIMIT, "JSON body")])
+    event, problems = decode_bridge_event(body)
+    if event is None:
+        raise ApiError(422, "invalid_event", "the body is not a valid BridgeEvent", {"errors": problems})
+    result = await runtime.ingest(event)
+    return Response(msgspec.json.encode(result.ack), status_code=result.status, media_type="application/json")
+
+
+async def webhook(request: Request) -> Response:
+    runtime = runtime_of(request)
+    host = runtime.plugin_host
+    connection = await runtime.store.connections.get(request.path_params["connection_id"])
+    if host is None or connection is None or connection.status == "revoked":
+        raise ApiError(404, "unknown_connection", "unknown or revoked connection")
+    body = b"".join([chunk async for chunk in limited_stream(request, WEBHOOK_BODY_LIMIT, "webhook body")])
+    params = WebhookParams(
+        connection_id=connection.connection_id,
+        method=request.method,
+        path=request.url.path,
+        query=request.url.query,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        body=base64.b64encode(body).decode(),
+    )
+    try:
+        result = await host.call(connection.plugin_id, "webhook.handle", params, result_type=WebhookResult)
+    except RpcError as exc:
+        if exc.code in (UNAVAILABLE, TIMED_OUT, OVERLOADED):
+            # the platform retries a 503; the dedupe makes the retry safe
+            raise ApiError(503, "plugin_unavailable", f"plugin {connection.plugin_id} is unavailable",
+                           headers={"Retry-After": "5"}) from None
+        raise ApiError(502, "webhook_failed", f"plugin {connection.plugin_id} failed: {exc.message}") from None
+    for event in result.events:
+        if event.connection_id != connection.connection_id:
+            event = msgspec.structs.replace(event, connection_id=connection.connection_id)
+        # committed before the platform hears back; a failure here makes it deliver again
+        await runtime.ingest(event, plugin_id=connection.plugin_id)
+    return _plugin_response(result)
+
+
+def _plugin_response(result: WebhookResult) -> Response:
+    answer = result.response
+    if answer.body_encoding == "base64":
+        try:
+            content = base64.b64decode(answer.body, validate=True)
+        except ValueError:
+            raise ApiError(502, "webhook_failed", "the plugin answered an invalid base64 body") from None
+    else:
+        content = answer.body.encode()
+    status = answer.status if 100 <= answer.status <= 599 else 502
+    headers: dict[str, Any] = {
+        k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS
+    }
+    return Response(content, status_code=status, headers=headers)
+
+
+routes = [
+    Route("/api/channel-connector-bridge/events", bridge_event, methods=["POST"]),
+    Route(
+        "/webhooks/{connection_id}", webhook,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    ),
+]

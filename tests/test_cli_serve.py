@@ -1,0 +1,119 @@
+"""The real `channel-runtime serve` as a subprocess on a free port, talked to over HTTP."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("channel-runtime")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "channel_runtime.cli"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+class Server:
+    def __init__(self, tmp_path: Path, home: Path) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_RUNTIME_")}
+        self.proc = subprocess.Popen(
+            [*_command(), "serve", "--home", str(home), "--port", str(self.port)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def wait_ready(self) -> None:
+        for _ in range(300):  # bounded: the test fails, not hangs, when the server never comes up
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited early: {self.proc.communicate()}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("serve did not become ready")
+
+    def stop(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+
+def _raw_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.sendall(b"\0" * 65536)  # a little of the promised body
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)
+
+
+def test_serve_on_a_fresh_home_then_again(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    server = Server(tmp_path, home)
+    try:
+        server.wait_ready()
+        token = (home / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(server.base + "/api/plugins", timeout=10).status_code == 401
+        plugins = httpx.get(server.base + "/api/plugins", headers=auth, timeout=10).json()
+        bundled = {p["id"]: p for p in plugins}
+        assert "echo" in bundled and bundled["echo"]["enabled"]
+        echo = httpx.get(server.base + "/api/plugins/echo", headers=auth, timeout=10).json()
+        assert echo["state"] == "running"
+        pid = echo["pid"]
+        assert _alive(pid)
+        assert "<html" in httpx.get(server.base + "/admin", timeout=10).text
+
+        # an upload that declares 2 GiB is refused before its body is read
+        answer = _raw_request(server.port, (
+            f"POST /api/plugins HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/zip\r\nContent-Length: {2 * 2**30}\r\n\r\n").encode())
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'"payload_too_large"' in answer
+        assert httpx.get(server.base + "/healthz", timeout=10).json() == {"status": "ok"}
+    finally:
+        code, out, err = server.stop()
+    assert code == 0, err
+    assert not _alive(pid)  # plugin children are stopped with the server
+    assert "http://127.0.0.1:%d/admin" % server.port in out
+    assert out.count(token) == 1  # printed once, on stdout
+    assert token not in err  # never logged
+
+    # the same home again: no new token printed, the enabled plugin comes back
+    server = Server(tmp_path, home)
+    try:
+        server.wait_ready()
+        echo = httpx.get(server.base + "/api/plugins/echo", headers=auth, timeout=10).json()
+        assert echo["state"] == "running" and echo["pid"] != pid
+    finally:
+        code, out, err = server.stop()
+    assert code == 0
+    assert token not in out and token not in err
