@@ -71,6 +71,8 @@ class PluginRegistry:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        # decoded manifests by (id, version, sha256): immutable, and decoding dominates listing
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -95,7 +97,19 @@ class PluginRegistry:
             "SELECT plugin_id, version, sha256, source, installed_at, manifest FROM plugin_version WHERE plugin_id = ?",
             (plugin_id,),
         ).fetchall()
-        return sorted((_version(r) for r in rows), key=lambda v: _semver_key(v.version))
+        return sorted((self._version(r) for r in rows), key=lambda v: _semver_key(v.version))
+
+    def all_versions(self) -> dict[str, list[VersionRecord]]:
+        """Every plugin's versions (sorted) in one query."""
+        rows = self._db.execute(
+            "SELECT plugin_id, version, sha256, source, installed_at, manifest FROM plugin_version"
+        ).fetchall()
+        out: dict[str, list[VersionRecord]] = {}
+        for row in rows:
+            out.setdefault(row[0], []).append(self._version(row))
+        for versions in out.values():
+            versions.sort(key=lambda v: _semver_key(v.version))
+        return out
 
     def version(self, plugin_id: str, version: str) -> VersionRecord | None:
         row = self._db.execute(
@@ -103,7 +117,7 @@ class PluginRegistry:
             "WHERE plugin_id = ? AND version = ?",
             (plugin_id, version),
         ).fetchone()
-        return _version(row) if row else None
+        return self._version(row) if row else None
 
     # ---------------------------------------------------------------- writes
 
@@ -145,6 +159,13 @@ class PluginRegistry:
         with self._db:
             self._db.execute("DELETE FROM plugin WHERE id = ?", (plugin_id,))
 
+    def _version(self, row: tuple) -> VersionRecord:
+        key = (row[0], row[1], row[2])
+        manifest = self._manifests.get(key)
+        if manifest is None:
+            manifest = self._manifests[key] = msgspec.json.decode(row[5], type=Manifest)
+        return VersionRecord(row[0], row[1], row[2], row[3], row[4], manifest)
+
     def _update(self, plugin_id: str, assignment: str, value: Any) -> None:
         with self._db:
             self._db.execute(
@@ -157,5 +178,3 @@ def _plugin(row: tuple) -> PluginRecord:
     return PluginRecord(row[0], bool(row[1]), row[2], json.loads(row[3]), row[4], row[5])
 
 
-def _version(row: tuple) -> VersionRecord:
-    return VersionRecord(row[0], row[1], row[2], row[3], row[4], msgspec.json.decode(row[5], type=Manifest))
