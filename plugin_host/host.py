@@ -1,0 +1,483 @@
+"""PluginHost: every installed plugin, its registry entry and its running supervisor (SPEC 5.1-5.2)."""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Mapping
+
+import anyio
+import anyio.abc
+import msgspec
+
+from .clock import Clock, SystemClock
+from .errors import UNAVAILABLE, RpcError
+from .manifest import Manifest
+from .package import InstalledPackage, install_package
+from .process import LaunchSpec
+from .protocol import ConnectionInfo, ConnectorDescriptor
+from .registry import PluginRecord, PluginRegistry, VersionRecord
+from .supervisor import PluginSupervisor, StartError
+
+log = logging.getLogger(__name__)
+
+RequestCallback = Callable[[str, str, "msgspec.Raw | None"], Awaitable[Any]]
+NotificationCallback = Callable[[str, str, "msgspec.Raw | None"], Awaitable[None]]
+ConnectionsProvider = Callable[[str], Awaitable[list[ConnectionInfo]]]
+UsageProvider = Callable[[str], Awaitable[int]]
+
+
+class HostError(Exception):
+    """A refused lifecycle operation; `status` is the HTTP status the admin API answers."""
+
+    def __init__(self, code: str, message: str, status: int = 400, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+
+
+@dataclass
+class InstallOutcome:
+    plugin_id: str
+    version: str
+    sha256: str
+    created: bool
+
+
+@dataclass
+class _Running:
+    version: str
+    supervisor: PluginSupervisor
+
+
+@dataclass
+class HostHooks:
+    """How the host reaches the rest of the application (the channel runtime)."""
+
+    on_request: RequestCallback | None = None
+    on_notification: NotificationCallback | None = None
+    connections: ConnectionsProvider | None = None
+    usage: UsageProvider | None = None
+    on_state: Callable[[str, str], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _no_connections(plugin_id: str) -> list[ConnectionInfo]:
+    return []
+
+
+async def _no_usage(plugin_id: str) -> int:
+    return 0
+
+
+class PluginHost:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        clock: Clock | None = None,
+        host_env: Mapping[str, str] | None = None,
+        hooks: HostHooks | None = None,
+        supervisor_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.plugins_dir = self.home / "plugins"
+        self.data_dir = self.home / "plugin-data"
+        self._clock = clock or SystemClock()
+        self._host_env = host_env
+        self.hooks = hooks or HostHooks()
+        self._supervisor_options = supervisor_options or {}
+        self.registry = PluginRegistry(self.home / "state.db", clock=self._clock)
+        self._running: dict[str, _Running] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._install_lock = anyio.Lock()
+        self._started = False
+        # owns every supervisor's tasks; entered by start(), exited by stop() (same task)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ---------------------------------------------------------------- lifecycle of the host
+
+    async def start(self) -> None:
+        """Start every enabled plugin; a plugin that fails to start is left to its supervisor's backoff."""
+        if self._started:
+            return
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._started = True
+        for record in self.registry.list():
+            if record.enabled and record.active_version:
+                await self._start_reporting(record.id, record.active_version)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def stop(self) -> None:
+        self._started = False
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for plugin_id in list(self._running):
+                    tg.start_soon(self._stop, plugin_id)
+        owner, self._tg = self._tg, None
+        if owner is not None:
+            # every supervisor is closed: nothing left to cancel but idle tasks
+            owner.cancel_scope.cancel()
+            await owner.__aexit__(None, None, None)
+        self.registry.close()
+
+    async def __aenter__(self) -> PluginHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---------------------------------------------------------------- install / uninstall
+
+    async def install(self, source: BinaryIO | Path, *, source_label: str = "upload") -> InstallOutcome:
+        async with self._install_lock:
+            package: InstalledPackage = await anyio.to_thread.run_sync(install_package, source, self.plugins_dir)
+            self.registry.add_version(package.manifest, package.sha256, source_label)
+        return InstallOutcome(package.id, package.version, package.sha256, package.created)
+
+    async def uninstall_version(self, plugin_id: str, version: str, *, force: bool = False) -> None:
+        async with self._lock(plugin_id):
+            record = self._record(plugin_id)
+            if self.registry.version(plugin_id, version) is None:
+                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+            if record.active_version == version:
+                others = [v.version for v in self.registry.versions(plugin_id) if v.version != version]
+                if not others:
+                    # the last version: same rule as uninstalling the plugin
+                    await self._check_unused(plugin_id, force)
+                elif record.enabled and not force:
+                    raise HostError(
+                        "version_active",
+                        f"version {version} of {plugin_id} is active; activate another version first",
+                        409,
+                        {"activeVersion": version},
+                    )
+                if plugin_id in self._running:
+                    await self._stop(plugin_id)
+                self.registry.set_active(plugin_id, others[-1] if others else None)
+                if others and record.enabled and self._started:
+                    await self._start_reporting(plugin_id, others[-1])
+            self.registry.remove_version(plugin_id, version)
+            shutil.rmtree(self.plugins_dir / plugin_id / version, ignore_errors=True)
+
+    async def uninstall(self, plugin_id: str, *, force: bool = False) -> None:
+        async with self._lock(plugin_id):
+            self._record(plugin_id)
+            await self._check_unused(plugin_id, force)
+            if plugin_id in self._running:
+                await self._stop(plugin_id)
+            self.registry.remove(plugin_id)
+            shutil.rmtree(self.plugins_dir / plugin_id, ignore_errors=True)
+
+    async def _check_unused(self, plugin_id: str, force: bool) -> None:
+        in_use = await (self.hooks.usage or _no_usage)(plugin_id)
+        if in_use and not force:
+            raise HostError(
+                "plugin_in_use",
+                f"{in_use} connection(s) use plugin {plugin_id}; log them out or pass force=true",
+                409,
+                {"connections": in_use},
+            )
+
+    # ---------------------------------------------------------------- enable / disable / restart / activate
+
+    async def enable(self, plugin_id: str) -> None:
+        async with self._lock(plugin_id):
+            record = self._record(plugin_id)
+            if not record.active_version:
+                raise HostError("no_version", f"plugin {plugin_id} has no installed version", 409)
+            self._check_kinds(plugin_id, self._manifest(plugin_id, record.active_version))
+            self.registry.set_enabled(plugin_id, True)
+            if self._started and plugin_id not in self._running:
+                await self._start_reporting(plugin_id, record.active_version)
+
+    async def disable(self, plugin_id: str) -> None:
+        async with self._lock(plugin_id):
+            self._record(plugin_id)
+            self.registry.set_enabled(plugin_id, False)
+            if plugin_id in self._running:
+                await self._stop(plugin_id)
+
+    async def restart(self, plugin_id: str) -> None:
+        async with self._lock(plugin_id):
+            record = self._record(plugin_id)
+            if not record.enabled or not record.active_version:
+                raise HostError("plugin_disabled", f"plugin {plugin_id} is disabled; enable it first", 409)
+            self._require_started()
+            running = self._running.get(plugin_id)
+            if running is None:
+                await self._start_reporting(plugin_id, record.active_version)
+                return
+            try:
+                await running.supervisor.restart()
+            except StartError as exc:
+                raise HostError(
+                    "start_failed",
+                    f"plugin {plugin_id} failed to start again: {exc}; it keeps retrying with backoff",
+                    502,
+                ) from None
+
+    async def activate(self, plugin_id: str, version: str) -> None:
+        """Hot swap: start and handshake `version`, swap, then stop the old one."""
+        async with self._lock(plugin_id):
+            record = self._record(plugin_id)
+            if self.registry.version(plugin_id, version) is None:
+                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+            manifest = self._manifest(plugin_id, version)
+            old = self._running.get(plugin_id)
+            if old is not None and old.version == version:
+                return
+            if not record.enabled or not self._started:
+                self.registry.set_active(plugin_id, version)
+                return
+            self._check_kinds(plugin_id, manifest)
+            new = await self._supervise(plugin_id, version, manifest)
+            try:
+                await new.start()
+            except Exception as exc:
+                await new.aclose()
+                kept = f"version {old.version} keeps running" if old else "no version is running"
+                raise HostError(
+                    "activation_failed",
+                    f"version {version} of {plugin_id} failed to start ({exc}); {kept}",
+                    409 if old else 502,
+                    {"version": version, "runningVersion": old.version if old else None},
+                ) from None
+            self._running[plugin_id] = _Running(version, new)
+            self.registry.set_active(plugin_id, version)
+            if old is not None:
+                await old.supervisor.aclose()
+
+    async def set_config(self, plugin_id: str, config: dict[str, Any]) -> None:
+        from .config_schema import validate_config  # jsonschema is heavy: only the admin path needs it
+
+        async with self._lock(plugin_id):
+            record = self._record(plugin_id)
+            manifest = self._manifest(plugin_id, record.active_version) if record.active_version else None
+            if manifest is not None:
+                validate_config(manifest, config)
+            self.registry.set_config(plugin_id, config)
+            running = self._running.get(plugin_id)
+            if running is not None:
+                # config reaches a plugin only through initialize: restart it
+                running.supervisor.config = config
+                try:
+                    await running.supervisor.restart()
+                except StartError as exc:  # the state and lastError show it; supervision goes on
+                    log.warning("plugin %s did not restart with its new config: %s", plugin_id, exc)
+
+    # ---------------------------------------------------------------- calls
+
+    def supervisor(self, plugin_id: str) -> PluginSupervisor | None:
+        running = self._running.get(plugin_id)
+        return running.supervisor if running else None
+
+    def plugin_for_kind(self, kind: str) -> str | None:
+        """The enabled plugin providing connector `kind`, if any."""
+        for record in self.registry.list():
+            if record.enabled and record.active_version:
+                if any(c.kind == kind for c in self._manifest(record.id, record.active_version).connectors):
+                    return record.id
+        return None
+
+    async def call(self, plugin_id: str, method: str, params: Any = None, **kw: Any) -> Any:
+        sup = self.supervisor(plugin_id)
+        if sup is None:
+            raise RpcError(UNAVAILABLE, f"plugin {plugin_id} is not running")
+        return await sup.call(method, params, **kw)
+
+    async def notify(self, plugin_id: str, method: str, params: Any = None) -> None:
+        sup = self.supervisor(plugin_id)
+        if sup is None:
+            raise RpcError(UNAVAILABLE, f"plugin {plugin_id} is not running")
+        await sup.notify(method, params)
+
+    # ---------------------------------------------------------------- views
+
+    def describe(
+        self,
+        plugin_id: str,
+        *,
+        detail: bool = False,
+        record: PluginRecord | None = None,
+        versions: list[VersionRecord] | None = None,
+    ) -> dict[str, Any]:
+        record = record or self._record(plugin_id)
+        if versions is None:
+            versions = self.registry.versions(plugin_id)
+        running = self._running.get(plugin_id)
+        snap = running.supervisor.snapshot() if running else {}
+        active = record.active_version
+        # the active manifest is among the versions just read: no second query and decode
+        manifest = next((v.manifest for v in versions if v.version == active), None) if active else None
+        if running is not None:
+            state = snap.get("state", "stopped")
+        else:
+            state = "stopped" if record.enabled else "disabled"
+        view: dict[str, Any] = {
+            "id": plugin_id,
+            "name": manifest.name if manifest else plugin_id,
+            "description": manifest.description if manifest else "",
+            "activeVersion": active,
+            "runningVersion": running.version if running else None,
+            "versions": [
+                {"version": v.version, "sha256": v.sha256, "installedAt": v.installed_at, "source": v.source}
+                for v in versions
+            ],
+            "enabled": record.enabled,
+            "state": state,
+            "health": snap.get("health"),
+            "restarts": snap.get("counters", {}).get("restarts", 0),
+            "lastError": snap.get("lastError"),
+            "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+        }
+        if detail:
+            view["counters"] = snap.get(
+                "counters",
+                {"restarts": 0, "crashes": 0, "timeouts": 0, "protocolViolations": 0, "oversizedMessages": 0},
+            )
+            view["latencyMs"] = snap.get("latencyMs", {})
+            view["pid"] = snap.get("pid")
+            view["startedAt"] = snap.get("startedAt")
+            view["config"] = record.config
+            view["configSchema"] = manifest.config_schema if manifest else {}
+        return view
+
+    def list(self) -> list[dict[str, Any]]:
+        versions = self.registry.all_versions()
+        return [self.describe(r.id, record=r, versions=versions.get(r.id, [])) for r in self.registry.list()]
+
+    def connectors(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for record in self.registry.list():
+            if not record.enabled or not record.active_version:
+                continue
+            running = self._running.get(record.id)
+            state = running.supervisor.state if running else "stopped"
+            result = running.supervisor.initialize_result if running else None
+            descriptors: list[ConnectorDescriptor] = (
+                list(result.connectors) if result and result.connectors
+                else self._manifest(record.id, record.active_version).connectors
+            )
+            for d in descriptors:
+                item = msgspec.to_builtins(d)
+                item["pluginId"] = record.id
+                item["available"] = state in ("running", "degraded")
+                out.append(item)
+        return out
+
+    def logs(self, plugin_id: str, tail: int = 200) -> list[str]:
+        self._record(plugin_id)
+        running = self._running.get(plugin_id)
+        return running.supervisor.logs(tail) if running else []
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        return {pid: r.supervisor.snapshot() for pid, r in self._running.items()}
+
+    # ---------------------------------------------------------------- internals
+
+    def _lock(self, plugin_id: str) -> anyio.Lock:
+        return self._locks.setdefault(plugin_id, anyio.Lock())
+
+    def _record(self, plugin_id: str) -> PluginRecord:
+        record = self.registry.get(plugin_id)
+        if record is None:
+            raise HostError("plugin_not_found", f"no plugin {plugin_id} is installed", 404)
+        return record
+
+    def _manifest(self, plugin_id: str, version: str) -> Manifest:
+        v: VersionRecord | None = self.registry.version(plugin_id, version)
+        if v is None:
+            raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+        return v.manifest
+
+    def _check_kinds(self, plugin_id: str, manifest: Manifest) -> None:
+        kinds = {c.kind for c in manifest.connectors}
+        for other in self.registry.list():
+            if other.id == plugin_id or not other.enabled or not other.active_version:
+                continue
+            clash = kinds & {c.kind for c in self._manifest(other.id, other.active_version).connectors}
+            if clash:
+                raise HostError(
+                    "connector_kind_taken",
+                    f"connector kind {', '.join(sorted(clash))} is already provided by enabled plugin {other.id}",
+                    409,
+                    {"kinds": sorted(clash), "plugin": other.id},
+                )
+
+    def _make_supervisor(self, plugin_id: str, version: str, manifest: Manifest) -> PluginSupervisor:
+        record = self._record(plugin_id)
+        spec = LaunchSpec(
+            plugin_id=plugin_id,
+            version=version,
+            version_dir=self.plugins_dir / plugin_id / version,
+            data_dir=self.data_dir / plugin_id,
+            manifest=manifest,
+            host_env=self._host_env,
+        )
+        hooks = self.hooks
+
+        async def connections() -> list[ConnectionInfo]:
+            return await (hooks.connections or _no_connections)(plugin_id)
+
+        async def on_request(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> Any:
+            if hooks.on_request is None:
+                from .errors import METHOD_NOT_FOUND
+
+                raise RpcError(METHOD_NOT_FOUND, f"the host does not serve {method}")
+            return await hooks.on_request(plugin_id, method, params)
+
+        async def on_notification(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> None:
+            if hooks.on_notification is not None:
+                await hooks.on_notification(plugin_id, method, params)
+
+        return PluginSupervisor(
+            spec,
+            config=record.config,
+            connections_provider=connections,
+            on_request=on_request,
+            on_notification=on_notification,
+            clock=self._clock,
+            **self._supervisor_options,
+        )
+
+    def _require_started(self) -> None:
+        if not self._started or self._tg is None:
+            raise HostError("host_not_started", "the plugin host is not running", 503)
+
+    async def _supervise(self, plugin_id: str, version: str, manifest: Manifest) -> PluginSupervisor:
+        """A new supervisor whose tasks the host's task group owns (until `aclose()`)."""
+        self._require_started()
+        assert self._tg is not None
+        sup = self._make_supervisor(plugin_id, version, manifest)
+        await self._tg.start(sup.serve)
+        return sup
+
+    async def _start(self, plugin_id: str, version: str) -> PluginSupervisor:
+        """Start supervising; a failed first start raises but keeps retrying with backoff."""
+        sup = await self._supervise(plugin_id, version, self._manifest(plugin_id, version))
+        self._running[plugin_id] = _Running(version, sup)
+        await sup.start(retry=True)
+        return sup
+
+    async def _start_reporting(self, plugin_id: str, version: str) -> None:
+        """Start a plugin; a failed first start stays in backoff (state shows it) rather than raising."""
+        try:
+            await self._start(plugin_id, version)
+        except Exception as exc:
+            log.warning("plugin %s failed to start: %s", plugin_id, exc)
+
+    async def _stop(self, plugin_id: str) -> None:
+        running = self._running.pop(plugin_id, None)
+        if running is not None:
+            await running.supervisor.aclose()
