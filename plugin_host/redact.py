@@ -16,34 +16,49 @@ _KEYED = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?")
-# long random-looking strings: at least 32 chars of token alphabet with both letters and digits
-# (starting with a letter or digit, so an absolute path like /tmp/pytest-of-root/... is left alone)
-_TOKENISH = re.compile(
-    r"(?<![\w/.-])(?=[A-Za-z0-9_+/=-]*\d)(?=[A-Za-z0-9_+/=-]*[A-Za-z])[A-Za-z0-9][A-Za-z0-9_+/=-]{31,}(?![\w/.-])"
-)
+# long runs of the token alphabet, starting with a letter or digit (so an absolute
+# path like /tmp/pytest-of-root/... is left alone); masked when they mix letters and digits
+_LONG_RUN = re.compile(r"(?<![\w/.-])[A-Za-z0-9][A-Za-z0-9_+/=-]{31,}(?![\w/.-])")
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[A-Za-z]")
+# cheap prefilter (substring search): the keyed pattern only runs on text naming a secret
+_KEY_WORDS = ("token", "secret", "passw", "key", "credential", "authorization", "cookie")
+
+
+def _mask_tokenish(match: re.Match[str]) -> str:
+    run = match.group()
+    return MASK if _DIGIT.search(run) and _LETTER.search(run) else run
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Mask known secrets and anything shaped like a token."""
     for secret in secrets:
-        if secret and len(secret) >= 4:
+        if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, MASK)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
-    text = _JWT.sub(MASK, text)
-    text = _KEYED.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
-    text = _TOKENISH.sub(MASK, text)
-    return text
+    lowered = text.lower()
+    if "bearer" in lowered or "basic" in lowered:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(MASK, text)
+    if any(word in lowered for word in _KEY_WORDS):
+        text = _KEYED.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
+    return _LONG_RUN.sub(_mask_tokenish, text)
 
 
 class Redactor:
     """`redact` bound to a growing set of known secrets (tokens, credentials)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = {s for s in secrets if s}
+        self._secrets: set[str] = set()
+        self._ordered: list[str] = []
+        self.add(*secrets)
 
     def add(self, *secrets: str) -> None:
-        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+        fresh = {s for s in secrets if s and len(s) >= 4} - self._secrets
+        if fresh:
+            self._secrets |= fresh
+            # longest first so a secret containing another is masked whole
+            self._ordered = sorted(self._secrets, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        # longest first so a secret containing another is masked whole
-        return redact(text, sorted(self._secrets, key=len, reverse=True))
+        return redact(text, self._ordered)
