@@ -16,7 +16,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock, SystemClock
-from plugin_host.errors import METHOD_NOT_FOUND, UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import INVALID_PARAMS, METHOD_NOT_FOUND, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
 from plugin_host.redact import redact
 
@@ -25,7 +25,7 @@ from .config import ChannelConfig
 from .messages import InboundMessage, OutboundMessage
 from .queues import QueueWorker, backoff_delay
 from .store import Store, open_store
-from .store.base import RETRY_AFTER_SECONDS, InboxEntry, OutboxEntry
+from .store.base import RETRY_AFTER_SECONDS, Delivery, InboxEntry, OutboxEntry, error_text
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
@@ -263,11 +263,11 @@ class ChannelRuntime:
         try:
             channel = await self._build_and_start(channel_id, config)
         except Exception as exc:
-            self._states[channel_id] = ChannelState("failed", _error_text(exc))
+            self._states[channel_id] = ChannelState("failed", error_text(exc))
             if raise_errors:
                 self._configs.pop(channel_id, None)
-                raise ChannelError(f"channel {channel_id} failed to start: {_error_text(exc)}") from exc
-            log.warning("channel %s failed to start: %s", channel_id, _error_text(exc))
+                raise ChannelError(f"channel {channel_id} failed to start: {error_text(exc)}") from exc
+            log.warning("channel %s failed to start: %s", channel_id, error_text(exc))
             return
         self._channels[channel_id] = channel
         self._states[channel_id] = ChannelState("running", None, self.clock.time())
@@ -279,8 +279,8 @@ class ChannelRuntime:
             replacement = await self._build_and_start(channel_id, config)
         except Exception as exc:
             # the old channel stays registered and running; its state records the failed attempt
-            self._states[channel_id].last_error = _error_text(exc)
-            raise ChannelError(f"replacement of channel {channel_id} failed to start: {_error_text(exc)}") from exc
+            self._states[channel_id].last_error = error_text(exc)
+            raise ChannelError(f"replacement of channel {channel_id} failed to start: {error_text(exc)}") from exc
         old = self._channels[channel_id]
         self._channels[channel_id] = replacement
         self._configs[channel_id] = config
@@ -304,24 +304,16 @@ class ChannelRuntime:
             plugin_id is not None and connection.plugin_id != plugin_id
         ):
             raise IngestError(404, "unknown_connection", "unknown or revoked connection")
-        begin = await store.bridge_dedupe.begin(event.connection_id, event.event_id, event.message_id)
-        if begin.outcome == "duplicate":
-            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+        message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
+        if not message.account_id:
+            message.account_id = connection.account_id
+        # bridge dedupe, runtime dedupe and inbox commit in one transaction; a failure is recorded and raised
+        begin, entry = await store.pipeline.accept_event(event.connection_id, event.event_id, message)
         if begin.outcome == "in_progress":
             return IngestResult(
                 409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
             )
-        try:
-            message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
-            if not message.account_id:
-                message.account_id = connection.account_id
-            entry = await store.inbox.commit(message)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await store.bridge_dedupe.fail(begin.dedupe_key, _error_text(exc))
-            raise
-        await store.bridge_dedupe.complete(begin.dedupe_key)
-        if entry is None:
+        if entry is None:  # a completed duplicate, or a message id this channel has seen
             return IngestResult(200, InboundAck(accepted=True, duplicate=True))
         self._inbox.wake()
         return IngestResult(200, InboundAck(accepted=True, pending=True))
@@ -341,10 +333,10 @@ class ChannelRuntime:
         try:
             result = await self.handler(entry.message)
             replies = [] if result is None else result if isinstance(result, list) else [result]
-            for reply in replies:
-                await self.send(reply)
+            # the transactional outbox: the ack and the replies commit together or not at all
+            enqueued = await store.pipeline.finish_inbound(entry.id, [self._delivery(reply) for reply in replies])
         except Exception as exc:
-            error = _error_text(exc)
+            error = error_text(exc)
             log.warning("handler failed for %s (attempt %d): %s", entry.message.message_id, entry.attempts, error)
             if entry.attempts >= self._handler_attempts:
                 await store.inbox.dead_letter(entry.id, error)
@@ -353,12 +345,22 @@ class ChannelRuntime:
                     entry.id, error, backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
                 )
             return
-        await store.inbox.ack(entry.id)
+        if enqueued is None:
+            log.warning("inbox entry %d was finished elsewhere after its lease ran out; replies dropped", entry.id)
+        elif any(enqueued):
+            self._outbox.wake()
 
     # ---------------------------------------------------------------- outbound (SPEC 6.4)
 
     async def send(self, message: OutboundMessage) -> str:
         """Write to the durable outbox and return its stable `requestId`; delivery follows."""
+        delivery = self._delivery(message)
+        if await self.store.outbox.enqueue(delivery.channel_id, delivery.request_id, delivery.payload):
+            self._outbox.wake()
+        return delivery.request_id
+
+    def _delivery(self, message: OutboundMessage) -> Delivery:
+        """The outbox delivery of `message`: its SendRequest and stable `requestId` (SPEC 6.4)."""
         config = self._configs.get(message.channel_id)
         if config is None:
             raise ChannelError(f"unknown channel {message.channel_id!r}")
@@ -379,9 +381,7 @@ class ChannelRuntime:
             content_type=message.content_type,
             metadata=dict(message.metadata),
         )
-        if await self.store.outbox.enqueue(message.channel_id, request_id, msgspec.to_builtins(request)):
-            self._outbox.wake()
-        return request_id
+        return Delivery(message.channel_id, request_id, msgspec.to_builtins(request))
 
     async def _claim_outbox(self, limit: int) -> list[OutboxEntry]:
         return await self.store.outbox.claim_ready(limit, lease=self._lease)
@@ -395,7 +395,7 @@ class ChannelRuntime:
             request = msgspec.convert(entry.payload, SendRequest)
             result: SendResult = await channel.send(request)
         except Exception as exc:
-            error = redact(_error_text(exc))
+            error = redact(error_text(exc))
             retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
             permanent = isinstance(exc, DeliveryError) and exc.permanent
             if permanent or entry.attempts >= self._delivery_attempts:
@@ -418,7 +418,11 @@ class ChannelRuntime:
 
     async def on_plugin_request(self, plugin_id: str, method: str, params: msgspec.Raw | None) -> Any:
         if method == "event.inbound":
-            event = msgspec.json.decode(params or b"{}", type=BridgeEvent)
+            from plugin_host.wire_schemas import decode_bridge_event  # jsonschema: host side only
+
+            event, problems = decode_bridge_event(bytes(params or b"{}"))
+            if event is None:
+                raise RpcError(INVALID_PARAMS, "event.inbound params are not a valid BridgeEvent", {"errors": problems})
             try:
                 result = await self.ingest(event, plugin_id=plugin_id)
             except IngestError as exc:
@@ -445,9 +449,4 @@ async def _stop_quietly(channel: Channel) -> None:
         with anyio.move_on_after(10, shield=True):
             await channel.stop()
     except Exception as exc:
-        log.warning("channel %s did not stop cleanly: %s", channel.channel_id, _error_text(exc))
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return redact(text)[:500]
+        log.warning("channel %s did not stop cleanly: %s", channel.channel_id, error_text(exc))

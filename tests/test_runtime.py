@@ -403,3 +403,68 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
     assert [body["requestId"] for _, body in received] == [request_id] * 2
     assert received[0][1]["target"]["peerId"] == "u9" and received[0][1]["kind"] == "sidecar"
 
+
+
+# ---------------------------------------------------------------- one transaction per pipeline step
+
+
+async def test_replies_are_committed_with_the_ack_or_not_at_all():
+    attempts: list[int] = []
+
+    async def handler(message: InboundMessage) -> list[OutboundMessage]:
+        attempts.append(1)
+        # the second reply goes to a channel that does not exist yet: the whole outcome must wait
+        return [message.reply("first"), OutboundMessage(channel_id="b", peer_id="u", content="second")]
+
+    async with fast_runtime(handler, handler_attempts=1000) as rt:
+        await rt.add_channel("a", MEM)
+        channel = mem(rt, "a")
+        await channel.receive("u1", "hi", message_id="m1")
+        await eventually(lambda: len(attempts) >= 3)
+        assert channel.sent == [] and await rt.store.outbox.pending_count() == 0  # no half-finished handling
+        assert await rt.store.inbox.pending_count() == 1
+        await rt.add_channel("b", MEM)
+        await eventually(lambda: len(channel.sent) == 1 and len(mem(rt, "b").sent) == 1)
+        assert channel.sent[0].content == "first" and mem(rt, "b").sent[0].content == "second"
+        assert await rt.store.inbox.pending_count() == 0
+
+
+@pytest.mark.parametrize("store", ["memory://", "sqlite"])
+async def test_ingest_failure_is_recorded_and_the_next_delivery_processes_it(store: str, tmp_path: Path):
+    handled: list[str] = []
+
+    async def handler(message: InboundMessage) -> None:
+        handled.append(message.message_id)
+        return None
+
+    url = store if store == "memory://" else f"sqlite:///{tmp_path / 'state.db'}"
+    async with fast_runtime(handler, url, home=tmp_path) as rt:
+        conn = await rt.store.connections.create(kind="echo", plugin_id="echo", status="connected")
+        with pytest.raises(TypeError):  # the inbox cannot store this message
+            await rt.ingest(event(conn.connection_id, metadata={"handle": object()}))
+        record = await rt.store.bridge_dedupe.get(f"{conn.connection_id}:e1")
+        assert record is not None and record.status == "failed" and record.delivery_attempts == 1
+        assert record.last_error
+        assert await rt.store.inbox.pending_count() == 0
+
+        again = await rt.ingest(event(conn.connection_id))
+        assert again.status == 200 and again.ack.accepted and not again.ack.duplicate
+        record = await rt.store.bridge_dedupe.get(f"{conn.connection_id}:e1")
+        assert record is not None and (record.status, record.delivery_attempts, record.last_error) == (
+            "completed", 2, None)
+        await eventually(lambda: handled == ["m1"])
+
+
+async def test_send_from_the_handler_and_returned_replies_both_work():
+    async def handler(message: InboundMessage) -> OutboundMessage:
+        await rt.send(message.reply("sent directly", message_id="d1"))
+        return message.reply("returned", message_id="r1")
+
+    rt = fast_runtime(handler)
+    async with rt:
+        await rt.add_channel("a", MEM)
+        channel = mem(rt, "a")
+        await channel.receive("u1", "hi", message_id="m1")
+        await eventually(lambda: len(channel.sent) == 2)
+        assert [s.content for s in channel.sent] == ["sent directly", "returned"]
+        assert [s.request_id for s in channel.sent] == ["out_a:memory:dm:u1:d1", "out_a:memory:dm:u1:r1"]

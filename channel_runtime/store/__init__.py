@@ -2,7 +2,7 @@
 
     store = await open_store("sqlite:///state/state.db", clock=clock, cipher=cipher)
     async with store:
-        result = await store.bridge_dedupe.begin(connection_id, event_id, message_id)
+        begin, entry = await store.pipeline.accept_event(connection_id, event_id, message)
 
 URLs: `memory://` (in process, tests), `sqlite:///PATH` (relative PATH) or
 `sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
@@ -25,6 +25,7 @@ from .base import (
     ConnectorSessionRecord,
     ConnectorSessionStore,
     DedupeRecord,
+    Delivery,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -32,6 +33,7 @@ from .base import (
     NotFoundError,
     OutboxEntry,
     OutboxStore,
+    PipelineStore,
     Store,
     StoreError,
     dedupe_key,
@@ -100,6 +102,7 @@ __all__ = [
     "ConnectorSessionRecord",
     "ConnectorSessionStore",
     "DedupeRecord",
+    "Delivery",
     "InboxEntry",
     "InboxStore",
     "KeyValueStore",
@@ -107,6 +110,7 @@ __all__ = [
     "NotFoundError",
     "OutboxEntry",
     "OutboxStore",
+    "PipelineStore",
     "Store",
     "StoreError",
     "UnsupportedStoreError",

@@ -9,9 +9,9 @@ Queues (inbox, outbox) share one model:
 - statuses `pending` -> `claimed` -> done (`ack`/`mark_sent`) or back to `pending`
   (`retry`, with a delay) or `dead` (`dead_letter`);
 - a conversation (channel id + conversation key) is worked in order: only its
-  earliest unfinished entry can be claimed, and only when that entry is due
-  (`next_attempt_at <= now`) and not held by a live claim. Dead entries count as
-  finished, so a dead letter does not block its conversation; different
+  earliest unfinished entry (its head) can be claimed, and only when that entry
+  is due (`next_attempt_at <= now`) and not held by a live claim. Dead entries
+  count as finished, so a dead letter does not block its conversation; different
   conversations are claimed in parallel, oldest head first;
 - claims are leases: `claim_ready` sets `claimed_until = now + lease`. An entry
   whose holder crashed (or was closed without acking) is handed out again once
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import abc
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, get_args
 
 import msgspec
 
 from plugin_host.protocol import SessionStatus
+from plugin_host.redact import redact
 
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
@@ -60,6 +61,11 @@ class NotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+
+
+def error_text(exc: BaseException) -> str:
+    """A failure as stored (`lastError`) and logged: redacted, at most 500 characters."""
+    return redact(str(exc) or type(exc).__name__)[:500]
 
 
 def check_connection_status(status: str) -> None:
@@ -325,6 +331,57 @@ class OutboxStore(abc.ABC):
         """Remove `sent` entries last updated `retention` seconds ago or more; count."""
 
 
+# ---------------------------------------------------------------- pipeline: steps that span areas
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One outbox delivery to enqueue (the arguments of `OutboxStore.enqueue`)."""
+
+    channel_id: str
+    request_id: str
+    payload: dict[str, Any]
+    conversation: str | None = None  # default: `outbox_conversation(request_id)`
+
+
+class PipelineStore(abc.ABC):
+    """The message pipeline's durable steps that touch several areas, each one transaction.
+
+    They exist so that a crash never leaves a step half done. A backend runs each
+    call as one atomic unit: SQLite a savepoint in a `BEGIN IMMEDIATE` transaction
+    that concurrent calls share (group commit); PostgreSQL would use one
+    `BEGIN ... COMMIT` per call (or a savepoint per call in a shared one), reading
+    the dedupe row `FOR UPDATE`.
+    """
+
+    @abc.abstractmethod
+    async def accept_event(
+        self, connection_id: str, event_id: str, message: InboundMessage
+    ) -> tuple[BeginResult, InboxEntry | None]:
+        """Bridge dedupe, runtime dedupe and inbox commit of one delivery, atomically (SPEC 6.3).
+
+        `decide_begin` on `connectionId + eventId` with `message.message_id`:
+        `duplicate` and `in_progress` change nothing and give no entry. Otherwise,
+        together: the message is committed as by `InboxStore.commit` (entry None
+        when its `channelId + messageId` was seen) and the dedupe record ends
+        `completed` (`record` in the result). When that fails nothing of it
+        remains; the record is then written `failed` with `error_text(exc)`, its
+        attempt counted (after the rollback: in the same transaction, or in one
+        of its own when the whole transaction failed; not when another delivery
+        changed the record meanwhile), and the error is raised. A backend that
+        awaits I/O writes it shielded from cancellation.
+        """
+
+    @abc.abstractmethod
+    async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:
+        """A handler finished: ack the inbox entry and enqueue its replies, atomically.
+
+        The transactional outbox: either the entry is gone and every reply is in
+        the outbox, or nothing changed. Returns, per delivery, whether it was new
+        (as `OutboxStore.enqueue`); None, changing nothing, when the entry is no
+        longer live (another consumer finished it after this one's lease ran out).
+        """
+
+
 # ---------------------------------------------------------------- connections
 
 
@@ -494,6 +551,7 @@ class Store:
         connections: ConnectionStore,
         sessions: ConnectorSessionStore,
         kv: KeyValueStore,
+        pipeline: PipelineStore,
         close: Callable[[], Awaitable[None]],
     ) -> None:
         self.url = url
@@ -504,6 +562,7 @@ class Store:
         self.connections = connections
         self.sessions = sessions
         self.kv = kv
+        self.pipeline = pipeline
         self._close = close
         self._closed = False
 

@@ -1,12 +1,15 @@
 """`memory://`: the store in process memory, for tests and throwaway runtimes.
 
 Same semantics as the SQLite backend. No method awaits inside its critical
-section, so each is atomic on the event loop without a lock.
+section, so each is atomic on the event loop without a lock; a method checks and
+encodes everything that can fail before it changes anything. Queue payloads are
+kept as JSON, as the durable backends keep them (what cannot be stored fails here too).
 """
 from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,7 @@ from .base import (
     ConnectorSessionRecord,
     ConnectorSessionStore,
     DedupeRecord,
+    Delivery,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -35,6 +39,7 @@ from .base import (
     NotFoundError,
     OutboxEntry,
     OutboxStore,
+    PipelineStore,
     Store,
     StoreError,
     check_connection_status,
@@ -42,6 +47,7 @@ from .base import (
     clean_view,
     decide_begin,
     dedupe_key,
+    error_text,
     new_connection_id,
     new_session_id,
     outbox_conversation,
@@ -99,14 +105,16 @@ class MemoryMessageDedupe(MessageDedupeStore):
         self._seen: dict[tuple[str, str], float] = {}
 
     async def seen_or_mark(self, channel_id: str, message_id: str) -> bool:
-        return self._seen_or_mark(channel_id, message_id)
-
-    def _seen_or_mark(self, channel_id: str, message_id: str) -> bool:
-        key = (channel_id, message_id)
-        if key in self._seen:
+        if self.seen(channel_id, message_id):
             return True
-        self._seen[key] = self._clock.time()
+        self.mark(channel_id, message_id)
         return False
+
+    def seen(self, channel_id: str, message_id: str) -> bool:
+        return (channel_id, message_id) in self._seen
+
+    def mark(self, channel_id: str, message_id: str) -> None:
+        self._seen[(channel_id, message_id)] = self._clock.time()
 
     async def prune(self, retention: float | None = None) -> int:
         cutoff = self._clock.time() - (self.retention if retention is None else retention)
@@ -124,7 +132,7 @@ class _Row:
     channel_id: str
     conversation: str
     key: str  # message id (inbox) or request id (outbox)
-    payload: Any
+    payload: bytes  # JSON
     created_at: float
     updated_at: float
     next_attempt_at: float
@@ -142,7 +150,7 @@ class _Queue:
     rows: dict[int, _Row] = field(default_factory=dict)  # insertion order = id order
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def add(self, channel_id: str, conversation: str, key: str, payload: Any) -> _Row:
+    def add(self, channel_id: str, conversation: str, key: str, payload: bytes) -> _Row:
         now = self.clock.time()
         row = _Row(id=next(self.ids), channel_id=channel_id, conversation=conversation, key=key,
                    payload=payload, created_at=now, updated_at=now, next_attempt_at=now)
@@ -205,7 +213,8 @@ class _Queue:
 
 def _inbox_entry(row: _Row) -> InboxEntry:
     return InboxEntry(
-        id=row.id, channel_id=row.channel_id, session_id=row.conversation, message=copy.deepcopy(row.payload),
+        id=row.id, channel_id=row.channel_id, session_id=row.conversation,
+        message=msgspec.json.decode(row.payload, type=InboundMessage),
         status=row.status, attempts=row.attempts, next_attempt_at=row.next_attempt_at,  # type: ignore[arg-type]
         claimed_until=row.claimed_until, last_error=row.last_error,
         created_at=row.created_at, updated_at=row.updated_at,
@@ -215,7 +224,7 @@ def _inbox_entry(row: _Row) -> InboxEntry:
 def _outbox_entry(row: _Row) -> OutboxEntry:
     return OutboxEntry(
         id=row.id, channel_id=row.channel_id, request_id=row.key, conversation=row.conversation,
-        payload=copy.deepcopy(row.payload), status=row.status, attempts=row.attempts,  # type: ignore[arg-type]
+        payload=msgspec.json.decode(row.payload), status=row.status, attempts=row.attempts,  # type: ignore[arg-type]
         next_attempt_at=row.next_attempt_at, claimed_until=row.claimed_until, last_error=row.last_error,
         result=copy.deepcopy(row.result), created_at=row.created_at, updated_at=row.updated_at,
     )
@@ -227,10 +236,14 @@ class MemoryInbox(InboxStore):
         self._dedupe = message_dedupe
 
     async def commit(self, message: InboundMessage) -> InboxEntry | None:
-        if self._dedupe._seen_or_mark(message.channel_id, message.message_id):
+        return self.commit_now(message)
+
+    def commit_now(self, message: InboundMessage) -> InboxEntry | None:
+        if self._dedupe.seen(message.channel_id, message.message_id):
             return None
-        row = self._queue.add(message.channel_id, message.session_id, message.message_id, message)
-        return _inbox_entry(row)
+        payload = msgspec.json.encode(message)  # may fail: before any change
+        self._dedupe.mark(message.channel_id, message.message_id)
+        return _inbox_entry(self._queue.add(message.channel_id, message.session_id, message.message_id, payload))
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
         return [_inbox_entry(r) for r in self._queue.claim(limit, lease)]
@@ -271,10 +284,12 @@ class MemoryOutbox(OutboxStore):
     ) -> bool:
         if request_id in self._by_request:
             return False
-        row = self._queue.add(channel_id, conversation or outbox_conversation(request_id), request_id,
-                              copy.deepcopy(payload))
-        self._by_request[request_id] = row.id
+        self.add(channel_id, request_id, msgspec.json.encode(payload), conversation)
         return True
+
+    def add(self, channel_id: str, request_id: str, payload: bytes, conversation: str | None) -> None:
+        row = self._queue.add(channel_id, conversation or outbox_conversation(request_id), request_id, payload)
+        self._by_request[request_id] = row.id
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]:
         return [_outbox_entry(r) for r in self._queue.claim(limit, lease)]
@@ -317,6 +332,51 @@ class MemoryOutbox(OutboxStore):
             del self._queue.rows[row.id]
             del self._by_request[row.key]
         return len(old)
+
+
+class MemoryPipeline(PipelineStore):
+    def __init__(
+        self, clock: Clock, dedupe: MemoryBridgeDedupe, inbox: MemoryInbox, outbox: MemoryOutbox
+    ) -> None:
+        self._clock = clock
+        self._dedupe = dedupe
+        self._inbox = inbox
+        self._outbox = outbox
+
+    async def accept_event(
+        self, connection_id: str, event_id: str, message: InboundMessage
+    ) -> tuple[BeginResult, InboxEntry | None]:
+        key = dedupe_key(connection_id, event_id)
+        now = self._clock.time()
+        outcome, record, _ = decide_begin(
+            self._dedupe._records.get(key), connection_id=connection_id, event_id=event_id,
+            message_id=message.message_id, now=now, ttl=self._dedupe.ttl,
+        )
+        if outcome in ("duplicate", "in_progress"):
+            return BeginResult(outcome=outcome, record=record), None
+        try:
+            entry = self._inbox.commit_now(message)  # changes nothing when it fails
+        except BaseException as exc:
+            self._dedupe._records[key] = msgspec.structs.replace(
+                record, status="failed", last_error=error_text(exc), updated_at=self._clock.time()
+            )
+            raise
+        record = msgspec.structs.replace(record, status="completed", last_error=None)
+        self._dedupe._records[key] = record
+        return BeginResult(outcome=outcome, record=record), entry
+
+    async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:
+        if self._inbox._queue.live(entry_id) is None:
+            return None
+        payloads = [msgspec.json.encode(d.payload) for d in deliveries]  # may fail: before any change
+        del self._inbox._queue.rows[entry_id]
+        new: list[bool] = []
+        for delivery, payload in zip(deliveries, payloads):
+            known = delivery.request_id in self._outbox._by_request
+            if not known:
+                self._outbox.add(delivery.channel_id, delivery.request_id, payload, delivery.conversation)
+            new.append(not known)
+        return new
 
 
 class MemoryConnections(ConnectionStore):
@@ -499,6 +559,9 @@ def open_memory_store(
     lease: float = DEFAULT_LEASE,
 ) -> Store:
     message_dedupe = MemoryMessageDedupe(clock, retention=retention)
+    bridge_dedupe = MemoryBridgeDedupe(clock, ttl=dedupe_ttl, retention=retention)
+    inbox = MemoryInbox(clock, message_dedupe, lease=lease)
+    outbox = MemoryOutbox(clock, lease=lease)
     sessions = MemorySessions(clock)
     connections = MemoryConnections(clock, cipher, sessions)
     sessions.connections = connections
@@ -508,12 +571,13 @@ def open_memory_store(
 
     return Store(
         url="memory://",
-        bridge_dedupe=MemoryBridgeDedupe(clock, ttl=dedupe_ttl, retention=retention),
+        bridge_dedupe=bridge_dedupe,
         message_dedupe=message_dedupe,
-        inbox=MemoryInbox(clock, message_dedupe, lease=lease),
-        outbox=MemoryOutbox(clock, lease=lease),
+        inbox=inbox,
+        outbox=outbox,
         connections=connections,
         sessions=sessions,
         kv=MemoryKeyValue(),
+        pipeline=MemoryPipeline(clock, bridge_dedupe, inbox, outbox),
         close=close,
     )

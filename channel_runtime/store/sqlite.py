@@ -7,15 +7,22 @@ keeps "no threads for I/O" (STYLE). Because a method never awaits inside its
 transaction, tasks of one process cannot interleave within it; read-modify-write
 uses `BEGIN IMMEDIATE`, which takes the file's write lock first, so several
 stores (or processes) on the same file stay atomic too (`busy_timeout` waits).
+
+A small write transaction costs mostly its commit (WAL frames, locks, and the
+checkpoints they trigger), so the per-message hot paths (`SqlitePipeline`,
+`mark_sent`) share commits: `Database.batched` runs the calls of one loop turn in
+one transaction, each in its own savepoint.
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
 import msgspec
 
 from plugin_host.clock import Clock
@@ -34,6 +41,7 @@ from .base import (
     ConnectorSessionRecord,
     ConnectorSessionStore,
     DedupeRecord,
+    Delivery,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -41,6 +49,7 @@ from .base import (
     NotFoundError,
     OutboxEntry,
     OutboxStore,
+    PipelineStore,
     Store,
     StoreError,
     check_connection_status,
@@ -48,11 +57,15 @@ from .base import (
     clean_view,
     decide_begin,
     dedupe_key,
+    error_text,
     new_connection_id,
     new_session_id,
     outbox_conversation,
     require_cipher,
 )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -145,6 +158,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
             updated_at REAL NOT NULL
         )""",
     ),
+    # `head` marks each conversation's earliest live entry, so a claim reads only heads
+    # instead of grouping every live entry
+    tuple(
+        statement
+        for table in ("inbox", "outbox")
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN head INTEGER NOT NULL DEFAULT 0",
+            f"UPDATE {table} SET head = 1 WHERE id IN (SELECT MIN(id) FROM {table}"
+            " WHERE status IN ('pending', 'claimed') GROUP BY channel_id, conversation)",
+            f"CREATE INDEX {table}_heads ON {table} (id) WHERE head = 1",
+        )
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -161,8 +186,22 @@ def _float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+class _Batched(Generic[T]):
+    """One `Database.batched` call waiting for its shared transaction."""
+
+    def __init__(
+        self, work: Callable[[sqlite3.Connection], T],
+        recover: Callable[[sqlite3.Connection, Exception], None] | None,
+    ) -> None:
+        self.work = work
+        self.recover = recover
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.done: anyio.Event | None = None  # only a caller that waits for another's transaction needs one
+
+
 class Database:
-    """One SQLite connection with the pragmas, migrations and transaction helper."""
+    """One SQLite connection with the pragmas, migrations and transaction helpers."""
 
     def __init__(self, path: str) -> None:
         if path != ":memory:":
@@ -170,6 +209,7 @@ class Database:
         # isolation_level=None: no implicit transactions; we BEGIN ourselves
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         self.conn.row_factory = sqlite3.Row
+        self._batch: list[_Batched[Any]] = []
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
@@ -186,11 +226,87 @@ class Database:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:  # SQLite may already have rolled back (disk full, ...)
                 self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+
+    async def batched(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        recover: Callable[[sqlite3.Connection, Exception], None] | None = None,
+    ) -> T:
+        """`work(conn)` in a write transaction shared with the `batched` calls of the same loop turn.
+
+        Group commit: the commit (WAL append, locks, and the checkpoints it
+        triggers) dominates a small transaction, so concurrent callers share one.
+        Each `work` runs in its own savepoint, so it is still all or nothing; when
+        it raises, its changes are rolled back, `recover(conn, exc)` runs in their
+        place, and only its caller sees the error. Nobody returns before the commit.
+        """
+        item = _Batched(work, recover)
+        self._batch.append(item)
+        if len(self._batch) == 1:  # the first caller of this turn runs the transaction
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0)  # one loop turn: callers meanwhile join
+                batch, self._batch = self._batch, []
+                self._run_batch(batch)
+        else:
+            item.done = anyio.Event()
+            await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[return-value]
+
+    def _run_batch(self, batch: list[_Batched[Any]]) -> None:
+        conn = self.conn
+        try:
+            with self.write():
+                for item in batch:
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        item.result = item.work(conn)
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite ended the whole transaction (disk full, I/O error, ...)
+                        conn.execute("ROLLBACK TO item")
+                        item.error = exc
+                        self._recover(item, exc, conn)
+                    conn.execute("RELEASE item")
+        except Exception as exc:
+            for item in batch:  # nothing was committed: every caller fails, each recovers on its own
+                item.result = None
+                if item.error is None:
+                    item.error = exc
+                if item.recover is not None:
+                    try:
+                        with self.write() as own:
+                            item.recover(own, item.error if isinstance(item.error, Exception) else exc)
+                    except Exception:
+                        log.exception("recording a failed store operation failed")
+        except BaseException as exc:
+            for item in batch:
+                item.error, item.result = exc, None
+            raise
+        finally:
+            for item in batch:
+                if item.done is not None:
+                    item.done.set()
+
+    @staticmethod
+    def _recover(item: _Batched[Any], exc: Exception, conn: sqlite3.Connection) -> None:
+        if item.recover is None:
+            return
+        conn.execute("SAVEPOINT recover")
+        try:
+            item.recover(conn, exc)
+        except Exception:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO recover")
+            log.exception("recording a failed store operation failed")
+        conn.execute("RELEASE recover")
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
@@ -228,6 +344,21 @@ def _dedupe_record(row: sqlite3.Row) -> DedupeRecord:
     )
 
 
+def _get_dedupe(conn: sqlite3.Connection, key: str) -> DedupeRecord | None:
+    row = conn.execute("SELECT * FROM bridge_dedupe WHERE dedupe_key = ?", (key,)).fetchone()
+    return None if row is None else _dedupe_record(row)
+
+
+def _put_dedupe(conn: sqlite3.Connection, record: DedupeRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_dedupe (dedupe_key, connection_id, event_id, status,"
+        " first_seen_at, updated_at, delivery_attempts, message_id, last_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record.dedupe_key, record.connection_id, record.event_id, record.status, record.first_seen_at,
+         record.updated_at, record.delivery_attempts, record.message_id, record.last_error),
+    )
+
+
 class SqliteBridgeDedupe(BridgeDedupeStore):
     def __init__(
         self, db: Database, clock: Clock, *, ttl: float = DEDUPE_IN_PROGRESS_TTL, retention: float = DEDUPE_RETENTION
@@ -238,22 +369,13 @@ class SqliteBridgeDedupe(BridgeDedupeStore):
         self.retention = retention
 
     async def begin(self, connection_id: str, event_id: str, message_id: str = "") -> BeginResult:
-        key = dedupe_key(connection_id, event_id)
         with self._db.write() as conn:
-            row = conn.execute("SELECT * FROM bridge_dedupe WHERE dedupe_key = ?", (key,)).fetchone()
             outcome, record, changed = decide_begin(
-                None if row is None else _dedupe_record(row), connection_id=connection_id,
+                _get_dedupe(conn, dedupe_key(connection_id, event_id)), connection_id=connection_id,
                 event_id=event_id, message_id=message_id, now=self._clock.time(), ttl=self.ttl,
             )
             if changed:
-                conn.execute(
-                    "INSERT OR REPLACE INTO bridge_dedupe (dedupe_key, connection_id, event_id, status,"
-                    " first_seen_at, updated_at, delivery_attempts, message_id, last_error)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.dedupe_key, record.connection_id, record.event_id, record.status,
-                     record.first_seen_at, record.updated_at, record.delivery_attempts,
-                     record.message_id, record.last_error),
-                )
+                _put_dedupe(conn, record)
         return BeginResult(outcome=outcome, record=record)
 
     async def complete(self, key: str) -> bool:
@@ -312,52 +434,57 @@ class SqliteMessageDedupe(MessageDedupeStore):
 
 # ---------------------------------------------------------------- queues
 
+_LIVE = "status IN ('pending', 'claimed')"  # spelled as in the partial indexes, so the planner uses them
+
 
 class _Queue:
-    """Inbox and outbox share one table layout and one claim/retry/dead-letter logic."""
+    """Inbox and outbox share one table layout and one claim/retry/dead-letter logic.
+
+    Invariant: `head = 1` on exactly the earliest live entry of each conversation.
+    `add` sets it on an entry that starts a conversation; whatever finishes an
+    entry (ack, sent, dead) hands it on with `promote`. A claim then walks the
+    `{table}_heads` index in id order and stops at `limit`.
+    """
 
     def __init__(self, db: Database, clock: Clock, table: str, lease: float) -> None:
         self.db = db
         self.clock = clock
         self.table = table
         self.lease = lease
+        t = table
+        self._insert = (
+            f"INSERT INTO {t} (channel_id, conversation, item_key, payload, status, attempts, next_attempt_at,"
+            " created_at, updated_at, head) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5,"
+            f" NOT EXISTS (SELECT 1 FROM {t} WHERE channel_id = ?1 AND conversation = ?2 AND {_LIVE}))"
+        )
+        self._claim = (
+            f"UPDATE {t} SET status = 'claimed', claimed_until = ?1, attempts = attempts + 1, updated_at = ?2"
+            f" WHERE id IN (SELECT id FROM {t} WHERE head = 1"
+            "  AND ((status = 'pending' AND next_attempt_at <= ?2) OR (status = 'claimed' AND claimed_until <= ?2))"
+            "  ORDER BY id LIMIT ?3)"
+            " RETURNING *"
+        )
+        self._promote = (
+            f"UPDATE {t} SET head = 1 WHERE id = (SELECT id FROM {t}"
+            f" WHERE channel_id = ? AND conversation = ? AND {_LIVE} ORDER BY id LIMIT 1) AND head = 0"
+        )
 
-    def add(
-        self, conn: sqlite3.Connection, channel_id: str, conversation: str, key: str, payload: str
-    ) -> sqlite3.Row:
-        now = self.clock.time()
-        row: sqlite3.Row = conn.execute(
-            f"INSERT INTO {self.table} (channel_id, conversation, item_key, payload, status, attempts,"
-            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?) RETURNING *",
-            (channel_id, conversation, key, payload, now, now, now),
-        ).fetchone()
-        return row
+    def add(self, conn: sqlite3.Connection, channel_id: str, conversation: str, key: str, payload: str,
+            now: float, *, unique: bool = False) -> int | None:
+        """Insert a pending entry; its id, or None when `unique` and `key` is already known."""
+        sql = (self._insert + " ON CONFLICT (item_key) DO NOTHING") if unique else self._insert
+        cur = conn.execute(sql, (channel_id, conversation, key, payload, now))
+        return cur.lastrowid if cur.rowcount > 0 else None
+
+    def promote(self, conn: sqlite3.Connection, channel_id: str, conversation: str) -> None:
+        """Mark the conversation's earliest live entry as its head (after one finished)."""
+        conn.execute(self._promote, (channel_id, conversation))
 
     def claim(self, limit: int, lease: float | None) -> list[sqlite3.Row]:
         now = self.clock.time()
         until = now + (self.lease if lease is None else lease)
-        t = self.table
         with self.db.write() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT q.id FROM {t} q JOIN (SELECT MIN(id) AS head FROM {t}"
-                    "  WHERE status IN ('pending', 'claimed') GROUP BY channel_id, conversation) h"
-                    " ON q.id = h.head"
-                    " WHERE (q.status = 'pending' AND q.next_attempt_at <= ?)"
-                    "    OR (q.status = 'claimed' AND q.claimed_until <= ?)"
-                    " ORDER BY q.id LIMIT ?",
-                    (now, now, limit),
-                )
-            ]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"UPDATE {t} SET status = 'claimed', claimed_until = ?, attempts = attempts + 1, updated_at = ?"
-                f" WHERE id IN ({marks}) RETURNING *",
-                (until, now, *ids),
-            ).fetchall()
+            rows = conn.execute(self._claim, (until, now, limit)).fetchall()
         return sorted(rows, key=lambda r: r["id"])
 
     def release(self) -> int:
@@ -367,15 +494,22 @@ class _Queue:
                 " WHERE status = 'claimed'", (self.clock.time(),),
             ).rowcount
 
-    def finish(self, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
+    def update_live(self, conn: sqlite3.Connection, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
         """Change a live (pending or claimed) entry; False when it is unknown or already finished."""
+        row = conn.execute(
+            f"UPDATE {self.table} SET {sql_set}, updated_at = ? WHERE id = ? AND {_LIVE}"
+            " RETURNING channel_id, conversation, status",
+            (*params, self.clock.time(), entry_id),
+        ).fetchone()
+        if row is None:
+            return False
+        if row["status"] not in ("pending", "claimed"):
+            self.promote(conn, row["channel_id"], row["conversation"])
+        return True
+
+    def finish(self, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
         with self.db.write() as conn:
-            cur = conn.execute(
-                f"UPDATE {self.table} SET {sql_set}, updated_at = ?"
-                " WHERE id = ? AND status IN ('pending', 'claimed')",
-                (*params, self.clock.time(), entry_id),
-            )
-        return cur.rowcount > 0
+            return self.update_live(conn, entry_id, sql_set, params)
 
     def retry(self, entry_id: int, error: str, delay: float) -> bool:
         due = self.clock.time() + max(0.0, delay)
@@ -384,7 +518,7 @@ class _Queue:
         )
 
     def dead_letter(self, entry_id: int, error: str) -> bool:
-        return self.finish(entry_id, "status = 'dead', claimed_until = NULL, last_error = ?", (error,))
+        return self.finish(entry_id, "status = 'dead', head = 0, claimed_until = NULL, last_error = ?", (error,))
 
     def get(self, entry_id: int) -> sqlite3.Row | None:
         return self.db.one(f"SELECT * FROM {self.table} WHERE id = ?", (entry_id,))
@@ -393,7 +527,7 @@ class _Queue:
         return self.db.all(f"SELECT * FROM {self.table} WHERE status = 'dead' ORDER BY id LIMIT ?", (limit,))
 
     def pending_count(self) -> int:
-        row = self.db.one(f"SELECT COUNT(*) FROM {self.table} WHERE status IN ('pending', 'claimed')")
+        row = self.db.one(f"SELECT COUNT(*) FROM {self.table} WHERE {_LIVE}")
         return int(row[0]) if row is not None else 0
 
 
@@ -421,13 +555,33 @@ class SqliteInbox(InboxStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "inbox", lease)
 
+    def commit_in(self, conn: sqlite3.Connection, message: InboundMessage, now: float) -> InboxEntry | None:
+        """`commit` inside the caller's transaction."""
+        if _seen_or_mark(conn, message.channel_id, message.message_id, now):
+            return None
+        session_id = message.session_id
+        entry_id = self._queue.add(conn, message.channel_id, session_id, message.message_id, _json(message), now)
+        assert entry_id is not None
+        # built from what was written: no read-back, no second decode
+        return InboxEntry(
+            id=entry_id, channel_id=message.channel_id, session_id=session_id, message=message, status="pending",
+            attempts=0, next_attempt_at=now, claimed_until=None, last_error=None, created_at=now, updated_at=now,
+        )
+
+    def ack_in(self, conn: sqlite3.Connection, entry_id: int) -> bool:
+        """`ack` inside the caller's transaction."""
+        row = conn.execute(
+            f"DELETE FROM inbox WHERE id = ? AND {_LIVE} RETURNING channel_id, conversation", (entry_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        self._queue.promote(conn, row["channel_id"], row["conversation"])
+        return True
+
     async def commit(self, message: InboundMessage) -> InboxEntry | None:
         q = self._queue
         with q.db.write() as conn:  # the dedupe mark and the entry land together or not at all
-            if _seen_or_mark(conn, message.channel_id, message.message_id, q.clock.time()):
-                return None
-            row = q.add(conn, message.channel_id, message.session_id, message.message_id, _json(message))
-        return _inbox_entry(row)
+            return self.commit_in(conn, message, q.clock.time())
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
         return [_inbox_entry(r) for r in self._queue.claim(limit, lease)]
@@ -437,8 +591,7 @@ class SqliteInbox(InboxStore):
 
     async def ack(self, entry_id: int) -> bool:
         with self._queue.db.write() as conn:
-            cur = conn.execute("DELETE FROM inbox WHERE id = ? AND status IN ('pending', 'claimed')", (entry_id,))
-        return cur.rowcount > 0
+            return self.ack_in(conn, entry_id)
 
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
         return self._queue.retry(entry_id, error, delay)
@@ -461,15 +614,23 @@ class SqliteOutbox(OutboxStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "outbox", lease)
 
+    def enqueue_in(
+        self, conn: sqlite3.Connection, channel_id: str, request_id: str, payload: dict[str, Any],
+        conversation: str | None, now: float,
+    ) -> bool:
+        """`enqueue` inside the caller's transaction."""
+        entry_id = self._queue.add(
+            conn, channel_id, conversation or outbox_conversation(request_id), request_id, _json(payload), now,
+            unique=True,
+        )
+        return entry_id is not None
+
     async def enqueue(
         self, channel_id: str, request_id: str, payload: dict[str, Any], *, conversation: str | None = None
     ) -> bool:
         q = self._queue
         with q.db.write() as conn:
-            if conn.execute("SELECT 1 FROM outbox WHERE item_key = ?", (request_id,)).fetchone():
-                return False
-            q.add(conn, channel_id, conversation or outbox_conversation(request_id), request_id, _json(payload))
-        return True
+            return self.enqueue_in(conn, channel_id, request_id, payload, conversation, q.clock.time())
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]:
         return [_outbox_entry(r) for r in self._queue.claim(limit, lease)]
@@ -478,9 +639,9 @@ class SqliteOutbox(OutboxStore):
         return self._queue.release()
 
     async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
-        return self._queue.finish(
-            entry_id, "status = 'sent', claimed_until = NULL, result = ?",
-            (None if result is None else _json(result),),
+        q, params = self._queue, (None if result is None else _json(result),)
+        return await q.db.batched(  # the dispatcher's deliveries finish together: share their commit
+            lambda conn: q.update_live(conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, result = ?", params)
         )
 
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
@@ -507,6 +668,69 @@ class SqliteOutbox(OutboxStore):
         cutoff = self._queue.clock.time() - retention
         with self._queue.db.write() as conn:
             return conn.execute("DELETE FROM outbox WHERE status = 'sent' AND updated_at <= ?", (cutoff,)).rowcount
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+class SqlitePipeline(PipelineStore):
+    """Each call one atomic unit (a savepoint) of a group-committed transaction (`Database.batched`)."""
+
+    def __init__(
+        self, db: Database, clock: Clock, dedupe: SqliteBridgeDedupe, inbox: SqliteInbox, outbox: SqliteOutbox
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._dedupe = dedupe
+        self._inbox = inbox
+        self._outbox = outbox
+
+    async def accept_event(
+        self, connection_id: str, event_id: str, message: InboundMessage
+    ) -> tuple[BeginResult, InboxEntry | None]:
+        key = dedupe_key(connection_id, event_id)
+        existing: DedupeRecord | None = None
+        begun: DedupeRecord | None = None
+
+        def accept(conn: sqlite3.Connection) -> tuple[BeginResult, InboxEntry | None]:
+            nonlocal existing, begun
+            now = self._clock.time()
+            existing = _get_dedupe(conn, key)
+            outcome, record, _ = decide_begin(
+                existing, connection_id=connection_id, event_id=event_id,
+                message_id=message.message_id, now=now, ttl=self._dedupe.ttl,
+            )
+            if outcome in ("duplicate", "in_progress"):
+                return BeginResult(outcome=outcome, record=record), None
+            begun = record
+            entry = self._inbox.commit_in(conn, message, now)
+            record = msgspec.structs.replace(record, status="completed", last_error=None)
+            _put_dedupe(conn, record)
+            return BeginResult(outcome=outcome, record=record), entry
+
+        def record_failure(conn: sqlite3.Connection, exc: Exception) -> None:
+            """After the rollback: the record as `begin` then `fail` would have left it (SPEC 6.3)."""
+            if begun is None:
+                return
+            # compare-and-set: a delivery that got in since (another process) owns the record now
+            if _get_dedupe(conn, key) == existing:
+                _put_dedupe(conn, msgspec.structs.replace(
+                    begun, status="failed", last_error=error_text(exc), updated_at=self._clock.time()
+                ))
+
+        return await self._db.batched(accept, record_failure)
+
+    async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:
+        def finish(conn: sqlite3.Connection) -> list[bool] | None:
+            if not self._inbox.ack_in(conn, entry_id):
+                return None
+            now = self._clock.time()
+            return [
+                self._outbox.enqueue_in(conn, d.channel_id, d.request_id, d.payload, d.conversation, now)
+                for d in deliveries
+            ]
+
+        return await self._db.batched(finish)
 
 
 # ---------------------------------------------------------------- connections and sessions
@@ -727,18 +951,22 @@ def open_sqlite_store(
     lease: float = DEFAULT_LEASE,
 ) -> Store:
     db = Database(path)
+    bridge_dedupe = SqliteBridgeDedupe(db, clock, ttl=dedupe_ttl, retention=retention)
+    inbox = SqliteInbox(db, clock, lease=lease)
+    outbox = SqliteOutbox(db, clock, lease=lease)
 
     async def close() -> None:
         db.close()
 
     return Store(
         url=url,
-        bridge_dedupe=SqliteBridgeDedupe(db, clock, ttl=dedupe_ttl, retention=retention),
+        bridge_dedupe=bridge_dedupe,
         message_dedupe=SqliteMessageDedupe(db, clock, retention=retention),
-        inbox=SqliteInbox(db, clock, lease=lease),
-        outbox=SqliteOutbox(db, clock, lease=lease),
+        inbox=inbox,
+        outbox=outbox,
         connections=SqliteConnections(db, clock, cipher),
         sessions=SqliteSessions(db, clock),
         kv=SqliteKeyValue(db, clock),
+        pipeline=SqlitePipeline(db, clock, bridge_dedupe, inbox, outbox),
         close=close,
     )
