@@ -18,7 +18,6 @@ import msgspec
 from plugin_host.clock import Clock, SystemClock
 from plugin_host.errors import INVALID_PARAMS, METHOD_NOT_FOUND, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
-from plugin_host.redact import redact
 
 from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
 from .config import ChannelConfig
@@ -395,7 +394,7 @@ class ChannelRuntime:
             request = msgspec.convert(entry.payload, SendRequest)
             result: SendResult = await channel.send(request)
         except Exception as exc:
-            error = redact(error_text(exc))
+            error = error_text(exc)
             retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
             permanent = isinstance(exc, DeliveryError) and exc.permanent
             if permanent or entry.attempts >= self._delivery_attempts:
