@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 524_288
 CANCEL_METHOD = "$/cancelRequest"
 _READ_CHUNK = 65_536
 _NOTIFICATION_QUEUE = 1024
+# request tasks kept waiting for the next request: spawning a task per request costs ~30 us
+_IDLE_REQUEST_WORKERS = 64
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,12 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int | str, _Waiter] = {}
         self._incoming: dict[Id, anyio.CancelScope] = {}
+        self._requests: deque[tuple[Id, str, msgspec.Raw | None, anyio.CancelScope]] = deque()
+        self._idle_workers: list[anyio.Event] = []
         self._wbuf: list[bytes] = []
+        # fd streams can take a line without waiting: an idle writer skips the writer task
+        self._send_nowait: Callable[[bytes], int] | None = getattr(send, "send_nowait", None)
+        self._sending = False  # the writer task is inside `send` (a line may be half written)
         self._round = anyio.Event()  # set when the batch holding the current _wbuf is written
         self._wakeup = anyio.Event()
         self._write_error: BaseException | None = None
@@ -254,7 +262,9 @@ class Connection:
         data = _encoder.encode(_Notification("2.0", method, {} if params is None else params))
         if len(data) > self.max_message_bytes:
             raise RpcError(TOO_LARGE, f"notification {method} is over the size limit")
-        await self._write(data)
+        if await self._write(data):
+            # written at once, without a wait: a notify loop must still let other tasks run
+            await anyio.lowlevel.checkpoint()
 
     def fail_pending(self, error: RpcError) -> None:
         """Fail every call in flight (the peer died)."""
@@ -265,17 +275,30 @@ class Connection:
 
     # ---------------------------------------------------------------- writing
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> bool:
+        """Send one message; True if it was written at once (without waiting)."""
         if self._write_error is not None or self._closed and self._tg is None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
+        line = data + b"\n"
+        # an idle writer: write at once (no round trip through the writer task)
+        if self._send_nowait is not None and not self._wbuf and not self._sending:
+            try:
+                written = self._send_nowait(line)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                self._write_error = exc
+                raise RpcError(UNAVAILABLE, f"{self.name} is not connected") from None
+            if written == len(line):
+                self.stats.messages_out += 1
+                return True
+            line = line[written:]  # the pipe is full: the writer task sends the rest, whole
         done = self._round
-        self._wbuf.append(data)
-        self._wbuf.append(b"\n")
+        self._wbuf.append(line)
         self._wakeup.set()
         await done.wait()
         if self._write_error is not None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
         self.stats.messages_out += 1
+        return False
 
     async def _writer(self) -> None:
         try:
@@ -286,9 +309,11 @@ class Connection:
                     continue
                 batch, self._wbuf = self._wbuf, []
                 done, self._round = self._round, anyio.Event()
+                self._sending = True
                 try:
                     await self._send.send(b"".join(batch))
                 finally:
+                    self._sending = False
                     done.set()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._write_error = exc
@@ -341,9 +366,6 @@ class Connection:
                 chunk = await self._receive.receive(_READ_CHUNK)
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 return
-            # fd streams return buffered data without yielding: a flooding peer must not
-            # starve every other task of the event loop
-            await anyio.lowlevel.checkpoint()
             start = 0
             while True:
                 nl = chunk.find(b"\n", start)
@@ -450,8 +472,30 @@ class Connection:
             return
         scope = anyio.CancelScope()
         self._incoming[request_id] = scope
-        assert self._tg is not None
-        self._tg.start_soon(self._run_request, request_id, method, params, scope)
+        self._requests.append((request_id, method, params, scope))
+        # every request gets a worker of its own at once (an idle one or a new one), so a
+        # slow handler never delays another request
+        if self._idle_workers:
+            self._idle_workers.pop().set()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._request_worker)
+
+    async def _request_worker(self) -> None:
+        """Runs queued requests, then waits for the next one unless enough workers wait already.
+
+        A handler runs in its worker's task: a context variable it sets without
+        resetting it is still set for the next request that worker runs.
+        """
+        requests = self._requests
+        while True:
+            while requests:
+                await self._run_request(*requests.popleft())
+            if len(self._idle_workers) >= _IDLE_REQUEST_WORKERS:
+                return
+            wakeup = anyio.Event()
+            self._idle_workers.append(wakeup)
+            await wakeup.wait()
 
     async def _run_request(
         self, request_id: Id, method: str, params: msgspec.Raw | None, scope: anyio.CancelScope

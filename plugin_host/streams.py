@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 
@@ -14,6 +15,7 @@ class FdReceiveStream(ByteReceiveStream):
         self._closed = False
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        waited = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -21,11 +23,16 @@ class FdReceiveStream(ByteReceiveStream):
                 data = os.read(self._fd, max_bytes)
             except BlockingIOError:
                 await anyio.wait_readable(self._fd)
+                waited = True
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
             if not data:
                 raise anyio.EndOfStream
+            if not waited:
+                # data was there already: yield anyway, or a flooding peer starves every
+                # other task; shielded, so a cancellation cannot drop what was read
+                await anyio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     async def aclose(self) -> None:
@@ -53,6 +60,17 @@ class FdSendStream(ByteSendStream):
             except (BrokenPipeError, OSError) as exc:
                 raise anyio.BrokenResourceError from exc
             view = view[written:]
+
+    def send_nowait(self, item: bytes) -> int:
+        """Write what the fd takes without waiting; returns the number of bytes written (0 if full)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            return os.write(self._fd, item)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
 
     async def aclose(self) -> None:
         if not self._closed:
