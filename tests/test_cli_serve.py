@@ -1,29 +1,15 @@
 """The real `channel-runtime serve` as a subprocess on a free port, talked to over HTTP."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support import ServeProcess
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("channel-runtime")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "channel_runtime.cli"]
 
 
 def _alive(pid: int) -> bool:
@@ -32,34 +18,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
-
-
-class Server:
-    def __init__(self, tmp_path: Path, home: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_RUNTIME_")}
-        self.proc = subprocess.Popen(
-            [*_command(), "serve", "--home", str(home), "--port", str(self.port)],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    def wait_ready(self) -> None:
-        for _ in range(300):  # bounded: the test fails, not hangs, when the server never comes up
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited early: {self.proc.communicate()}")
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("serve did not become ready")
-
-    def stop(self) -> tuple[int, str, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, out, err
 
 
 def _raw_request(port: int, head: bytes) -> bytes:
@@ -77,7 +35,7 @@ def _raw_request(port: int, head: bytes) -> bytes:
 
 def test_serve_on_a_fresh_home_then_again(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    server = Server(tmp_path, home)
+    server = ServeProcess(home, cwd=tmp_path)
     try:
         server.wait_ready()
         token = (home / "admin-token").read_text().strip()
@@ -108,7 +66,7 @@ def test_serve_on_a_fresh_home_then_again(tmp_path: Path) -> None:
     assert token not in err  # never logged
 
     # the same home again: no new token printed, the enabled plugin comes back
-    server = Server(tmp_path, home)
+    server = ServeProcess(home, cwd=tmp_path)
     try:
         server.wait_ready()
         echo = httpx.get(server.base + "/api/plugins/echo", headers=auth, timeout=10).json()

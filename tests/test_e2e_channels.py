@@ -6,10 +6,8 @@ requestId → bridge endpoint rules → logout → channel removed.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,29 +23,12 @@ from channel_runtime.runtime import ChannelRuntime
 from channel_runtime.settings import Settings
 from plugin_host.host import PluginHost
 from plugin_host.package import pack_directory
+from tests.support import REPO, eventually, free_port
 
 pytestmark = pytest.mark.anyio
 
-REPO = Path(__file__).resolve().parents[1]
 ADMIN = "admin-token-e2e-0123456789"
 BRIDGE = "bridge-token-e2e-0123456789"
-
-
-async def eventually(check, timeout: float = 15.0) -> Any:
-    with anyio.fail_after(timeout):
-        while True:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            await anyio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

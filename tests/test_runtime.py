@@ -1,8 +1,6 @@
 """ChannelRuntime: channel lifecycle (SPEC 6.2), inbound pipeline (6.3) and outbox (6.4)."""
 from __future__ import annotations
 
-import inspect
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +17,11 @@ from channel_runtime.channels import MemoryChannel
 from channel_runtime.runtime import ChannelError, ChannelRuntime, IngestError
 from plugin_host.errors import IN_PROGRESS, RpcError
 from plugin_host.protocol import BridgeEvent, SendRequest, SendResult
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.anyio
 
 MEM = ChannelConfig(kind="memory", account_id="bot")
-
-
-async def eventually(check, timeout: float = 10.0) -> None:
-    """Wait until `check()` (sync or async) is true; fails the test after `timeout`."""
-    with anyio.fail_after(timeout):
-        while True:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(0.01)
 
 
 def mem(runtime: ChannelRuntime, channel_id: str) -> MemoryChannel:
@@ -360,12 +347,6 @@ async def test_accepted_events_survive_a_restart_of_a_sqlite_runtime(tmp_path: P
 
 
 # ---------------------------------------------------------------- external sidecar channel
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
