@@ -29,6 +29,7 @@ pytestmark = pytest.mark.anyio
 
 ADMIN = "admin-token-e2e-0123456789"
 BRIDGE = "bridge-token-e2e-0123456789"
+PUBLIC_URL = "https://bots.example.test"
 
 
 class Stack:
@@ -62,8 +63,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         handler, f"sqlite:///{home / 'state.db'}", plugin_host=host, home=home,
         retry_base=0.05, retry_cap=0.2, idle_poll=0.05,
     )
-    settings = Settings.load({"CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN, "CHANNEL_RUNTIME_BRIDGE_TOKEN": BRIDGE},
-                             home=str(home))
+    settings = Settings.load({"CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN, "CHANNEL_RUNTIME_BRIDGE_TOKEN": BRIDGE,
+                              "CHANNEL_RUNTIME_PUBLIC_URL": PUBLIC_URL}, home=str(home))
 
     async def install_echo(h: PluginHost) -> None:
         outcome = await h.install(pack_directory(REPO / "plugins" / "echo", tmp_path / "echo.zip"))
@@ -120,12 +121,15 @@ async def test_onboarding_to_logout_end_to_end(stack: Stack, caplog: pytest.LogC
     connection = (await get(f"/api/connections/{connection_id}")).json()
     assert connection["status"] == "connected" and connection["hasCredentials"] is True
     assert "credentials" not in connection
+    # where the platform must send its webhooks
+    assert connection["webhookUrl"] == f"{PUBLIC_URL}/webhooks/{connection_id}"
 
     # SSE: the stream shows the connected session and ends (terminal status)
     events = await get(f"/api/connector-sessions/{session_id}/events")
     assert events.headers["content-type"].startswith("text/event-stream")
     frames = [line[len("data: "):] for line in events.text.splitlines() if line.startswith("data: ")]
     assert json.loads(frames[0])["session"]["status"] == "connected"
+    assert json.loads(frames[0])["connection"]["webhookUrl"].endswith(f"/webhooks/{connection_id}")
 
     # inbound through the platform webhook → handler → outbox → plugin message.send
     # → the plugin echoes the reply back through event.inbound → handler again

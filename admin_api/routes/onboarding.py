@@ -28,8 +28,21 @@ def manager(request: Request) -> ConnectionManager:
     return connections
 
 
-def _answer(request: Request, value: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(redact_all(value, request.app.state.secrets), status_code=status)
+def _answer(request: Request, value: Any, status: int = 200, hidden: list[str] | None = None) -> JSONResponse:
+    secrets = [*request.app.state.secrets, *(hidden or [])]
+    return JSONResponse(redact_all(value, secrets), status_code=status)
+
+
+def _connection(request: Request, view: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A connection view, with `webhookUrl` when CHANNEL_RUNTIME_PUBLIC_URL is set (platforms need it)."""
+    base = request.app.state.settings.public_url
+    if view is None or not base:
+        return view
+    return {**view, "webhookUrl": f"{base}/webhooks/{view['connectionId']}"}
+
+
+def _session(request: Request, view: dict[str, Any]) -> dict[str, Any]:
+    return {**view, "connection": _connection(request, view.get("connection"))}
 
 
 def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str:
@@ -49,11 +62,11 @@ async def start_session(request: Request) -> Response:
     view = await manager(request).start_session(kind, _string(body, "displayName"), options)
     # options may carry an app secret (Feishu link mode): it is never echoed back
     hidden = [v for k, v in options.items() if k not in public_options(options) and isinstance(v, str)]
-    return JSONResponse(redact_all(view, [*request.app.state.secrets, *hidden]), status_code=201)
+    return _answer(request, _session(request, view), 201, hidden)
 
 
 async def get_session(request: Request) -> Response:
-    return _answer(request, await manager(request).session_view(request.path_params["session_id"]))
+    return _answer(request, _session(request, await manager(request).session_view(request.path_params["session_id"])))
 
 
 async def session_input(request: Request) -> Response:
@@ -61,11 +74,11 @@ async def session_input(request: Request) -> Response:
     if "input" not in body:
         raise ApiError(422, "invalid_field", "input is required", {"field": "input"})
     view = await manager(request).session_input(request.path_params["session_id"], body["input"])
-    return _answer(request, view)
+    return _answer(request, _session(request, view))
 
 
 async def cancel_session(request: Request) -> Response:
-    return _answer(request, await manager(request).cancel_session(request.path_params["session_id"]))
+    return _answer(request, _session(request, await manager(request).cancel_session(request.path_params["session_id"])))
 
 
 async def session_events(request: Request) -> Response:
@@ -76,7 +89,7 @@ async def session_events(request: Request) -> Response:
     secrets = request.app.state.secrets
 
     def frame(view: dict[str, Any]) -> bytes:
-        data = msgspec.json.encode(redact_all(view, secrets)).decode()
+        data = msgspec.json.encode(redact_all(_session(request, view), secrets)).decode()
         return f"event: session\ndata: {data}\n\n".encode()
 
     async def stream() -> AsyncIterator[bytes]:
@@ -103,15 +116,15 @@ async def session_events(request: Request) -> Response:
 
 
 async def list_connections(request: Request) -> Response:
-    return _answer(request, await manager(request).list_connections())
+    return _answer(request, [_connection(request, c) for c in await manager(request).list_connections()])
 
 
 async def get_connection(request: Request) -> Response:
-    return _answer(request, await manager(request).get_connection(request.path_params["connection_id"]))
+    return _answer(request, _connection(request, await manager(request).get_connection(request.path_params["connection_id"])))
 
 
 async def logout(request: Request) -> Response:
-    return _answer(request, await manager(request).logout(request.path_params["connection_id"]))
+    return _answer(request, _connection(request, await manager(request).logout(request.path_params["connection_id"])))
 
 
 routes = [
