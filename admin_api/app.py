@@ -63,11 +63,12 @@ def create_app(
                 await runtime.stop()
 
     routes: list[BaseRoute] = [
+        # the hot paths first: Starlette tries routes in order
+        *bridge.routes,
         *plugins.routes,
         *connectors.routes,
         *onboarding.routes,
         *channels.routes,
-        *bridge.routes,
         *extra_routes,
         *health.routes,
         Route("/metrics", metrics_endpoint(metrics_registry(_snapshots(host))), methods=["GET"]),

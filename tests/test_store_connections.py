@@ -242,3 +242,18 @@ def test_load_or_create_key(tmp_path: Path) -> None:
     assert load_or_create_key(home, env={SECRET_KEY_ENV: ""}) == key
     token = load_cipher(home, env={}).encrypt({"a": 1})
     assert load_cipher(home, env={}).decrypt(token) == {"a": 1}
+
+
+async def test_cached_connection_records_see_writes_from_another_process(tmp_path: Path, clock: FakeClock) -> None:
+    """The SQLite store caches connection records; a commit through another connection invalidates them."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with await open_store(url, clock=clock) as ours, await open_store(url, clock=clock) as theirs:
+        record = await ours.connections.create(kind="echo", plugin_id="echo", status="connected")
+        assert (await ours.connections.get(record.connection_id)).status == "connected"  # now cached
+        await theirs.connections.update_status(record.connection_id, "revoked")
+        assert (await ours.connections.get(record.connection_id)).status == "revoked"
+        # our own writes refresh the cache without a round trip through another connection
+        await ours.connections.update_status(record.connection_id, "error", "boom")
+        assert (await ours.connections.get(record.connection_id)).error == "boom"
+        await theirs.connections.delete(record.connection_id)
+        assert await ours.connections.get(record.connection_id) is None

@@ -19,7 +19,7 @@ from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, RpcError
 from plugin_host.protocol import WebhookParams, WebhookResult
 from plugin_host.wire_schemas import decode_bridge_event
 
-from ..body import JSON_LIMIT, limited_stream
+from ..body import JSON_LIMIT, read_body
 from ..errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def runtime_of(request: Request) -> ChannelRuntime:
 
 async def bridge_event(request: Request) -> Response:
     runtime = runtime_of(request)
-    body = b"".join([chunk async for chunk in limited_stream(request, JSON_LIMIT, "JSON body")])
-    event, problems = decode_bridge_event(body)
+    event, problems = decode_bridge_event(await read_body(request, JSON_LIMIT, "JSON body"))
     if event is None:
         raise ApiError(422, "invalid_event", "the body is not a valid BridgeEvent", {"errors": problems})
     result = await runtime.ingest(event)
@@ -52,7 +51,7 @@ async def webhook(request: Request) -> Response:
     connection = await runtime.store.connections.get(request.path_params["connection_id"])
     if host is None or connection is None or connection.status == "revoked":
         raise ApiError(404, "unknown_connection", "unknown or revoked connection")
-    body = b"".join([chunk async for chunk in limited_stream(request, WEBHOOK_BODY_LIMIT, "webhook body")])
+    body = await read_body(request, WEBHOOK_BODY_LIMIT, "webhook body")
     params = WebhookParams(
         connection_id=connection.connection_id,
         method=request.method,

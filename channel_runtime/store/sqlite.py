@@ -752,10 +752,25 @@ def _connection(row: sqlite3.Row) -> ConnectionRecord:
 
 
 class SqliteConnections(ConnectionStore):
+    """Connections; records are cached (every inbound event looks its connection up).
+
+    Our own writes refresh the cache; a commit by any other connection to the file
+    (another process) changes `PRAGMA data_version`, which drops the whole cache.
+    """
+
     def __init__(self, db: Database, clock: Clock, cipher: CredentialCipher | None) -> None:
         self._db = db
         self._clock = clock
         self._cipher = cipher
+        self._cache: dict[str, ConnectionRecord] = {}
+        self._data_version: int | None = None
+
+    def _fresh_cache(self) -> dict[str, ConnectionRecord]:
+        version = self._db.one("PRAGMA data_version")[0]
+        if version != self._data_version:
+            self._cache.clear()
+            self._data_version = version
+        return self._cache
 
     async def create(
         self,
@@ -786,8 +801,14 @@ class SqliteConnections(ConnectionStore):
         return _connection(row)
 
     async def get(self, connection_id: str) -> ConnectionRecord | None:
-        row = self._db.one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE connection_id = ?", (connection_id,))
-        return None if row is None else _connection(row)
+        cache = self._fresh_cache()
+        record = cache.get(connection_id)
+        if record is None:
+            row = self._db.one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE connection_id = ?", (connection_id,))
+            if row is None:
+                return None  # misses are not cached: unknown ids must not grow it
+            record = cache[connection_id] = _connection(row)
+        return record
 
     async def list(
         self, *, status: str | None = None, kind: str | None = None, plugin_id: str | None = None
@@ -809,7 +830,8 @@ class SqliteConnections(ConnectionStore):
             ).fetchone()
         if row is None:
             raise NotFoundError(f"unknown connection {connection_id}")
-        return _connection(row)
+        record = self._fresh_cache()[connection_id] = _connection(row)
+        return record
 
     async def update(
         self,
@@ -845,6 +867,7 @@ class SqliteConnections(ConnectionStore):
         return {} if token is None else require_cipher(self._cipher).decrypt(bytes(token))
 
     async def delete(self, connection_id: str) -> bool:
+        self._cache.pop(connection_id, None)
         with self._db.write() as conn:  # sessions go with it (ON DELETE CASCADE)
             return conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,)).rowcount > 0
 
