@@ -6,10 +6,12 @@ the two ends of every plugin connection share one implementation.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 from typing import Any
 
 import anyio
@@ -110,12 +112,18 @@ class ConnectionStats:
 
 
 class _Waiter:
-    __slots__ = ("event", "result", "error")
+    __slots__ = ("event", "result", "error", "deadline", "timed_out")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self.event = anyio.Event()
         self.result: msgspec.Raw | None = None
         self.error: RpcError | None = None
+        self.deadline = deadline
+        self.timed_out = False
+
+
+class _WriteTimedOut(Exception):
+    """The writer could not take a message before the call's deadline."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -163,6 +171,10 @@ class Connection:
         self.stats = ConnectionStats()
         self._ids = itertools.count(1)
         self._pending: dict[int | str, _Waiter] = {}
+        # call deadlines, earliest first, served by one timer task (no cancel scope per call);
+        # entries of answered calls stay until they expire or the heap is compacted
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer_wakeup = anyio.Event()
         self._incoming: dict[Id, anyio.CancelScope] = {}
         self._requests: deque[tuple[Id, str, msgspec.Raw | None, anyio.CancelScope]] = deque()
         self._idle_workers: list[anyio.Event] = []
@@ -195,6 +207,7 @@ class Connection:
                 self._tg = tg
                 tg.start_soon(self._writer)
                 tg.start_soon(self._notification_worker)
+                tg.start_soon(self._timer)
                 task_status.started()
                 try:
                     await self._read_loop()
@@ -230,13 +243,27 @@ class Connection:
                 TOO_LARGE,
                 f"request {method} is {len(data)} bytes, over the {self.max_message_bytes} byte limit",
             )
-        waiter = _Waiter()
-        self._pending[request_id] = waiter
+        if timeout is not None and self._tg is not None:
+            waiter = _Waiter(_monotonic() + timeout)
+            self._pending[request_id] = waiter
+            self._add_deadline(waiter.deadline, request_id)  # type: ignore[arg-type]
+        else:
+            waiter = _Waiter()
+            self._pending[request_id] = waiter
         try:
-            with anyio.move_on_after(timeout) as scope:
-                await self._write(data)
-                await waiter.event.wait()
-            if scope.cancelled_caught and not waiter.event.is_set():
+            if waiter.deadline is not None:
+                try:
+                    await self._write(data, waiter.deadline)
+                    await waiter.event.wait()
+                except _WriteTimedOut:
+                    waiter.timed_out = True
+            else:
+                # not serving yet: nothing runs the timer, so the call bounds itself
+                with anyio.move_on_after(timeout) as scope:
+                    await self._write(data)
+                    await waiter.event.wait()
+                waiter.timed_out = scope.cancelled_caught and not waiter.event.is_set()
+            if waiter.timed_out:
                 await self._send_cancel(request_id)
                 raise RpcError(TIMED_OUT, f"{method} timed out after {timeout:g} s")
         except anyio.get_cancelled_exc_class():
@@ -275,8 +302,12 @@ class Connection:
 
     # ---------------------------------------------------------------- writing
 
-    async def _write(self, data: bytes) -> bool:
-        """Send one message; True if it was written at once (without waiting)."""
+    async def _write(self, data: bytes, deadline: float | None = None) -> bool:
+        """Send one message; True if it was written at once (without waiting).
+
+        With a `deadline`, waiting for the writer task past it raises _WriteTimedOut
+        (the message stays queued and is still sent whole).
+        """
         if self._write_error is not None or self._closed and self._tg is None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
         line = data + b"\n"
@@ -294,11 +325,47 @@ class Connection:
         done = self._round
         self._wbuf.append(line)
         self._wakeup.set()
-        await done.wait()
+        if deadline is None:
+            await done.wait()
+        else:
+            with anyio.move_on_after(deadline - _monotonic()) as scope:
+                await done.wait()
+            if scope.cancelled_caught:
+                raise _WriteTimedOut
         if self._write_error is not None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
         self.stats.messages_out += 1
         return False
+
+    def _add_deadline(self, deadline: float, request_id: int) -> None:
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        if self._deadlines[0][1] == request_id:
+            self._timer_wakeup.set()  # a new earliest deadline
+        if len(self._deadlines) > 4096 and len(self._deadlines) > 4 * len(self._pending):
+            # drop the deadlines of answered calls in one pass (amortised O(1) per call)
+            self._deadlines = [
+                (w.deadline, rid) for rid, w in self._pending.items() if w.deadline is not None  # type: ignore[misc]
+            ]
+            heapq.heapify(self._deadlines)
+
+    async def _timer(self) -> None:
+        """Fail calls whose deadline has passed (their callers then send `$/cancelRequest`)."""
+        while True:
+            if self._deadlines:
+                delay = self._deadlines[0][0] - _monotonic()
+                if delay <= 0:
+                    _, request_id = heapq.heappop(self._deadlines)
+                    waiter = self._pending.get(request_id)
+                    if waiter is not None and not waiter.event.is_set():
+                        waiter.timed_out = True
+                        waiter.event.set()
+                    continue
+            else:
+                delay = None
+            with anyio.move_on_after(delay):
+                await self._timer_wakeup.wait()
+            if self._timer_wakeup.is_set():
+                self._timer_wakeup = anyio.Event()
 
     async def _writer(self) -> None:
         try:
