@@ -7,6 +7,7 @@ background loop runs in the runtime's task group; `stop()` cancels and awaits it
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -200,19 +201,18 @@ class ChannelRuntime:
         await self.stop()
 
     async def _open_store(self) -> Store:
-        from .crypto import CredentialCipher, load_or_create_key
+        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
 
         url = str(self._store_spec)
-        import os
-
         env = dict(os.environ)
         if self._secret_key:
-            env["CHANNEL_RUNTIME_SECRET_KEY"] = self._secret_key
-        key_home = self.home or (Path(url[len("sqlite:///"):]).parent if url.startswith("sqlite:///") else None)
-        if key_home is None and "CHANNEL_RUNTIME_SECRET_KEY" not in env:
+            env[SECRET_KEY_ENV] = self._secret_key
+        key_home = self.home or (Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite:///") else None)
+        if key_home is None and SECRET_KEY_ENV not in env:
+            # memory:// without a home or a key: the credentials live as long as the process, and so may the key
             cipher = CredentialCipher.ephemeral()
         else:
-            cipher = CredentialCipher(load_or_create_key(key_home or Path("."), env))
+            cipher = load_cipher(key_home or Path("."), env)
         return await open_store(url, clock=self.clock, cipher=cipher)
 
     # ---------------------------------------------------------------- channels (SPEC 6.2)

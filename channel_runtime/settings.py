@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,6 @@ class Settings:
     def admin_url(self) -> str:
         base = self.public_url or f"http://{_url_host(self.host)}:{self.port}"
         return f"{base}/admin"
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 def _url_host(host: str) -> str:

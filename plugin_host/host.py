@@ -15,7 +15,7 @@ import msgspec
 from .clock import Clock, SystemClock
 from .errors import UNAVAILABLE, RpcError
 from .manifest import Manifest
-from .package import InstalledPackage, install_package
+from .package import InstalledPackage, install_package, sweep_temporary
 from .process import LaunchSpec
 from .protocol import ConnectionInfo, ConnectorDescriptor
 from .registry import PluginRecord, PluginRegistry, VersionRecord
@@ -105,6 +105,7 @@ class PluginHost:
         """Start every enabled plugin; a plugin that fails to start is left to its supervisor's backoff."""
         if self._started:
             return
+        sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg

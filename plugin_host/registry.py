@@ -56,10 +56,11 @@ class PluginRecord(msgspec.Struct, frozen=True):
 
 
 def _semver_key(version: str) -> tuple:
+    """Semantic-version precedence: numeric identifiers numerically, a release after its pre-releases."""
     core, _, pre = version.split("+", 1)[0].partition("-")
     nums = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
-    # a release sorts after its pre-releases
-    return (nums, 1 if not pre else 0, pre)
+    identifiers = tuple((0, int(i), "") if i.isdigit() else (1, 0, i) for i in pre.split(".")) if pre else ()
+    return (nums, 1 if not pre else 0, identifiers)
 
 
 class PluginRegistry:
