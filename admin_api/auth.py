@@ -20,8 +20,11 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def route_path(scope: Scope) -> str:
     """The path inside this app (without the prefix it is mounted under)."""
     path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    root: str = scope.get("root_path", "").rstrip("/")
+    # strip the mount prefix only at a segment boundary: "/ap" must not turn "/api/x" into "i/x"
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -11,12 +11,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from plugin_host.redact import MASK, redact
+from plugin_host.redact import MASK, is_secret_name, redact
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_SECRET_KEY = re.compile(
-    r"(?i)(token|secret|password|passwd|api[_-]?key|private[_-]?key|credential|encrypt[_-]?key|cookie)"
-)
 
 
 def _is_secret(key: str, schema: Any) -> bool:
@@ -27,7 +24,7 @@ def _is_secret(key: str, schema: Any) -> bool:
         or schema.get("x-secret") is True
     ):
         return True
-    return bool(_SECRET_KEY.search(key))
+    return is_secret_name(key)
 
 
 def _properties(schema: Any) -> dict[str, Any]:

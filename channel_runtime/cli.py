@@ -142,6 +142,7 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
         store=settings.store_url,
         plugin_host=host,
         home=settings.home,
+        secret_key=settings.secret_key(),
     )
 
     async def first_start(host: PluginHost) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ from plugin_host.protocol import (
     SessionStartParams,
     SessionUpdate,
 )
-from plugin_host.redact import redact
+from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
 from .store.base import ConnectionRecord, ConnectorSessionRecord
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SECRET_KEY = re.compile(r"(?i)(secret|token|password|passwd|key|credential)")
 _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
@@ -59,7 +57,7 @@ class OnboardingError(Exception):
 
 def public_options(options: dict[str, Any]) -> dict[str, Any]:
     """Options as stored and shown: secret-looking values never leave the plugin call."""
-    return {k: v for k, v in options.items() if not _SECRET_KEY.search(k)}
+    return {k: v for k, v in options.items() if not is_secret_name(k)}
 
 
 def connection_view(record: ConnectionRecord) -> dict[str, Any]:
@@ -166,7 +164,8 @@ class ConnectionManager:
         try:
             view = await self.host.call(plugin_id, "session.start", params, result_type=ConnectorSessionView)
         except RpcError as exc:
-            message = redact(exc.message)
+            hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
+            message = redact(exc.message, hidden)
             await store.sessions.update(
                 session.session_id, status="error",
                 view={"sessionId": session.session_id, "kind": kind, "status": "error", "error": message},
@@ -255,8 +254,11 @@ class ConnectionManager:
             session = await store.sessions.get(session_id)
             if session is None:
                 return
-            if session.status in TERMINAL_SESSION_STATUSES and (from_call or view.get("status") != "connected"):
-                # a late answer or update must not undo a finished session
+            if session.status in TERMINAL_SESSION_STATUSES and not (
+                session.status == "connected" and view.get("status") == "connected" and not from_call
+            ):
+                # a late answer or update must not undo a finished session; only a connected
+                # session hears "connected" again (the credentials may follow the call's answer)
                 return
             view = with_qr_image({**view, "sessionId": session_id, "kind": session.kind})
             status = str(view.get("status") or session.status)
@@ -273,6 +275,9 @@ class ConnectionManager:
 
     async def _connected(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
         store = self.runtime.store
+        current = await store.connections.get(connection_id)
+        if current is None or current.status == "revoked":
+            return  # logout is final: a late update cannot bring the connection back
         if credentials:
             await store.connections.set_credentials(connection_id, credentials)
         record = await store.connections.update(

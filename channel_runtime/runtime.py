@@ -85,6 +85,7 @@ class ChannelRuntime:
         retry_cap: float = 300.0,
         idle_poll: float = 1.0,
         lease: float = 300.0,
+        handler_timeout: float | None = None,
         retention_interval: float = 3600.0,
     ) -> None:
         self.handler: Handler = handler or echo_handler
@@ -104,6 +105,8 @@ class ChannelRuntime:
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._lease = lease
+        # a handler must finish within its claim's lease, or the entry would be handed out twice
+        self._handler_timeout = handler_timeout if handler_timeout is not None else lease * 0.9
         self._retention_interval = retention_interval
         self._inbox = QueueWorker[InboxEntry](
             "inbox", self._claim_inbox, self._handle_entry, concurrency=inbox_concurrency, idle_poll=idle_poll
@@ -160,16 +163,17 @@ class ChannelRuntime:
         await self._store.outbox.release_claims()
         self._tg = await anyio.create_task_group().__aenter__()
         try:
-            await self._tg.start(self._inbox.run)
-            await self._tg.start(self._outbox.run)
-            self._tg.start_soon(self._retention_loop)
             self._started = True
+            # channels first: work recovered from before a restart must find its channel
             async with self._lifecycle:
                 for channel_id, config in list(self._configs.items()):
                     if config.enabled and channel_id not in self._channels:
                         await self._start_new(channel_id, config, raise_errors=False)
             if self.connections is not None:
                 await self.connections.start()
+            await self._tg.start(self._inbox.run)
+            await self._tg.start(self._outbox.run)
+            self._tg.start_soon(self._retention_loop)
         except BaseException:
             await self.stop()
             raise
@@ -241,6 +245,8 @@ class ChannelRuntime:
     async def remove_channel(self, channel_id: str) -> None:
         async with self._lifecycle:
             if channel_id not in self._configs and channel_id not in self._channels:
+                if self._states.get(channel_id, ChannelState("")).state == "failed":
+                    self._states[channel_id] = ChannelState("removed")  # a failed add is cleared too
                 return
             await self._stop_channel(channel_id, "removed")
             self._configs.pop(channel_id, None)
@@ -330,10 +336,18 @@ class ChannelRuntime:
     async def _handle_entry(self, entry: InboxEntry) -> None:
         store = self.store
         try:
-            result = await self.handler(entry.message)
+            with anyio.fail_after(self._handler_timeout):
+                result = await self.handler(entry.message)
             replies = [] if result is None else result if isinstance(result, list) else [result]
+            try:
+                deliveries = [self._delivery(reply) for reply in replies]
+            except ChannelError as exc:
+                # a reply to a channel that does not exist (removed, revoked): running the handler again cannot help
+                log.warning("inbox entry %d dead-lettered: %s", entry.id, exc)
+                await store.inbox.dead_letter(entry.id, error_text(exc))
+                return
             # the transactional outbox: the ack and the replies commit together or not at all
-            enqueued = await store.pipeline.finish_inbound(entry.id, [self._delivery(reply) for reply in replies])
+            enqueued = await store.pipeline.finish_inbound(entry.id, deliveries)
         except Exception as exc:
             error = error_text(exc)
             log.warning("handler failed for %s (attempt %d): %s", entry.message.message_id, entry.attempts, error)
@@ -354,7 +368,9 @@ class ChannelRuntime:
     async def send(self, message: OutboundMessage) -> str:
         """Write to the durable outbox and return its stable `requestId`; delivery follows."""
         delivery = self._delivery(message)
-        if await self.store.outbox.enqueue(delivery.channel_id, delivery.request_id, delivery.payload):
+        if await self.store.outbox.enqueue(
+            delivery.channel_id, delivery.request_id, delivery.payload, conversation=delivery.conversation
+        ):
             self._outbox.wake()
         return delivery.request_id
 
@@ -380,7 +396,8 @@ class ChannelRuntime:
             content_type=message.content_type,
             metadata=dict(message.metadata),
         )
-        return Delivery(message.channel_id, request_id, msgspec.to_builtins(request))
+        conversation = f"{message.channel_id}:{message.session_id(kind)}"  # not parsed back out of the request id
+        return Delivery(message.channel_id, request_id, msgspec.to_builtins(request), conversation)
 
     async def _claim_outbox(self, limit: int) -> list[OutboxEntry]:
         return await self.store.outbox.claim_ready(limit, lease=self._lease)
@@ -396,6 +413,8 @@ class ChannelRuntime:
         except Exception as exc:
             error = error_text(exc)
             retry_after = exc.retry_after if isinstance(exc, DeliveryError) else None
+            if retry_after is not None:  # a plugin's or sidecar's number: bounded (inf would block forever)
+                retry_after = min(max(retry_after, 0.0), self._retry_cap) if retry_after == retry_after else None
             permanent = isinstance(exc, DeliveryError) and exc.permanent
             if permanent or entry.attempts >= self._delivery_attempts:
                 log.warning("delivery %s dead-lettered: %s", entry.request_id, error)

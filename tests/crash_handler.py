@@ -2,6 +2,7 @@
 
 Appends `started <id>` / `handled <id>` to $CRASH_RECORD; with CRASH_BLOCK=1 it
 never finishes, so accepted events stay in the inbox when the server is killed.
+It replies, so work recovered after a restart needs its plugin channel back first.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 
 import anyio
 
-from channel_runtime import InboundMessage
+from channel_runtime import InboundMessage, OutboundMessage
 
 
 def _record(line: str) -> None:
@@ -17,9 +18,9 @@ def _record(line: str) -> None:
         f.write(line + "\n")
 
 
-async def handle(message: InboundMessage) -> None:
+async def handle(message: InboundMessage) -> OutboundMessage:
     _record(f"started {message.message_id}")
     if os.environ.get("CRASH_BLOCK") == "1":
         await anyio.sleep_forever()
     _record(f"handled {message.message_id}")
-    return None
+    return message.reply(f"done: {message.content}")

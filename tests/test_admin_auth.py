@@ -106,3 +106,17 @@ def test_token_parsing_and_mounted_paths() -> None:
     assert route_path({"path": "/admin-app/api/plugins", "root_path": "/admin-app"}) == "/api/plugins"
     with pytest.raises(ValueError):
         TokenAuth(lambda *a: None, admin_token="", bridge_token=None, metrics_open=False)
+
+
+@pytest.mark.parametrize("root_path", ["/", "/a", "/ap", "/api", "/admin-x"])
+async def test_a_root_path_cannot_hide_an_api_route_from_auth(root_path: str, tmp_path) -> None:
+    """A mount prefix is stripped only at a segment boundary, so auth sees the path the router sees."""
+    import httpx
+
+    app = make_app(tmp_path)
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            r = await http.get("/api/plugins")
+            assert r.status_code in (401, 404), (root_path, r.status_code, r.text[:200])
+            assert r.status_code != 200

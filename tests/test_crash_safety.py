@@ -59,6 +59,10 @@ def test_events_in_the_inbox_survive_sigkill(tmp_path: Path) -> None:
     try:
         wait_for(lambda: sorted(ln.split()[1] for ln in lines(record) if ln.startswith("handled")) == ids,
                  what="every accepted event handled after the restart")
+        # exactly once each after the restart, and every reply delivered through the plugin
+        sent = home / "plugin-data" / "echo" / "sent.jsonl"
+        wait_for(lambda: sent.exists() and len(sent.read_text().splitlines()) == len(ids), what="replies delivered")
+        assert sorted(ln.split()[1] for ln in lines(record) if ln.startswith("handled")) == ids
         assert client.get("/api/deliveries?status=failed").json() == []
     finally:
         client.close()

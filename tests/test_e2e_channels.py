@@ -177,6 +177,16 @@ async def test_onboarding_to_logout_end_to_end(stack: Stack, caplog: pytest.LogC
     # logout: plugin told, channel removed, connection revoked; its doors close
     out = await s.client.post(f"/api/connections/{connection_id}/logout")
     assert out.status_code == 200 and out.json()["status"] == "revoked"
+    assert out.json()["hasCredentials"] is False
+    assert (await get("/api/channels")).json() == []
+    # logout is final: a late or replayed "connected" from the plugin cannot bring it back
+    from plugin_host.protocol import SessionUpdate
+
+    await s.runtime.connections.on_session_update("echo", SessionUpdate(
+        session_id=session_id, kind="echo", status="connected", connection_id=connection_id,
+        credentials={"token": "replayed-token-0123456789"}))
+    again = (await get(f"/api/connections/{connection_id}")).json()
+    assert again["status"] == "revoked" and again["hasCredentials"] is False
     assert (await get("/api/channels")).json() == []
     gone = await s.client.post(f"/webhooks/{connection_id}", json={"peerId": "u1", "text": "x", "messageId": "w9"})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_connection"

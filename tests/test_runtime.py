@@ -134,16 +134,30 @@ async def test_views_are_read_only():
 
 
 async def test_concurrent_adds_and_removes_leave_a_consistent_registry():
+    built: list[MemoryChannel] = []
+
+    def tracked(runtime: ChannelRuntime, channel_id: str, config: ChannelConfig) -> MemoryChannel:
+        channel = MemoryChannel(runtime, channel_id, config)
+        built.append(channel)
+        return channel
+
     async with fast_runtime() as rt:
+        rt.register_channel_kind("tracked", tracked)
         async with anyio.create_task_group() as tg:
             for i in range(20):
-                tg.start_soon(rt.add_channel, f"c{i % 5}", ChannelConfig(kind="memory", account_id=str(i)))
+                tg.start_soon(rt.add_channel, f"c{i % 5}", ChannelConfig(kind="tracked", account_id=str(i)))
                 if i % 3 == 0:
                     tg.start_soon(rt.remove_channel, f"c{i % 5}")
+        registered = set(map(id, rt.channels.values()))
+        assert len(built) >= 5 and rt.channels  # the run did build and keep channels
+        for channel in built:
+            # every channel ever built is either the registered one (running) or stopped: no orphan runs
+            assert channel.started == (id(channel) in registered)
         for channel_id, channel in rt.channels.items():
-            assert isinstance(channel, MemoryChannel) and channel.started
             assert channel.config == rt.channel_configs[channel_id]
             assert rt.states[channel_id]["state"] == "running"
+        for channel_id, state in rt.states.items():
+            assert (state["state"] == "running") == (channel_id in rt.channels)
 
 
 # ---------------------------------------------------------------- inbox -> handler -> outbox
@@ -389,25 +403,27 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
 # ---------------------------------------------------------------- one transaction per pipeline step
 
 
-async def test_replies_are_committed_with_the_ack_or_not_at_all():
+async def test_a_reply_to_a_missing_channel_dead_letters_once_and_sends_nothing():
     attempts: list[int] = []
 
     async def handler(message: InboundMessage) -> list[OutboundMessage]:
         attempts.append(1)
-        # the second reply goes to a channel that does not exist yet: the whole outcome must wait
         return [message.reply("first"), OutboundMessage(channel_id="b", peer_id="u", content="second")]
 
     async with fast_runtime(handler, handler_attempts=1000) as rt:
         await rt.add_channel("a", MEM)
         channel = mem(rt, "a")
         await channel.receive("u1", "hi", message_id="m1")
-        await eventually(lambda: len(attempts) >= 3)
-        assert channel.sent == [] and await rt.store.outbox.pending_count() == 0  # no half-finished handling
-        assert await rt.store.inbox.pending_count() == 1
-        await rt.add_channel("b", MEM)
-        await eventually(lambda: len(channel.sent) == 1 and len(mem(rt, "b").sent) == 1)
-        assert channel.sent[0].content == "first" and mem(rt, "b").sent[0].content == "second"
-        assert await rt.store.inbox.pending_count() == 0
+
+        async def dead() -> list:
+            return await rt.store.inbox.list_dead()
+        [entry] = await eventually(dead)
+        assert "unknown channel 'b'" in (entry.last_error or "")
+        # running the handler again cannot create the channel: it ran once
+        assert attempts == [1]
+        # all or nothing: the reply to the existing channel was not sent either
+        await anyio.sleep(0.1)
+        assert channel.sent == [] and await rt.store.outbox.pending_count() == 0
 
 
 @pytest.mark.parametrize("store", ["memory://", "sqlite"])
@@ -449,3 +465,58 @@ async def test_send_from_the_handler_and_returned_replies_both_work():
         await eventually(lambda: len(channel.sent) == 2)
         assert [s.content for s in channel.sent] == ["sent directly", "returned"]
         assert [s.request_id for s in channel.sent] == ["out_a:memory:dm:u1:d1", "out_a:memory:dm:u1:r1"]
+
+
+async def test_a_handler_over_its_time_limit_is_retried_not_run_twice_at_once():
+    running: list[str] = []
+    concurrent: list[int] = []
+
+    async def handler(message: InboundMessage) -> None:
+        running.append(message.message_id)
+        concurrent.append(len(running))
+        try:
+            if len(concurrent) == 1:
+                await anyio.sleep(30)  # hangs on its first attempt
+        finally:
+            running.remove(message.message_id)
+        return None
+
+    async with fast_runtime(handler, handler_timeout=0.2, lease=0.3) as rt:
+        await rt.add_channel("a", MEM)
+        await mem(rt, "a").receive("u", "x", message_id="m1")
+        await eventually(lambda: len(concurrent) == 2)
+        assert concurrent == [1, 1]  # the first run was stopped before the lease handed the entry out again
+
+        async def done() -> bool:
+            return await rt.store.inbox.pending_count() == 0
+        await eventually(done)
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), -5.0, 1e308])
+async def test_a_peer_chosen_retry_delay_is_bounded(retry_after: float):
+    from channel_runtime.channels import DeliveryError
+
+    async with fast_runtime() as rt:
+        await rt.add_channel("a", MEM)
+        channel = mem(rt, "a")
+        calls: list[int] = []
+
+        async def once_busy(request: SendRequest) -> SendResult:
+            calls.append(1)
+            if len(calls) == 1:
+                raise DeliveryError("busy", retry_after=retry_after)
+            return SendResult(provider_message_id="ok")
+
+        channel.on_send = once_busy
+        await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="x"))
+        await eventually(lambda: len(channel.sent) == 1)  # retried within the cap, not never
+        assert len(calls) == 2
+
+
+async def test_removing_a_channel_that_failed_to_start_clears_it():
+    async with fast_runtime() as rt:
+        with pytest.raises(ChannelError):
+            await rt.add_channel("x", ChannelConfig(kind="memory", config={"failStart": True}))
+        assert rt.states["x"]["state"] == "failed"
+        await rt.remove_channel("x")
+        assert rt.states["x"]["state"] == "removed"

@@ -458,7 +458,7 @@ class ConnectionStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
-        """Store credentials encrypted with the store's `CredentialCipher`."""
+        """Store credentials encrypted with the store's `CredentialCipher`; `{}` clears them."""
 
     @abc.abstractmethod
     async def get_credentials(self, connection_id: str) -> dict[str, Any]:

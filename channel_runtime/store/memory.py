@@ -454,6 +454,10 @@ class MemoryConnections(ConnectionStore):
         return self._replace(connection_id, status=status, error=error)
 
     async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
+        if not credentials:  # empty credentials clear them
+            self._replace(connection_id, has_credentials=False)
+            self._credentials.pop(connection_id, None)
+            return
         token = require_cipher(self._cipher).encrypt(credentials)
         self._replace(connection_id, has_credentials=True)
         self._credentials[connection_id] = token

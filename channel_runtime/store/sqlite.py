@@ -857,7 +857,9 @@ class SqliteConnections(ConnectionStore):
         return self._update(connection_id, {"status": status, "error": error})
 
     async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
-        self._update(connection_id, {"credentials": require_cipher(self._cipher).encrypt(credentials)})
+        # empty credentials clear them (NULL), so has_credentials turns false
+        token = require_cipher(self._cipher).encrypt(credentials) if credentials else None
+        self._update(connection_id, {"credentials": token})
 
     async def get_credentials(self, connection_id: str) -> dict[str, Any]:
         row = self._db.one("SELECT credentials FROM connections WHERE connection_id = ?", (connection_id,))
