@@ -25,6 +25,12 @@ _LETTER = re.compile(r"[A-Za-z]")
 _KEY_WORDS = ("token", "secret", "passw", "key", "credential", "authorization", "cookie")
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a field or option called `name` holds a secret (appSecret, api_key, password, ...)."""
+    lowered = name.lower()
+    return any(word in lowered for word in _KEY_WORDS)
+
+
 def _mask_tokenish(match: re.Match[str]) -> str:
     run = match.group()
     return MASK if _DIGIT.search(run) and _LETTER.search(run) else run
