@@ -144,7 +144,7 @@ class _Peer:
             self.violations.append(f"not JSON on stdout: {redact(line[:120].decode('utf-8', 'replace'))!r}")
             return
         if not isinstance(message, dict):
-            self.violations.append(f"not a JSON-RPC message object on stdout: {redact(line[:120].decode())!r}")
+            self.violations.append(f"not a JSON-RPC message object on stdout: {redact(line[:120].decode('utf-8', 'replace'))!r}")
             return
         method = self.sent_methods.get(message.get("id")) if "method" not in message else None
         for issue in message_errors("plugin_to_host", message, method=method)[:3]:

@@ -18,6 +18,7 @@ from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
 from .process import LaunchSpec
 from .protocol import ConnectionInfo, ConnectorDescriptor
+from .redact import is_secret_name
 from .registry import PluginRecord, PluginRegistry, VersionRecord
 from .supervisor import PluginSupervisor, StartError
 
@@ -66,6 +67,32 @@ class HostHooks:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string inside `value` (nested mappings and lists included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _secret_config_values(config: Mapping[str, Any]) -> list[str]:
+    """The strings of `config` under a key that names a secret (appSecret, api_key, ...), at any depth."""
+    found: list[str] = []
+    for key, value in config.items():
+        if is_secret_name(str(key)):
+            found += _strings(value)
+        elif isinstance(value, Mapping):
+            found += _secret_config_values(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, Mapping):
+                    found += _secret_config_values(item)
+    return found
+
+
 async def _no_connections(plugin_id: str) -> list[ConnectionInfo]:
     return []
 
@@ -110,9 +137,11 @@ class PluginHost:
         await tg.__aenter__()
         self._tg = tg
         self._started = True
-        for record in self.registry.list():
-            if record.enabled and record.active_version:
-                await self._start_reporting(record.id, record.active_version)
+        # side by side: a plugin slow to handshake must not hold back the others
+        async with anyio.create_task_group() as starting:
+            for record in self.registry.list():
+                if record.enabled and record.active_version:
+                    starting.start_soon(self._start_reporting, record.id, record.active_version)
 
     @property
     def started(self) -> bool:
@@ -245,8 +274,11 @@ class PluginHost:
             new = await self._supervise(plugin_id, version, manifest)
             try:
                 await new.start()
-            except Exception as exc:
-                await new.aclose()
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):  # a cancelled caller must not leak the new one
+                    await new.aclose()
+                if not isinstance(exc, Exception):
+                    raise
                 kept = f"version {old.version} keeps running" if old else "no version is running"
                 raise HostError(
                     "activation_failed",
@@ -272,6 +304,7 @@ class PluginHost:
             if running is not None:
                 # config reaches a plugin only through initialize: restart it
                 running.supervisor.config = config
+                running.supervisor.redactor.add(*_secret_config_values(config))
                 try:
                     await running.supervisor.restart()
                 except StartError as exc:  # the state and lastError show it; supervision goes on
@@ -429,7 +462,10 @@ class PluginHost:
         hooks = self.hooks
 
         async def connections() -> list[ConnectionInfo]:
-            return await (hooks.connections or _no_connections)(plugin_id)
+            infos = await (hooks.connections or _no_connections)(plugin_id)
+            for info in infos:  # known secrets are masked whatever shape the plugin logs them in
+                sup.redactor.add(*_strings(info.credentials))
+            return infos
 
         async def on_request(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> Any:
             if hooks.on_request is None:
@@ -442,7 +478,7 @@ class PluginHost:
             if hooks.on_notification is not None:
                 await hooks.on_notification(plugin_id, method, params)
 
-        return PluginSupervisor(
+        sup = PluginSupervisor(
             spec,
             config=record.config,
             connections_provider=connections,
@@ -451,6 +487,8 @@ class PluginHost:
             clock=self._clock,
             **self._supervisor_options,
         )
+        sup.redactor.add(*_secret_config_values(record.config or {}))
+        return sup
 
     def _require_started(self) -> None:
         if not self._started or self._tg is None:

@@ -369,6 +369,8 @@ class PluginProcess:
             max_message_bytes=spec.manifest.limits.max_message_bytes,
             on_violation=self._on_violation,
             name=f"plugin {spec.plugin_id}",
+            # the plugin's own requests (event.inbound, ...): bounded so a flood cannot fan out
+            max_incoming=spec.manifest.limits.max_concurrency + 256,
             **kwargs,
         )
         self.logger.debug("started plugin %s %s (pid %s)", spec.plugin_id, spec.version, self._pid)

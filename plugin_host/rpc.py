@@ -23,6 +23,7 @@ from .errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    OVERLOADED,
     REQUEST_CANCELLED,
     TIMED_OUT,
     TOO_LARGE,
@@ -132,6 +133,14 @@ _NULL = msgspec.Raw(b"null")
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
+def _over(data: bytes | bytearray, end: int, limit: int, start: int = 0) -> bool:
+    """Whether the line data[start:end], without a trailing CR, is over `limit` bytes."""
+    size = end - start
+    if size > 0 and data[end - 1] == 0x0D:  # CRLF framing: the CR is not part of the message
+        size -= 1
+    return size > limit
+
+
 async def _method_not_found(method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
     from .errors import METHOD_NOT_FOUND
 
@@ -160,12 +169,15 @@ class Connection:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_violation: ViolationHook | None = None,
         name: str = "peer",
+        max_incoming: int | None = None,
     ) -> None:
         self._receive = receive
         self._send = send
         self._on_request = on_request
         self._on_notification = on_notification
         self.max_message_bytes = max_message_bytes
+        # requests of the peer in flight at once; beyond it they get -32004 (None: no bound)
+        self.max_incoming = max_incoming
         self._on_violation = on_violation
         self.name = name
         self.stats = ConnectionStats()
@@ -438,7 +450,8 @@ class Connection:
                 nl = chunk.find(b"\n", start)
                 if nl < 0:
                     if not discarding:
-                        if len(buf) + len(chunk) - start > limit:
+                        # limit + 1: the last byte may be the \r of a CRLF line
+                        if len(buf) + len(chunk) - start > limit + 1:
                             self._oversized(bytes(buf[:200]) or chunk[start : start + 200])
                             buf.clear()
                             discarding = True
@@ -449,12 +462,12 @@ class Connection:
                     discarding = False
                 elif buf:
                     buf += chunk[start:nl]
-                    if len(buf) > limit + 1:
+                    if _over(buf, len(buf), limit):
                         self._oversized(bytes(buf[:200]))
                     else:
                         await self._handle_line(bytes(buf))
                     buf.clear()
-                elif nl - start > limit + 1:
+                elif _over(chunk, nl, limit, start):
                     self._oversized(chunk[start : start + 200])
                 else:
                     await self._handle_line(chunk[start:nl])
@@ -494,7 +507,10 @@ class Connection:
                 self._violation("invalid_request", line)
                 await self._respond_error(None, RpcError(INVALID_REQUEST, "request id must not be null"))
             else:
-                self._dispatch_request(msg.id, msg.method, params)
+                if self.max_incoming is not None and len(self._incoming) >= self.max_incoming:
+                    await self._respond_error(msg.id, RpcError(OVERLOADED, "too many requests in flight"))
+                else:
+                    self._dispatch_request(msg.id, msg.method, params)
             return
         if msg.id is UNSET or (msg.result is UNSET and msg.error is UNSET):
             self._violation("invalid_message", line)

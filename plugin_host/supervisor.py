@@ -23,7 +23,7 @@ import anyio.abc
 import msgspec
 
 from .clock import Clock, SystemClock
-from .errors import METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
+from .errors import ERROR_NAMES, METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
 from .process import LaunchError, LaunchSpec, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
@@ -251,7 +251,9 @@ class PluginSupervisor:
         self.last_error: str | None = None
         self.counters = Counters()
         self.latency: dict[str, LatencyStats] = {}
-        self.rpc_errors: dict[int, int] = {}  # calls that ended in an error, by code
+        # calls that ended in an error, by code; codes outside SPEC 3.7 count as "other"
+        # (a plugin picks its codes: they must not grow the metric labels without bound)
+        self.rpc_errors: dict[int | str, int] = {}
 
         self._stderr_ring = StderrRing(self.redactor)
         self._slots = anyio.Semaphore(max(1, self.manifest.limits.max_concurrency))
@@ -372,7 +374,7 @@ class PluginSupervisor:
                 for method, s in sorted(self.latency.items())
             },
             "lastError": self.last_error,
-            "rpcErrors": {str(code): n for code, n in sorted(self.rpc_errors.items())},
+            "rpcErrors": {str(code): n for code, n in sorted(self.rpc_errors.items(), key=lambda kv: str(kv[0]))},
         }
 
     # ---------------------------------------------------------------- calls
@@ -413,7 +415,8 @@ class PluginSupervisor:
         except RpcError as exc:
             if exc.code == TIMED_OUT:
                 self.counters.timeouts += 1
-            self.rpc_errors[exc.code] = self.rpc_errors.get(exc.code, 0) + 1
+            code: int | str = exc.code if exc.code in ERROR_NAMES else "other"
+            self.rpc_errors[code] = self.rpc_errors.get(code, 0) + 1
             self._emit("call", method=method, ok=False, code=exc.code)
             raise
         self._emit("call", method=method, ok=True, code=None)

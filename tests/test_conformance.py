@@ -41,6 +41,9 @@ for line in sys.stdin:
         version = 2 if MODE == "wrong_version" else 1
         if MODE == "garbage":
             sys.stdout.write("Loading plugin... done\n")
+        if MODE == "non_ascii":  # a JSON array, not an object; its first 120 bytes end inside a character
+            sys.stdout.buffer.write(json.dumps(["x" + "\u00e9" * 100], ensure_ascii=False).encode() + b"\n")
+            sys.stdout.buffer.flush()
         send({{"jsonrpc": "2.0", "id": mid, "result": {{"protocolVersion": version,
               "plugin": {{"name": "broken", "version": "1.0.0"}}, "connectors": [], "capabilities": {{}}}}}})
     elif method == "health":
@@ -101,6 +104,7 @@ async def test_a_well_behaved_handmade_plugin_passes_also_as_a_zip(tmp_path: Pat
         ("silent", "initialize", "no answer within 1500 ms"),
         ("wrong_version", "initialize", "/result/protocolVersion: 1 was expected"),
         ("garbage", "stdout", "not JSON on stdout: 'Loading plugin... done'"),
+        ("non_ascii", "stdout", "not a JSON-RPC message object on stdout: '[\"x\u00e9\u00e9"),
         ("bad_health", "health", "does not match the schema"),
         ("unknown_ok", "unknown method", "expected error -32601"),
         ("lenient", "malformed input", "answered with a result"),

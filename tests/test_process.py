@@ -320,3 +320,9 @@ async def test_owner_cancelled_at_any_moment_never_hangs(tmp_path: Path, delay: 
     if proc.pid is not None:
         assert proc.returncode is not None
         assert not proc_alive(proc.pid)
+
+
+async def test_requests_of_the_plugin_are_bounded_by_its_concurrency_limit(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "well_behaved", manifest={"limits": {"maxConcurrency": 3}})
+    async with fast_process(spec) as proc:
+        assert proc.connection.max_incoming == 3 + 256

@@ -332,3 +332,73 @@ def test_endless_line_does_not_grow_memory():
     assert conn.stats.oversized_messages == 1
     assert seen == [{"v": "after"}]
     assert peak < 8 * limit, f"peak {peak} bytes for a {limit} byte limit"
+
+
+# ---------------------------------------------------------------- incoming bound
+
+
+async def test_incoming_requests_beyond_max_incoming_are_refused_overloaded() -> None:
+    a_r, b_w = pipe_pair()
+    b_r, a_w = pipe_pair()
+    running = 0
+    most = 0
+    release = anyio.Event()
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+        return "done"
+
+    a = Connection(a_r, a_w, name="a")
+    b = Connection(b_r, b_w, name="b", on_request=on_request, max_incoming=4)
+    outcomes: list[Any] = []
+
+    async def one(i: int) -> None:
+        try:
+            outcomes.append(await a.call("event.inbound", {"i": i}, timeout=10))
+        except RpcError as exc:
+            outcomes.append(exc.code)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.serve)
+            await tg.start(b.serve)
+            async with anyio.create_task_group() as callers:
+                for i in range(50):
+                    callers.start_soon(one, i)
+                while len(outcomes) < 46:
+                    await anyio.sleep(0.01)
+                assert running == 4
+                release.set()
+            tg.cancel_scope.cancel()
+    assert most == 4
+    assert outcomes.count(errors.OVERLOADED) == 46
+    assert outcomes.count("done") == 4
+    assert b._incoming == {}
+
+
+# ---------------------------------------------------------------- size limit, exactly
+
+
+def sized_request(id: int, size: int) -> bytes:
+    """A request line of exactly `size` bytes (without its newline)."""
+    line = request(id, "m", {"p": ""})
+    line = request(id, "m", {"p": "x" * (size - len(line))})
+    assert len(line) == size
+    return line
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+def test_size_limit_is_exact_whole_or_split(split: bool, crlf: bool) -> None:
+    end = b"\r\n" if crlf else b"\n"
+    lines = [sized_request(1, 1024) + end, sized_request(2, 1025) + end, sized_request(3, 100) + end]
+    chunks = [part for line in lines for part in ((line[:500], line[500:]) if split else (line,))]
+    conn, _, requests, _ = anyio.run(lambda: run_scripted(chunks, limit=1024))
+    assert [r[0] for r in requests] == [1, 3]
+    assert conn.stats.oversized_messages == 1

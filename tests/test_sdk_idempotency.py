@@ -337,3 +337,45 @@ class SendStoreMachine(RuleBasedStateMachine):
 
 SendStoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_send_store_matches_model = SendStoreMachine.TestCase
+
+
+@pytest.mark.anyio
+async def test_a_delivered_send_with_an_unusable_result_is_still_completed(clock: FakeClock) -> None:
+    plugin = Plugin(name="t", version="1.0.0", clock=clock)
+    sent: list[str] = []
+
+    @plugin.method("message.send", idempotent=True)
+    async def send(ctx: Context, params: SendRequest) -> Any:
+        sent.append(params.request_id)
+        return ["not", "a", "send", "result"]
+
+    async with PluginHarness.in_process(plugin) as h:
+        first = await h.call("message.send", request())
+        again = await h.call("message.send", request())
+        assert first == {"duplicate": False}
+        assert again == {"duplicate": True}
+        assert sent == ["r1"]
+
+
+@pytest.mark.anyio
+async def test_a_delivered_send_is_completed_when_storing_its_result_fails(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, sent, _ = sending_plugin(clock)
+    async with PluginHarness.in_process(plugin) as h:
+        store = plugin.send_store
+        complete = store.complete
+        calls: list[dict[str, Any]] = []
+
+        def flaky_complete(connection_id: str, request_id: str, result: dict[str, Any]) -> None:
+            calls.append(result)
+            if len(calls) == 1:
+                raise RuntimeError("disk hiccup")
+            complete(connection_id, request_id, result)
+
+        monkeypatch.setattr(store, "complete", flaky_complete)
+        first = await h.call("message.send", request(), result_type=SendResult)
+        again = await h.call("message.send", request())
+        assert first == SendResult(duplicate=False, provider_message_id="pm_1")
+        assert again["duplicate"] is True
+        assert sent == ["r1"] and calls[1] == {}

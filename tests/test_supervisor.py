@@ -432,3 +432,22 @@ async def test_concurrent_admin_restarts_leave_one_process(tmp_path: Path) -> No
         assert await sup.call("echo", {"ok": 1}) == {"ok": 1}
         alive = [pid for pid in spawned if proc_alive(pid)]
         assert alive == [sup.pid]
+
+
+async def test_rpc_errors_count_codes_outside_the_spec_under_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with supervised(make_spec(tmp_path, "well_behaved")) as sup:
+        await sup.start()
+        with pytest.raises(RpcError):
+            await sup.call("no_such_method")  # -32601, a code of SPEC 3.7
+        proc = sup._proc
+        assert proc is not None
+
+        async def plugin_chosen_code(method: str, params: Any = None, **kw: Any) -> Any:
+            raise RpcError(params["code"], "the plugin's own error")
+
+        monkeypatch.setattr(proc, "call", plugin_chosen_code)
+        for code in (-32099, 7, 123456, -32099):
+            with pytest.raises(RpcError) as info:
+                await sup.call("custom", {"code": code})
+            assert info.value.code == code  # the caller still sees the real code
+        assert sup.snapshot()["rpcErrors"] == {"-32601": 1, "other": 4}

@@ -173,3 +173,13 @@ async def test_a_missing_program_is_vendor_command_failed(runner: VendorRunner) 
     with pytest.raises(RpcError) as exc:
         await runner.run(command("/nonexistent/vendor-cli", "login"), timeout=5)
     assert exc.value.code == VENDOR_COMMAND_FAILED and exc.value.data["exitCode"] is None
+
+
+async def test_exit_with_a_background_child_holding_the_pipes_is_not_a_timeout(
+    runner: VendorRunner, tmp_path: Path
+) -> None:
+    result = await runner.run(command("sh", "-c", "sleep 300 & echo $! > background.pid; echo hi"), timeout=5)
+    assert result.exit_code == 0
+    assert result.stdout == "hi\n"
+    # the group is killed on a normal exit too: the background child does not outlive the call
+    await _wait_gone(int((tmp_path / "background.pid").read_text()))

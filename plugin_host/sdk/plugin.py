@@ -194,8 +194,21 @@ class Plugin:
             except BaseException:  # cancelled or failed: nothing in progress any more
                 store.fail(params.connection_id, params.request_id)
                 raise
-            stored = _send_result(result)
-            store.complete(params.connection_id, params.request_id, stored)
+            # the message is out: from here the record must leave `processing`, or the host's
+            # retry gets -32010 and then a second delivery
+            try:
+                stored = _send_result(result)
+            except Exception:
+                self.log.exception("message.send %s returned an unusable result", params.request_id)
+                stored = {"duplicate": False}
+            try:
+                store.complete(params.connection_id, params.request_id, stored)
+            except Exception:
+                self.log.exception("message.send %s: its result could not be stored", params.request_id)
+                try:
+                    store.complete(params.connection_id, params.request_id, {})
+                except Exception:
+                    self.log.exception("message.send %s could not be marked completed", params.request_id)
             return stored
 
         send.__name__ = getattr(fn, "__name__", "send")

@@ -28,6 +28,7 @@ from ..redact import redact
 MAX_OUTPUT_BYTES = 1024 * 1024  # per stream; the tail is kept
 ERROR_STDERR_CHARS = 4000  # stderr tail carried in the -32014 error data
 _REAP_GRACE = 5.0
+_DRAIN_GRACE = 0.5  # output still arriving after the command exited
 
 log = logging.getLogger(__name__)
 
@@ -171,23 +172,35 @@ class VendorRunner:
                 f"vendor command {command.env_var} could not start: {exc.strerror or exc}",
                 {"exitCode": None, "stderr": ""},
             ) from None
-        finished = timed_out = False
+        finished = False
+        drained = anyio.Event()
+
+        async def read_output() -> None:
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(out.read_from, process.stdout)
+                readers.start_soon(err.read_from, process.stderr)
+            drained.set()
+
         try:
-            with anyio.move_on_after(timeout) as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(out.read_from, process.stdout)
-                    tg.start_soon(err.read_from, process.stderr)
-                    if input is not None:
-                        tg.start_soon(_feed, process.stdin, input)
-                await process.wait()
-                finished = True
-            timed_out = scope.cancelled_caught
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_output)
+                if input is not None:
+                    tg.start_soon(_feed, process.stdin, input)
+                with anyio.move_on_after(timeout):
+                    await process.wait()
+                    finished = True
+                if finished:
+                    # a background child may hold the pipes open: read what is there, then stop
+                    with anyio.move_on_after(_DRAIN_GRACE):
+                        await drained.wait()
+                tg.cancel_scope.cancel()
         finally:
-            if not finished:  # timed out or cancelled: the whole group goes, grandchildren too
-                _kill_group(process.pid)
+            # always: no child of the command outlives the call (timed out, cancelled or exited)
+            _kill_group(process.pid)
             # aclose closes our pipe ends first, so a straggler holding them cannot stall the reap
             with anyio.CancelScope(shield=True), anyio.move_on_after(_REAP_GRACE):
                 await process.aclose()
+        timed_out = not finished
         result = VendorResult(
             exit_code=process.returncode if process.returncode is not None else -1,
             stdout=redact(out.text(), known),
