@@ -33,6 +33,22 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def echo_clone_zip(work: Path, plugin_id: str) -> Path:
+    """The echo plugin packed under another id and connector kind (benches that need many plugins)."""
+    import shutil
+
+    from plugin_host.package import pack_directory
+
+    repo = Path(__file__).resolve().parents[1]
+    src = work / plugin_id
+    shutil.copytree(repo / "plugins" / "echo", src, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = json.loads((src / "plugin.json").read_text())
+    manifest["id"] = plugin_id
+    manifest["connectors"][0]["kind"] = plugin_id
+    (src / "plugin.json").write_text(json.dumps(manifest))
+    return pack_directory(src, work / f"{plugin_id}.zip")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import socket
@@ -32,19 +31,13 @@ def _prepare_home(home: Path) -> None:
     import anyio
 
     from plugin_host.host import PluginHost
-    from plugin_host.package import pack_directory
+    from bench._common import echo_clone_zip
 
     async def install() -> None:
         host = PluginHost(home)
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(PLUGINS):
-                src = Path(tmp) / f"p{i}"
-                shutil.copytree(REPO / "plugins" / "echo", src, ignore=shutil.ignore_patterns("__pycache__"))
-                manifest = json.loads((src / "plugin.json").read_text())
-                manifest["id"] = f"bench_{i:02d}"
-                manifest["connectors"][0]["kind"] = f"bench_{i:02d}"
-                (src / "plugin.json").write_text(json.dumps(manifest))
-                await host.install(pack_directory(src, Path(tmp) / f"p{i}.zip"))
+                await host.install(echo_clone_zip(Path(tmp), f"bench_{i:02d}"))
         host.registry.close()
 
     anyio.run(install)

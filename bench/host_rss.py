@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ def measure(plugins: int) -> dict[str, float]:
 
     import admin_api  # noqa: F401  (the host process of `serve` has it loaded)
     from plugin_host.host import PluginHost
-    from plugin_host.package import pack_directory
+    from bench._common import echo_clone_zip
 
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -40,13 +39,7 @@ def measure(plugins: int) -> dict[str, float]:
             await host.start()
             try:
                 for i in range(plugins):
-                    src = Path(tmp) / f"p{i}"
-                    shutil.copytree(REPO / "plugins" / "echo", src, ignore=shutil.ignore_patterns("__pycache__"))
-                    manifest = json.loads((src / "plugin.json").read_text())
-                    manifest["id"] = f"idle_{i:02d}"
-                    manifest["connectors"][0]["kind"] = f"idle_{i:02d}"
-                    (src / "plugin.json").write_text(json.dumps(manifest))
-                    outcome = await host.install(pack_directory(src, Path(tmp) / f"p{i}.zip"))
+                    outcome = await host.install(echo_clone_zip(Path(tmp), f"idle_{i:02d}"))
                     await host.enable(outcome.plugin_id)
                 await anyio.sleep(1.0)  # let the plugins settle into idle
                 states = {s["state"] for s in host.snapshots().values()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
@@ -63,8 +63,6 @@ class HostHooks:
     on_notification: NotificationCallback | None = None
     connections: ConnectionsProvider | None = None
     usage: UsageProvider | None = None
-    on_state: Callable[[str, str], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _strings(value: Any) -> list[str]:
@@ -329,12 +327,6 @@ class PluginHost:
         if sup is None:
             raise RpcError(UNAVAILABLE, f"plugin {plugin_id} is not running")
         return await sup.call(method, params, **kw)
-
-    async def notify(self, plugin_id: str, method: str, params: Any = None) -> None:
-        sup = self.supervisor(plugin_id)
-        if sup is None:
-            raise RpcError(UNAVAILABLE, f"plugin {plugin_id} is not running")
-        await sup.notify(method, params)
 
     # ---------------------------------------------------------------- views
 

@@ -238,7 +238,3 @@ PLUGIN_TO_HOST: dict[str, tuple[type, type | None]] = {
     "log": (LogParams, None),
 }
 
-
-def to_builtins(value: Any) -> Any:
-    """A Struct (or anything msgspec knows) as plain JSON-ready Python values."""
-    return msgspec.to_builtins(value)

@@ -430,8 +430,7 @@ class PluginSupervisor:
         return True
 
     async def _acquire_slot(self, method: str, timeout: float) -> None:
-        if self._slots_acquire_nowait():
-            return
+        """Wait for a slot (the caller already found none free)."""
         if self._waiting >= self.max_waiting:
             raise RpcError(
                 OVERLOADED,
