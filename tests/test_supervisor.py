@@ -197,7 +197,8 @@ async def test_crash_fails_in_flight_calls_at_once(tmp_path: Path) -> None:
         await sup.start()
         pids = await sup.call("pids")
         with pytest.raises(RpcError) as info:
-            await sup.call("die", timeout=60)
+            # shorter than the stop sequence's fallback: only the exit-driven fail-fast answers -32002 in time
+            await sup.call("die", timeout=2)
         assert info.value.code == UNAVAILABLE
         assert sup.state in ("backoff", "starting", "running")
         assert sup.counters.crashes == 1
