@@ -271,7 +271,7 @@ class PluginHarness:
         async with AsyncExitStack() as stack:
             if state_dir is None:
                 state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
-            child_env = _child_env(plugin_dir, env)
+            child_env = _child_env(plugin_dir, manifest, env)
             process = await anyio.open_process(
                 argv, cwd=os.fspath(state_dir), env=child_env, start_new_session=True
             )
@@ -355,15 +355,23 @@ def _resolve_target(target: str | os.PathLike[str] | Sequence[str]) -> tuple[lis
     return argv, str(path), manifest
 
 
-def _child_env(plugin_dir: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(
+    plugin_dir: str | None, manifest: Mapping[str, Any], extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The host's environment rules (SPEC 5.3), so a plugin is tested as the host will run it.
+
+    Only the pass-through names and the manifest's `env` names that are set here,
+    never `CHANNEL_RUNTIME_*`; `extra` (the test's own) is added last.
+    """
+    from ..process import PASSTHROUGH_ENV, RESERVED_ENV_PREFIX
+
+    allowed = [*PASSTHROUGH_ENV, *(n for n in manifest.get("env", []) if not n.startswith(RESERVED_ENV_PREFIX))]
+    env = {name: os.environ[name] for name in allowed if name in os.environ}
     # plugin_host itself must be importable by the child, wherever its stateDir is
     paths = [str(Path(__file__).resolve().parents[2])]
     if plugin_dir is not None:
         env["PLUGIN_DIR"] = plugin_dir
         paths[:0] = [plugin_dir, os.path.join(plugin_dir, "lib")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra or {})
     return env
