@@ -1,4 +1,5 @@
 """The admin API (SPEC 7): `create_app(host=..., runtime=..., settings=...)`."""
+
 from __future__ import annotations
 
 from .app import create_app

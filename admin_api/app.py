@@ -1,4 +1,5 @@
 """`create_app`: the admin API as one Starlette application (SPEC 7)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@
 - `/metrics`: the admin token unless metrics are configured open;
 - everything else (`/healthz`, `/readyz`, `/webhooks/*`, `/admin`, `/openapi.json`): public.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -23,7 +24,7 @@ def route_path(scope: Scope) -> str:
     root: str = scope.get("root_path", "").rstrip("/")
     # strip the mount prefix only at a segment boundary: "/ap" must not turn "/api/x" into "i/x"
     if root and (path == root or path.startswith(root + "/")):
-        return path[len(root):] or "/"
+        return path[len(root) :] or "/"
     return path
 
 

@@ -5,6 +5,7 @@ the limit is refused before reading, and an undeclared or lying one is cut off
 as soon as the bytes read pass the limit. Uploads are spooled to a temporary
 file, never held whole in memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,7 +90,8 @@ async def receive_upload(request: Request, *, limit: int = UPLOAD_LIMIT) -> IO[b
         return await _receive_multipart(request, limit)
     if media_type not in _RAW_ZIP_TYPES:
         raise ApiError(
-            415, "unsupported_media_type",
+            415,
+            "unsupported_media_type",
             "upload the zip as an application/zip body or as multipart/form-data field 'file'",
             {"contentType": media_type},
         )

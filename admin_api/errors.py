@@ -3,6 +3,7 @@
 Typed exceptions inside (`ApiError`, `HostError`, `PackageError`, `ManifestError`,
 `RpcError`) are mapped here, and only here, to a status and that shape.
 """
+
 from __future__ import annotations
 
 import logging
@@ -183,7 +184,10 @@ class UnexpectedErrors:
         except Exception as exc:
             log.error(
                 "unexpected %s on %s %s: %s",
-                type(exc).__name__, scope.get("method"), scope.get("path"), redact(str(exc)),
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                redact(str(exc)),
             )
             if started:
                 raise

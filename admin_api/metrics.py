@@ -1,4 +1,5 @@
 """`/metrics`: Prometheus text read from the plugin supervisors' snapshots at scrape time."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
@@ -19,9 +20,13 @@ _COUNTERS = {
     "crashes": ("channel_runtime_plugin_crashes", "Unexpected exits of the plugin process"),
     "timeouts": ("channel_runtime_plugin_timeouts", "Calls to the plugin that timed out"),
     "protocolViolations": (
-        "channel_runtime_plugin_protocol_violations", "Lines on the plugin's stdout that are not JSON-RPC"),
+        "channel_runtime_plugin_protocol_violations",
+        "Lines on the plugin's stdout that are not JSON-RPC",
+    ),
     "oversizedMessages": (
-        "channel_runtime_plugin_oversized_messages", "Messages over maxMessageBytes, in either direction"),
+        "channel_runtime_plugin_oversized_messages",
+        "Messages over maxMessageBytes, in either direction",
+    ),
 }
 
 Snapshots = Callable[[], Mapping[str, Mapping[str, Any]]]
@@ -59,9 +64,7 @@ class PluginCollector(Collector):
                 labels = {"plugin": plugin, "method": method}
                 for quantile, key in (("0.5", "p50"), ("0.99", "p99")):
                     if stats.get(key) is not None:
-                        latency.add_sample(
-                            latency.name, {**labels, "quantile": quantile}, float(stats[key]) / 1000.0
-                        )
+                        latency.add_sample(latency.name, {**labels, "quantile": quantile}, float(stats[key]) / 1000.0)
                 latency.add_sample(latency.name + "_count", labels, float(stats.get("count", 0) or 0))
             for code, count in sorted((snap.get("rpcErrors") or {}).items(), key=lambda kv: str(kv[0])):
                 errors.add_metric([plugin, str(code)], float(count))

@@ -1,4 +1,5 @@
 """`GET /openapi.json`: the admin API described as data (OpenAPI 3.1)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,20 +29,25 @@ _ERRORS = {
 _LIFECYCLE_ERRORS = {**_ERRORS, "409": _error("Refused in the plugin's current state")}
 
 _PLUGIN_ID = {
-    "name": "plugin_id", "in": "path", "required": True,
+    "name": "plugin_id",
+    "in": "path",
+    "required": True,
     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,63}$"},
 }
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _FORCE = {
-    "name": "force", "in": "query", "required": False,
+    "name": "force",
+    "in": "query",
+    "required": False,
     "description": "uninstall even while connections use the plugin",
     "schema": {"type": "string", "enum": ["true", "false"]},
 }
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-_CONNECTION_ID = {"name": "connection_id", "in": "path", "required": True,
-                  "schema": {"type": "string", "minLength": 1}}
+_CONNECTION_ID = {"name": "connection_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _TAIL = {
-    "name": "tail", "in": "query", "required": False,
+    "name": "tail",
+    "in": "query",
+    "required": False,
     "description": "number of last lines (default 200, at most 1000)",
     "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
 }
@@ -75,8 +81,11 @@ _SCHEMAS: dict[str, Any] = {
     "AvailableConnector": {
         "allOf": [
             _ref("Connector"),
-            {"type": "object", "required": ["pluginId", "available"],
-             "properties": {"pluginId": {"type": "string"}, "available": {"type": "boolean"}}},
+            {
+                "type": "object",
+                "required": ["pluginId", "available"],
+                "properties": {"pluginId": {"type": "string"}, "available": {"type": "boolean"}},
+            },
         ]
     },
     "PluginVersion": {
@@ -95,8 +104,18 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Plugin": {
         "type": "object",
-        "required": ["id", "name", "activeVersion", "versions", "enabled", "state", "health", "restarts",
-                     "lastError", "connectors"],
+        "required": [
+            "id",
+            "name",
+            "activeVersion",
+            "versions",
+            "enabled",
+            "state",
+            "health",
+            "restarts",
+            "lastError",
+            "connectors",
+        ],
         "properties": {
             "id": {"type": "string"},
             "name": {"type": "string"},
@@ -128,8 +147,11 @@ _SCHEMAS: dict[str, Any] = {
                         "type": "object",
                         "additionalProperties": {
                             "type": "object",
-                            "properties": {"count": {"type": "integer"}, "p50": {"type": ["number", "null"]},
-                                           "p99": {"type": ["number", "null"]}},
+                            "properties": {
+                                "count": {"type": "integer"},
+                                "p50": {"type": ["number", "null"]},
+                                "p99": {"type": ["number", "null"]},
+                            },
                         },
                     },
                     "pid": {"type": ["integer", "null"]},
@@ -178,8 +200,10 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "connectionId": {"type": "string"},
             "kind": {"type": "string"},
-            "status": {"type": "string",
-                       "enum": ["pending", "pairing", "connected", "disconnected", "error", "revoked"]},
+            "status": {
+                "type": "string",
+                "enum": ["pending", "pairing", "connected", "disconnected", "error", "revoked"],
+            },
             "pluginId": {"type": "string"},
             "channelId": {"type": "string"},
             "accountId": {"type": "string"},
@@ -263,8 +287,10 @@ _PATHS: dict[str, Any] = {
             "summary": "List installed plugins",
             "operationId": "listPlugins",
             "tags": ["plugins"],
-            "responses": {"200": _json({"type": "array", "items": _ref("Plugin")}, "Installed plugins"),
-                          "401": _ERRORS["401"]},
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Plugin")}, "Installed plugins"),
+                "401": _ERRORS["401"],
+            },
         },
         "post": {
             "summary": "Install a plugin zip",
@@ -308,8 +334,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "uninstallPlugin",
             "tags": ["plugins"],
             "parameters": [_PLUGIN_ID, _FORCE],
-            "responses": {"204": {"description": "Uninstalled"}, **_LIFECYCLE_ERRORS,
-                          "400": _error("Bad query parameter")},
+            "responses": {
+                "204": {"description": "Uninstalled"},
+                **_LIFECYCLE_ERRORS,
+                "400": _error("Bad query parameter"),
+            },
         },
     },
     "/api/plugins/{plugin_id}/enable": _plugin_action("Enable and start a plugin", "enablePlugin"),
@@ -337,8 +366,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "uninstallVersion",
             "tags": ["plugins"],
             "parameters": [_PLUGIN_ID, _VERSION, _FORCE],
-            "responses": {"200": _json(_ref("PluginDetail"), "The plugin without that version"),
-                          "400": _error("Bad query parameter"), **_LIFECYCLE_ERRORS},
+            "responses": {
+                "200": _json(_ref("PluginDetail"), "The plugin without that version"),
+                "400": _error("Bad query parameter"),
+                **_LIFECYCLE_ERRORS,
+            },
         }
     },
     "/api/plugins/{plugin_id}/logs": {
@@ -347,8 +379,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "pluginLogs",
             "tags": ["plugins"],
             "parameters": [_PLUGIN_ID, _TAIL],
-            "responses": {"200": _json({"type": "array", "items": {"type": "string"}}, "Log lines"),
-                          "400": _error("Bad tail"), **_ERRORS},
+            "responses": {
+                "200": _json({"type": "array", "items": {"type": "string"}}, "Log lines"),
+                "400": _error("Bad tail"),
+                **_ERRORS,
+            },
         }
     },
     "/api/plugins/{plugin_id}/config": {
@@ -372,8 +407,10 @@ _PATHS: dict[str, Any] = {
             "summary": "Connector descriptors of the enabled plugins",
             "operationId": "listConnectors",
             "tags": ["connectors"],
-            "responses": {"200": _json({"type": "array", "items": _ref("AvailableConnector")}, "Connectors"),
-                          "401": _ERRORS["401"]},
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("AvailableConnector")}, "Connectors"),
+                "401": _ERRORS["401"],
+            },
         }
     },
     "/api/connector-sessions": {
@@ -408,7 +445,10 @@ _PATHS: dict[str, Any] = {
             "tags": ["connectors"],
             "parameters": [_SESSION_ID],
             "responses": {
-                "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
                 **_ERRORS,
             },
         }
@@ -436,8 +476,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "cancelConnectorSession",
             "tags": ["connectors"],
             "parameters": [_SESSION_ID],
-            "responses": {"200": _json(_ref("ConnectorSession"), "Cancelled"), **_LIFECYCLE_ERRORS,
-                          "503": _error("The plugin is unavailable")},
+            "responses": {
+                "200": _json(_ref("ConnectorSession"), "Cancelled"),
+                **_LIFECYCLE_ERRORS,
+                "503": _error("The plugin is unavailable"),
+            },
         }
     },
     "/api/connections": {
@@ -445,8 +488,10 @@ _PATHS: dict[str, Any] = {
             "summary": "Connections (never their credentials)",
             "operationId": "listConnections",
             "tags": ["connections"],
-            "responses": {"200": _json({"type": "array", "items": _ref("Connection")}, "Connections"),
-                          "401": _ERRORS["401"]},
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Connection")}, "Connections"),
+                "401": _ERRORS["401"],
+            },
         }
     },
     "/api/connections/{connection_id}": {
@@ -464,8 +509,11 @@ _PATHS: dict[str, Any] = {
             "operationId": "logoutConnection",
             "tags": ["connections"],
             "parameters": [_CONNECTION_ID],
-            "responses": {"200": _json(_ref("Connection"), "Revoked"), **_LIFECYCLE_ERRORS,
-                          "503": _error("The plugin is unavailable")},
+            "responses": {
+                "200": _json(_ref("Connection"), "Revoked"),
+                **_LIFECYCLE_ERRORS,
+                "503": _error("The plugin is unavailable"),
+            },
         }
     },
     "/api/channels": {
@@ -473,8 +521,7 @@ _PATHS: dict[str, Any] = {
             "summary": "Runtime channels",
             "operationId": "listChannels",
             "tags": ["channels"],
-            "responses": {"200": _json({"type": "array", "items": _ref("Channel")}, "Channels"),
-                          "401": _ERRORS["401"]},
+            "responses": {"200": _json({"type": "array", "items": _ref("Channel")}, "Channels"), "401": _ERRORS["401"]},
         }
     },
     "/api/deliveries": {
@@ -482,10 +529,14 @@ _PATHS: dict[str, Any] = {
             "summary": "Outbox and inbox dead letters",
             "operationId": "listDeliveries",
             "tags": ["channels"],
-            "parameters": [{"name": "status", "in": "query", "required": False,
-                            "schema": {"type": "string", "enum": ["failed"]}}],
-            "responses": {"200": _json({"type": "array", "items": {"type": "object"}}, "Dead letters"),
-                          "400": _error("Unknown status"), "401": _ERRORS["401"]},
+            "parameters": [
+                {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": ["failed"]}}
+            ],
+            "responses": {
+                "200": _json({"type": "array", "items": {"type": "object"}}, "Dead letters"),
+                "400": _error("Unknown status"),
+                "401": _ERRORS["401"],
+            },
         }
     },
     "/api/channel-connector-bridge/events": {
@@ -559,7 +610,7 @@ OPENAPI: dict[str, Any] = {
         "title": "channel-runtime admin API",
         "version": "1",
         "description": "Plugin lifecycle, connectors, health and metrics. Errors: "
-                       '{"error": {"code", "message", "details"}}.',
+        '{"error": {"code", "message", "details"}}.',
     },
     "servers": [{"url": "/"}],
     "security": [{"adminToken": []}],

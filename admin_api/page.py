@@ -1,4 +1,5 @@
 """`GET /admin`: the admin page, one self-contained HTML file (no external assets)."""
+
 from __future__ import annotations
 
 import functools

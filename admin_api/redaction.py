@@ -5,6 +5,7 @@ A config value is secret when its `configSchema` property says so
 `"x-secret": true`) or when its key names a secret (token, secret, password, ...).
 Text (logs, errors) goes through `plugin_host.redact` with those values as known secrets.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ Same file location type and durability as our store (WAL, synchronous=NORMAL),
 same body, same route; no auth, no validation, no dedupe, no inbox.
 `BENCH_CEILING_DB` names the SQLite file.
 """
+
 from __future__ import annotations
 
 import contextlib

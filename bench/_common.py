@@ -3,6 +3,7 @@
 Benchmarks print figures, never assert: a 2-core machine is noisy, so each figure
 is a median over repeats and is shown next to a reference measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,7 +120,9 @@ class Report:
             print(json.dumps(doc, indent=2, default=str))
             return
         m = machine()
-        print(f"# {self.bench}{' (--quick)' if self.quick else ''}: Python {m['python']}, {m['cpus']} cpus, {m['time']}")
+        print(
+            f"# {self.bench}{' (--quick)' if self.quick else ''}: Python {m['python']}, {m['cpus']} cpus, {m['time']}"
+        )
         for title, header, rows in self.tables:
             print()
             print(f"## {title}")
@@ -147,10 +150,12 @@ def _cell(value: Any) -> str:
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [list(header), *cells]) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False))]
     lines.append("  ".join("-" * w for w in widths))
     for row in cells:
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False)))
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Message handlers for `channel-runtime serve --handler bench._handlers:NAME` in the benchmarks."""
+
 from __future__ import annotations
 
 from channel_runtime.messages import InboundMessage, OutboundMessage

@@ -9,6 +9,7 @@ JSON line: {"requests", "seconds", "rps", "statuses", "first", "last"} where
 `first`/`last` are wall-clock (time.time) stamps of the first send and last answer.
 Used by bench/e2e.py (count-based) and by bench/ingest.py when wrk is not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,32 @@ PATH = "/api/channel-connector-bridge/events"
 
 def event_body(prefix: str, n: int, connection_id: str, peers: int) -> bytes:
     ident = f"{prefix}_{n}"
-    return json.dumps({
-        "eventId": f"evt_{ident}", "timestamp": "2026-06-02T09:30:00Z", "deliveryAttempt": 1,
-        "connectionId": connection_id, "channelId": connection_id, "kind": "echo", "accountId": "acct_bench",
-        "peerId": f"peer_{n % peers}", "peerType": "dm", "messageId": f"msg_{ident}", "messageType": "text",
-        "content": f"hello {ident}", "metadata": {},
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "eventId": f"evt_{ident}",
+            "timestamp": "2026-06-02T09:30:00Z",
+            "deliveryAttempt": 1,
+            "connectionId": connection_id,
+            "channelId": connection_id,
+            "kind": "echo",
+            "accountId": "acct_bench",
+            "peerId": f"peer_{n % peers}",
+            "peerType": "dm",
+            "messageId": f"msg_{ident}",
+            "messageType": "text",
+            "content": f"hello {ident}",
+            "metadata": {},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 async def worker(args: argparse.Namespace, counter: collections.Counter, state: dict, deadline: float) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nAuthorization: Bearer {args.token}\r\n"
-            "Content-Type: application/json\r\n").encode()
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nAuthorization: Bearer {args.token}\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
     try:
         while True:
             if args.count is not None:
@@ -72,8 +87,14 @@ async def main_async(args: argparse.Namespace) -> dict:
     await asyncio.gather(*(worker(args, counter, state, deadline) for _ in range(args.connections)))
     seconds = time.perf_counter() - started
     total = sum(counter.values())
-    return {"requests": total, "seconds": seconds, "rps": total / seconds if seconds else 0.0,
-            "statuses": {str(k): v for k, v in counter.items()}, "first": state["first"], "last": state["last"]}
+    return {
+        "requests": total,
+        "seconds": seconds,
+        "rps": total / seconds if seconds else 0.0,
+        "statuses": {str(k): v for k, v in counter.items()},
+        "first": state["first"],
+        "last": state["last"],
+    }
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ full service `channel-runtime serve` builds (`channel_runtime.cli.build_app`),
 without the first-start install of the bundled plugins; its settings come from
 the environment (CHANNEL_RUNTIME_BRIDGE_TOKEN, ...) like the CLI's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,15 @@ def main() -> None:
     else:
         from bench._ceiling_app import app
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=args.port, lifespan="on", log_level="warning",
-        access_log=False, loop="asyncio", http="h11", workers=1,
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        loop="asyncio",
+        http="h11",
+        workers=1,
     )
     anyio.run(uvicorn.Server(config).serve)
 

@@ -8,6 +8,7 @@ holding 50 installed plugins, plus `GET /bench/trivial` returning a constant
 JSON. Load comes from Debian's `wrk` when installed, else an httpx generator in a
 separate process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ PLUGINS = 50
 def _prepare_home(home: Path) -> None:
     import anyio
 
-    from plugin_host.host import PluginHost
     from bench._common import echo_clone_zip
+    from plugin_host.host import PluginHost
 
     async def install() -> None:
         host = PluginHost(home)
@@ -56,8 +57,7 @@ def _serve(home: str, port: int) -> None:
         return JSONResponse({"ok": True})
 
     settings = Settings.load({"CHANNEL_RUNTIME_ADMIN_TOKEN": TOKEN}, home=home)
-    app = create_app(host=PluginHost(Path(home)), settings=settings,
-                     extra_routes=[Route("/bench/trivial", trivial)])
+    app = create_app(host=PluginHost(Path(home)), settings=settings, extra_routes=[Route("/bench/trivial", trivial)])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
 
 
@@ -94,13 +94,20 @@ def _load(url: str, duration: float, connections: int) -> tuple[float, str]:
     if wrk:
         out = subprocess.run(
             [wrk, "-t2", f"-c{connections}", f"-d{duration:.0f}s", "-H", f"Authorization: Bearer {TOKEN}", url],
-            capture_output=True, text=True, check=True).stdout
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         if non2xx:
             raise SystemExit(f"{url}: {non2xx.group(1)} error responses")
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "wrk"
-    out = subprocess.run([sys.executable, __file__, "--load", url, "--duration", str(duration),
-                          "--connections", str(connections)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", url, "--duration", str(duration), "--connections", str(connections)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)["rps"], "httpx"
 
 

@@ -19,6 +19,7 @@ stays what the row says.
 
 Target: our claim with 5,000 waiting <= 2x our claim with 100 waiting (flat).
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -60,7 +61,8 @@ def old_claim(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
             marks = ",".join("?" * len(ids))
             conn.execute(
                 f"UPDATE inbox SET status = 'claimed', claimed_until = ?, attempts = attempts + 1, updated_at = ?"
-                f" WHERE id IN ({marks}) RETURNING *", (now + LEASE, now, *ids),
+                f" WHERE id IN ({marks}) RETURNING *",
+                (now + LEASE, now, *ids),
             ).fetchall()
         conn.execute("COMMIT")
     except BaseException:
@@ -80,8 +82,9 @@ def peer(layout: str, i: int) -> str:
 async def fill(store: Store, layout: str, size: int) -> None:
     count = size + (16 if layout == "16 busy" else 0)  # the busy heads come on top of the waiting entries
     for i in range(count):
-        message = InboundMessage(message_id=f"m{i}", channel_id="ch", kind="bench", peer_id=peer(layout, i),
-                                 peer_type="dm", content="x" * 64)
+        message = InboundMessage(
+            message_id=f"m{i}", channel_id="ch", kind="bench", peer_id=peer(layout, i), peer_type="dm", content="x" * 64
+        )
         await store.inbox.commit(message)
     if layout == "16 busy":
         assert len(await store.inbox.claim_ready(16, lease=1e9)) == 16

@@ -12,6 +12,7 @@ so the size stays what the row says.
 
 Targets: SQLite flat (200k / 1k <= 1.3); SQLite >= 50x faster than the JSON file at 20k.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,14 @@ class JsonFileDedupe:
         record = data.get(key)
         if record is None:
             data[key] = {
-                "dedupeKey": key, "connectionId": connection_id, "eventId": event_id, "status": "processing",
-                "firstSeenAt": now, "updatedAt": now, "deliveryAttempts": 1, "messageId": message_id,
+                "dedupeKey": key,
+                "connectionId": connection_id,
+                "eventId": event_id,
+                "status": "processing",
+                "firstSeenAt": now,
+                "updatedAt": now,
+                "deliveryAttempts": 1,
+                "messageId": message_id,
                 "lastError": None,
             }
             outcome = "new"
@@ -84,8 +91,13 @@ class JsonFileDedupe:
             return "in_progress", key
         else:
             outcome = "stale" if record["status"] == "processing" else "retry"
-            record.update(status="processing", updatedAt=now, deliveryAttempts=record["deliveryAttempts"] + 1,
-                          messageId=message_id or record["messageId"], lastError=None)
+            record.update(
+                status="processing",
+                updatedAt=now,
+                deliveryAttempts=record["deliveryAttempts"] + 1,
+                messageId=message_id or record["messageId"],
+                lastError=None,
+            )
         self._save(data)
         return outcome, key
 
@@ -105,8 +117,14 @@ def prefill_json(path: Path, size: int) -> None:
     for i in range(size):
         key = dedupe_key(CONNECTION, f"evt_fill_{i}")
         data[key] = {
-            "dedupeKey": key, "connectionId": CONNECTION, "eventId": f"evt_fill_{i}", "status": "completed",
-            "firstSeenAt": now, "updatedAt": now, "deliveryAttempts": 1, "messageId": f"msg_fill_{i}",
+            "dedupeKey": key,
+            "connectionId": CONNECTION,
+            "eventId": f"evt_fill_{i}",
+            "status": "completed",
+            "firstSeenAt": now,
+            "updatedAt": now,
+            "deliveryAttempts": 1,
+            "messageId": f"msg_fill_{i}",
             "lastError": None,
         }
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -224,11 +242,16 @@ async def main_async(quick: bool) -> Report:
     rows = []
     for size in SIZES:
         ref = json_us.get(size, float("nan"))
-        rows.append([
-            f"{size:,}", sqlite_us[size], memory_us[size], ref,
-            ref / sqlite_us[size] if size in json_us else float("nan"),
-            sqlite_us[size] / sqlite_us[SIZES[0]],
-        ])
+        rows.append(
+            [
+                f"{size:,}",
+                sqlite_us[size],
+                memory_us[size],
+                ref,
+                ref / sqlite_us[size] if size in json_us else float("nan"),
+                sqlite_us[size] / sqlite_us[SIZES[0]],
+            ]
+        )
     report.table(
         f"µs per begin+complete pair (median of {repeats} repeats x {pairs_count} pairs; "
         f"JSON file: {json_repeats} repeats x {json_pairs[1_000]}/{json_pairs[20_000]} pairs)",
@@ -238,8 +261,13 @@ async def main_async(quick: bool) -> Report:
     flat = sqlite_us[SIZES[-1]] / sqlite_us[SIZES[0]]
     report.check("sqlite 200k / 1k cost ratio (flat)", flat, "<= 1.3")
     report.check("sqlite speed-up over the JSON-file store at 20k", json_us[20_000] / sqlite_us[20_000], ">= 50", "x")
-    report.data = {"sqlite_us": sqlite_us, "memory_us": memory_us, "json_file_us": json_us,
-                   "repeats": repeats, "pairs": pairs_count}
+    report.data = {
+        "sqlite_us": sqlite_us,
+        "memory_us": memory_us,
+        "json_file_us": json_us,
+        "repeats": repeats,
+        "pairs": pairs_count,
+    }
     return report
 
 

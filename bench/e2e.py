@@ -18,12 +18,12 @@ the same plugin process (`PluginHost.call`, 16 at a time), the plugin-side ceili
 
 Target: >= 1,000 messages/s sustained.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,17 +57,31 @@ def sent_count(db: Path) -> int:
 
 async def load(port: int, connection_id: str, prefix: str, count: int, connections: int) -> dict[str, Any]:
     result = await anyio.run_process(
-        [sys.executable, str(REPO / "bench/_loadgen.py"), "--port", str(port), "--token", BRIDGE_TOKEN,
-         "--connection-id", connection_id, "--prefix", prefix, "--count", str(count),
-         "--connections", str(connections)],
+        [
+            sys.executable,
+            str(REPO / "bench/_loadgen.py"),
+            "--port",
+            str(port),
+            "--token",
+            BRIDGE_TOKEN,
+            "--connection-id",
+            connection_id,
+            "--prefix",
+            prefix,
+            "--count",
+            str(count),
+            "--connections",
+            str(connections),
+        ],
         check=True,
     )
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
 
-async def one_run(port: int, db: Path, connection_id: str, prefix: str, count: int, connections: int,
-                  timeout: float) -> dict[str, Any]:
+async def one_run(
+    port: int, db: Path, connection_id: str, prefix: str, count: int, connections: int, timeout: float
+) -> dict[str, Any]:
     before = sent_count(db)
     done_at: list[float] = []
     loadgen: dict[str, Any] = {}
@@ -85,11 +99,24 @@ async def one_run(port: int, db: Path, connection_id: str, prefix: str, count: i
             await anyio.sleep(0.01)
     if not done_at:
         delivered = sent_count(db) - before
-        return {"count": count, "delivered": delivered, "rate": float("nan"), "ingest_rps": loadgen.get("rps"),
-                "statuses": loadgen.get("statuses"), "timed_out": True}
+        return {
+            "count": count,
+            "delivered": delivered,
+            "rate": float("nan"),
+            "ingest_rps": loadgen.get("rps"),
+            "statuses": loadgen.get("statuses"),
+            "timed_out": True,
+        }
     seconds = done_at[0] - loadgen["first"]
-    return {"count": count, "delivered": count, "seconds": seconds, "rate": count / seconds,
-            "ingest_rps": loadgen["rps"], "statuses": loadgen["statuses"], "timed_out": False}
+    return {
+        "count": count,
+        "delivered": count,
+        "seconds": seconds,
+        "rate": count / seconds,
+        "ingest_rps": loadgen["rps"],
+        "statuses": loadgen["statuses"],
+        "timed_out": False,
+    }
 
 
 async def direct_sends(host: PluginHost, connection_id: str, channel_id: str, calls: int, prefix: str) -> float:
@@ -99,9 +126,14 @@ async def direct_sends(host: PluginHost, connection_id: str, channel_id: str, ca
     async def caller() -> None:
         for n in queue:
             request = SendRequest(
-                request_id=f"direct_{prefix}_{n}", connection_id=connection_id, channel_id=channel_id, kind="echo",
-                target=Target(peer_id=f"peer_{n % 64}", peer_type="dm"), content=f"direct {n}",
-                content_type="text", metadata={},
+                request_id=f"direct_{prefix}_{n}",
+                connection_id=connection_id,
+                channel_id=channel_id,
+                kind="echo",
+                target=Target(peer_id=f"peer_{n % 64}", peer_type="dm"),
+                content=f"direct {n}",
+                content_type="text",
+                metadata={},
             )
             await host.call("echo", "message.send", request, result_type=SendResult)
 
@@ -125,10 +157,18 @@ async def main_async(args: Any) -> Report:
         runtime = ChannelRuntime(handler=echo_handler, store=settings.store_url, plugin_host=host, home=home)
         app = create_app(host=host, runtime=runtime, settings=settings)
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False,
-            loop="asyncio", http="h11",
-        ))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                lifespan="on",
+                log_level="warning",
+                access_log=False,
+                loop="asyncio",
+                http="h11",
+            )
+        )
         runs: list[dict[str, Any]] = []
         direct: list[float] = []
         async with anyio.create_task_group() as tg:
@@ -152,8 +192,11 @@ async def main_async(args: Any) -> Report:
                 await one_run(port, db, connection_id, "warm", min(300, count), args.connections, 120)
                 for rep in range(repeats):
                     progress(f"repeat {rep + 1}/{repeats}: {count} messages ...")
-                    runs.append(await one_run(port, db, connection_id, f"r{rep}", count, args.connections,
-                                              max(120.0, count / 50)))
+                    runs.append(
+                        await one_run(
+                            port, db, connection_id, f"r{rep}", count, args.connections, max(120.0, count / 50)
+                        )
+                    )
                     progress(f"  {runs[-1]}")
                     direct.append(await direct_sends(host, connection_id, channel_id, min(count, 3000), f"r{rep}"))
                     progress(f"  direct message.send: {direct[-1]:.0f}/s")
@@ -166,12 +209,21 @@ async def main_async(args: Any) -> Report:
         "in-process service + echo plugin child process",
         ["measure", "messages/s", "each repeat"],
         [
-            ["bridge -> ... -> message.send sent (first POST to last sent)", rate,
-             " ".join(f"{r['rate']:.0f}" for r in runs)],
-            ["  bridge POSTs accepted/s during those runs", median([r["ingest_rps"] for r in runs]),
-             " ".join(f"{r['ingest_rps']:.0f}" for r in runs)],
-            ["reference: direct message.send to the plugin (16 in flight)", median(direct),
-             " ".join(f"{d:.0f}" for d in direct)],
+            [
+                "bridge -> ... -> message.send sent (first POST to last sent)",
+                rate,
+                " ".join(f"{r['rate']:.0f}" for r in runs),
+            ],
+            [
+                "  bridge POSTs accepted/s during those runs",
+                median([r["ingest_rps"] for r in runs]),
+                " ".join(f"{r['ingest_rps']:.0f}" for r in runs),
+            ],
+            [
+                "reference: direct message.send to the plugin (16 in flight)",
+                median(direct),
+                " ".join(f"{d:.0f}" for d in direct),
+            ],
         ],
     )
     statuses: dict[str, int] = {}

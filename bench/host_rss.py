@@ -6,6 +6,7 @@ Each figure comes from a fresh process running the whole admin app's host side
 (PluginHost + admin_api imported, lifespan started), with 0 or N enabled copies
 of plugins/echo. Plugin processes are separate; their total RSS is shown too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ def measure(plugins: int) -> dict[str, float]:
     import anyio
 
     import admin_api  # noqa: F401  (the host process of `serve` has it loaded)
-    from plugin_host.host import PluginHost
     from bench._common import echo_clone_zip
+    from plugin_host.host import PluginHost
 
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +71,14 @@ def main() -> None:
         figures[n] = json.loads(out.stdout.strip().splitlines()[-1])
     bare, loaded = figures[0], figures[args.plugins]
     print(f"bare host (no plugins):                 {bare['host_mb']:7.1f} MB RSS")
-    print(f"host with {int(loaded['running'])} idle SDK plugins running: {loaded['host_mb']:7.1f} MB RSS"
-          f"  (target <= 150 MB: {'PASS' if loaded['host_mb'] <= 150 else 'MISS'})")
-    print(f"  the {int(loaded['running'])} plugin processes together:     {loaded['plugins_mb']:7.1f} MB RSS"
-          f"  ({loaded['plugins_mb'] / max(loaded['running'], 1):.1f} MB each)")
+    print(
+        f"host with {int(loaded['running'])} idle SDK plugins running: {loaded['host_mb']:7.1f} MB RSS"
+        f"  (target <= 150 MB: {'PASS' if loaded['host_mb'] <= 150 else 'MISS'})"
+    )
+    print(
+        f"  the {int(loaded['running'])} plugin processes together:     {loaded['plugins_mb']:7.1f} MB RSS"
+        f"  ({loaded['plugins_mb'] / max(loaded['running'], 1):.1f} MB each)"
+    )
 
 
 if __name__ == "__main__":

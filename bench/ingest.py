@@ -17,6 +17,7 @@ Servers are measured in turn within each repeat; figures are medians over repeat
 
 Target: ours >= 60% of the ceiling's requests/s.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ class Server:
         self.port = port
         self.ready_path = ready_path
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -90,8 +92,13 @@ async def prepare_home(home: Path) -> None:
     store = await open_store(f"sqlite:///{home / 'state.db'}")
     async with store:
         await store.connections.create(
-            kind="echo", plugin_id="echo", channel_id=CONNECTION_ID, account_id="acct_bench",
-            display_name="bench", status="connected", connection_id=CONNECTION_ID,
+            kind="echo",
+            plugin_id="echo",
+            channel_id=CONNECTION_ID,
+            account_id="acct_bench",
+            display_name="bench",
+            status="connected",
+            connection_id=CONNECTION_ID,
         )
 
 
@@ -99,9 +106,23 @@ def run_load(port: int, seconds: float, connections: int, prefix: str) -> dict[s
     wrk = shutil.which("wrk")
     if wrk:
         out = subprocess.run(
-            [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(REPO / "bench/bridge.lua"),
-             f"http://127.0.0.1:{port}", "--", prefix, BRIDGE_TOKEN, CONNECTION_ID],
-            capture_output=True, text=True,
+            [
+                wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(REPO / "bench/bridge.lua"),
+                f"http://127.0.0.1:{port}",
+                "--",
+                prefix,
+                BRIDGE_TOKEN,
+                CONNECTION_ID,
+            ],
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
@@ -112,18 +133,47 @@ def run_load(port: int, seconds: float, connections: int, prefix: str) -> dict[s
         p50 = int(re.search(r"BENCH_P50_US (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
         p99 = int(re.search(r"BENCH_P99_US (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
         errors = re.search(r"Socket errors:.*", out)
-        return {"rps": rps, "requests": total, "non200": non200, "p50_ms": p50,
-                "p99_ms": p99, "socket_errors": errors.group(0) if errors else "", "tool": "wrk"}
+        return {
+            "rps": rps,
+            "requests": total,
+            "non200": non200,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "socket_errors": errors.group(0) if errors else "",
+            "tool": "wrk",
+        }
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench/_loadgen.py"), "--port", str(port), "--token", BRIDGE_TOKEN,
-         "--connection-id", CONNECTION_ID, "--prefix", prefix, "--duration", str(seconds),
-         "--connections", str(connections)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(REPO / "bench/_loadgen.py"),
+            "--port",
+            str(port),
+            "--token",
+            BRIDGE_TOKEN,
+            "--connection-id",
+            CONNECTION_ID,
+            "--prefix",
+            prefix,
+            "--duration",
+            str(seconds),
+            "--connections",
+            str(connections),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     result = json.loads(out)
     non200 = sum(v for k, v in result["statuses"].items() if k != "200")
-    return {"rps": result["rps"], "requests": result["requests"], "non200": non200, "p50_ms": float("nan"),
-            "p99_ms": float("nan"), "socket_errors": "", "tool": "bench/_loadgen.py"}
+    return {
+        "rps": result["rps"],
+        "requests": result["requests"],
+        "non200": non200,
+        "p50_ms": float("nan"),
+        "p99_ms": float("nan"),
+        "socket_errors": "",
+        "tool": "bench/_loadgen.py",
+    }
 
 
 def committed_events(db: Path, table: str) -> int:
@@ -151,20 +201,37 @@ def main() -> None:
             anyio.run(prepare_home, home)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_RUNTIME_")}
         base_env["PYTHONPATH"] = str(REPO)
-        ours_env = {**base_env, "CHANNEL_RUNTIME_BRIDGE_TOKEN": BRIDGE_TOKEN, "CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN_TOKEN}
+        ours_env = {
+            **base_env,
+            "CHANNEL_RUNTIME_BRIDGE_TOKEN": BRIDGE_TOKEN,
+            "CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
         py = sys.executable
         specs: list[tuple[str, list[str], dict[str, str], str]] = [
-            ("ceiling", [py, "-m", "bench._serve", "ceiling"], {**base_env, "BENCH_CEILING_DB": str(tmp / "ceiling.db")},
-             PATH),
+            (
+                "ceiling",
+                [py, "-m", "bench._serve", "ceiling"],
+                {**base_env, "BENCH_CEILING_DB": str(tmp / "ceiling.db")},
+                PATH,
+            ),
             ("ours", [py, "-m", "bench._serve", "ours", "--home", str(homes["ours"])], ours_env, "/readyz"),
         ]
         if not args.no_cli:
-            specs.append((
-                "ours-cli",
-                [str(VENV_BIN / "channel-runtime"), "serve", "--home", str(homes["cli"]),
-                 "--handler", "bench._handlers:noop"],
-                ours_env, "/readyz",
-            ))
+            specs.append(
+                (
+                    "ours-cli",
+                    [
+                        str(VENV_BIN / "channel-runtime"),
+                        "serve",
+                        "--home",
+                        str(homes["cli"]),
+                        "--handler",
+                        "bench._handlers:noop",
+                    ],
+                    ours_env,
+                    "/readyz",
+                )
+            )
         servers: dict[str, Server] = {}
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in specs}
         try:
@@ -194,10 +261,18 @@ def main() -> None:
     rows = []
     for name, runs in results.items():
         rps = median([r["rps"] for r in runs])
-        rows.append([
-            name, rps, rps / ceiling * 100, median([r["p50_ms"] for r in runs]), median([r["p99_ms"] for r in runs]),
-            sum(r["non200"] for r in runs), f"{committed.get(name, 0):,}", " ".join(f"{r['rps']:.0f}" for r in runs),
-        ])
+        rows.append(
+            [
+                name,
+                rps,
+                rps / ceiling * 100,
+                median([r["p50_ms"] for r in runs]),
+                median([r["p99_ms"] for r in runs]),
+                sum(r["non200"] for r in runs),
+                f"{committed.get(name, 0):,}",
+                " ".join(f"{r['rps']:.0f}" for r in runs),
+            ]
+        )
         if any(r["socket_errors"] for r in runs):
             report.note(f"{name}: {'; '.join(r['socket_errors'] for r in runs if r['socket_errors'])}")
     tool = results["ceiling"][0]["tool"]
@@ -207,9 +282,8 @@ def main() -> None:
         ["server", "req/s", "% of ceiling", "p50 ms", "p99 ms", "non-200", "committed", "each repeat"],
         rows,
     )
-    per_rep = [o["rps"] / c["rps"] * 100 for o, c in zip(results["ours"], results["ceiling"])]
-    report.check("ours / ceiling (medians)", median([r["rps"] for r in results["ours"]]) / ceiling * 100,
-                 ">= 60", "%")
+    per_rep = [o["rps"] / c["rps"] * 100 for o, c in zip(results["ours"], results["ceiling"], strict=False)]
+    report.check("ours / ceiling (medians)", median([r["rps"] for r in results["ours"]]) / ceiling * 100, ">= 60", "%")
     report.note(f"ours / ceiling per repeat: {', '.join(f'{x:.0f}%' for x in per_rep)}")
     report.data = {"results": results, "committed": committed}
     report.emit(args.json)

@@ -6,6 +6,7 @@
 real sizes while extracting), hashes the archive and publishes atomically;
 `extractall` does none of that and is the floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,11 @@ def make_zip(path: Path) -> None:
     rng = random.Random(42)
     per_file = TOTAL // FILES
     manifest = {
-        "manifestVersion": 1, "id": "bench_big", "name": "Bench", "version": "1.0.0", "protocolVersion": 1,
+        "manifestVersion": 1,
+        "id": "bench_big",
+        "name": "Bench",
+        "version": "1.0.0",
+        "protocolVersion": 1,
         "runtime": {"type": "python", "module": "bench_big"},
         "connectors": [{"kind": "bench", "displayName": "Bench", "authType": "credentials"}],
     }
@@ -63,12 +68,14 @@ def main() -> None:
         ours, floor = [], []
         for run in range(args.runs):
             dest = tmp_path / f"plugins{run}"
-            ours.append(timed(lambda: install_package(archive, dest)))
+            ours.append(timed(lambda dest=dest: install_package(archive, dest)))
             out = tmp_path / f"extract{run}"
-            floor.append(timed(lambda: zipfile.ZipFile(archive).extractall(out)))
+            floor.append(timed(lambda out=out: zipfile.ZipFile(archive).extractall(out)))
             shutil.rmtree(dest)
             shutil.rmtree(out)
-        print(f"zip: {archive.stat().st_size / 2**20:.2f} MiB packed, {size / 2**20:.2f} MiB unpacked, {entries} entries")
+        print(
+            f"zip: {archive.stat().st_size / 2**20:.2f} MiB packed, {size / 2**20:.2f} MiB unpacked, {entries} entries"
+        )
         print(f"install_package (median of {args.runs}):   {statistics.median(ours) * 1000:8.1f} ms")
         print(f"zipfile.extractall (reference floor): {statistics.median(floor) * 1000:8.1f} ms")
         print(f"ratio: {statistics.median(ours) / statistics.median(floor):.2f}x the floor")

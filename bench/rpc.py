@@ -14,6 +14,7 @@ system alike, and reports the median over repeats with its reference beside it:
 
 Targets are reported PASS/MISS, never asserted. This is a benchmark, not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,15 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(seq_calls=1000, seq_repeats=3, tput_seconds=1.0, tput_repeats=2, cold_starts=5, rss_samples=3,
-                   warmup_calls=200)
+        return cls(
+            seq_calls=1000,
+            seq_repeats=3,
+            tput_seconds=1.0,
+            tput_repeats=2,
+            cold_starts=5,
+            rss_samples=3,
+            warmup_calls=200,
+        )
 
 
 @dataclass
@@ -200,8 +208,12 @@ async def cold_start_floor(spec: LaunchSpec) -> float:
     began = time.perf_counter()
     process = await anyio.open_process(
         [spec.python, "-c", "import msgspec, anyio"],
-        env=build_env(spec), cwd=str(spec.data_dir), start_new_session=True,
-        stdin=None, stdout=None, stderr=None,
+        env=build_env(spec),
+        cwd=str(spec.data_dir),
+        start_new_session=True,
+        stdin=None,
+        stdout=None,
+        stderr=None,
     )
     async with process:
         code = await process.wait()
@@ -232,7 +244,11 @@ BARE_CHILD = "import msgspec, anyio, sys, time; print('ready', flush=True); time
 async def idle_rss_bare(spec: LaunchSpec, settle: float) -> float:
     spec.data_dir.mkdir(parents=True, exist_ok=True)
     process = await anyio.open_process(
-        [spec.python, "-c", BARE_CHILD], env=build_env(spec), cwd=str(spec.data_dir), stdin=None, stderr=None,
+        [spec.python, "-c", BARE_CHILD],
+        env=build_env(spec),
+        cwd=str(spec.data_dir),
+        stdin=None,
+        stderr=None,
     )
     async with process:
         try:
@@ -314,7 +330,7 @@ def ratio(a: float, b: float) -> float:
 def paired(ours: Runs, ref: Runs, relate: Callable[[float, float], float]) -> float:
     """Median over repeats of `relate(ours, ref)` within each repeat: the two ran back to back,
     so load that comes and goes on the machine cancels out better than in a ratio of medians."""
-    return statistics.median(relate(a, b) for a, b in zip(ours.values, ref.values))
+    return statistics.median(relate(a, b) for a, b in zip(ours.values, ref.values, strict=False))
 
 
 def rows_of(f: dict[str, dict[str, Runs]]) -> list[Row]:
@@ -324,22 +340,72 @@ def rows_of(f: dict[str, dict[str, Runs]]) -> list[Row]:
     cold_extra = paired(sdk["cold"], floor["cold"], lambda a, b: a - b)
     rss_ratio = paired(sdk["rss"], floor["rss"], ratio)
     return [
-        Row("sequential p50 (us)", sdk["p50"].median, "raw floor", raw["p50"].median, f"{p50_ratio:.2f}x",
-            "<= 2x floor", p50_ratio <= 2.0),
-        Row("sequential p99 (us)", sdk["p99"].median, "raw floor", raw["p99"].median,
-            f"{paired(sdk['p99'], raw['p99'], ratio):.2f}x"),
-        Row("sequential p50 (us)", sdk["p50"].median, "MCP SDK", mcp["p50"].median,
-            f"{paired(mcp['p50'], sdk['p50'], ratio):.1f}x faster"),
-        Row("sequential p99 (us)", sdk["p99"].median, "MCP SDK", mcp["p99"].median,
-            f"{paired(mcp['p99'], sdk['p99'], ratio):.1f}x faster"),
-        Row(f"calls/s, {IN_FLIGHT} in flight", sdk["tput"].median, "raw floor", raw["tput"].median,
-            f"{paired(sdk['tput'], raw['tput'], ratio):.2f}x", ">= 30,000/s", sdk["tput"].median >= 30_000),
-        Row(f"calls/s, {IN_FLIGHT} in flight", sdk["tput"].median, "MCP SDK", mcp["tput"].median,
-            f"{tput_vs_mcp:.1f}x", ">= 25x MCP", tput_vs_mcp >= 25.0),
-        Row("cold start to initialized (ms)", sdk["cold"].median, "python -c import", floor["cold"].median,
-            f"{cold_extra:+.1f} ms", "<= floor + 40 ms", cold_extra <= 40.0),
-        Row("idle RSS (MiB)", sdk["rss"].median, "bare python", floor["rss"].median,
-            f"{rss_ratio:.2f}x", "<= 1.3x bare", rss_ratio <= 1.3),
+        Row(
+            "sequential p50 (us)",
+            sdk["p50"].median,
+            "raw floor",
+            raw["p50"].median,
+            f"{p50_ratio:.2f}x",
+            "<= 2x floor",
+            p50_ratio <= 2.0,
+        ),
+        Row(
+            "sequential p99 (us)",
+            sdk["p99"].median,
+            "raw floor",
+            raw["p99"].median,
+            f"{paired(sdk['p99'], raw['p99'], ratio):.2f}x",
+        ),
+        Row(
+            "sequential p50 (us)",
+            sdk["p50"].median,
+            "MCP SDK",
+            mcp["p50"].median,
+            f"{paired(mcp['p50'], sdk['p50'], ratio):.1f}x faster",
+        ),
+        Row(
+            "sequential p99 (us)",
+            sdk["p99"].median,
+            "MCP SDK",
+            mcp["p99"].median,
+            f"{paired(mcp['p99'], sdk['p99'], ratio):.1f}x faster",
+        ),
+        Row(
+            f"calls/s, {IN_FLIGHT} in flight",
+            sdk["tput"].median,
+            "raw floor",
+            raw["tput"].median,
+            f"{paired(sdk['tput'], raw['tput'], ratio):.2f}x",
+            ">= 30,000/s",
+            sdk["tput"].median >= 30_000,
+        ),
+        Row(
+            f"calls/s, {IN_FLIGHT} in flight",
+            sdk["tput"].median,
+            "MCP SDK",
+            mcp["tput"].median,
+            f"{tput_vs_mcp:.1f}x",
+            ">= 25x MCP",
+            tput_vs_mcp >= 25.0,
+        ),
+        Row(
+            "cold start to initialized (ms)",
+            sdk["cold"].median,
+            "python -c import",
+            floor["cold"].median,
+            f"{cold_extra:+.1f} ms",
+            "<= floor + 40 ms",
+            cold_extra <= 40.0,
+        ),
+        Row(
+            "idle RSS (MiB)",
+            sdk["rss"].median,
+            "bare python",
+            floor["rss"].median,
+            f"{rss_ratio:.2f}x",
+            "<= 1.3x bare",
+            rss_ratio <= 1.3,
+        ),
     ]
 
 
@@ -360,7 +426,7 @@ def table(rows: list[Row]) -> str:
     right = {1, 3, 4}
     out = []
     for n, line in enumerate(lines):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=False))]
         out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -406,11 +472,19 @@ def main(argv: list[str] | None = None) -> int:
     print("repeats:")
     print(spread(figures))
     if args.json:
-        print(json.dumps({
-            "settings": settings.__dict__,
-            "rows": [{**r.__dict__, "verdict": r.verdict} for r in rows],
-            "runs": {s: {m: runs.values for m, runs in metrics.items() if runs.values} for s, metrics in figures.items()},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "settings": settings.__dict__,
+                    "rows": [{**r.__dict__, "verdict": r.verdict} for r in rows],
+                    "runs": {
+                        s: {m: runs.values for m, runs in metrics.items() if runs.values}
+                        for s, metrics in figures.items()
+                    },
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

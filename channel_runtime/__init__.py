@@ -1,4 +1,5 @@
 """The embeddable channel runtime (SPEC 6): messages, channels, stores, connections."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Bundled plugins: on the first start with an empty home, pack, install and enable each of them."""
+
 from __future__ import annotations
 
 import logging

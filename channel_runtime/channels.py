@@ -5,6 +5,7 @@ messages do not come *from* a channel object: plugins, sidecars and webhooks
 feed the one inbound pipeline (`ChannelRuntime.ingest`), and local channels call
 `ChannelRuntime.accept`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable

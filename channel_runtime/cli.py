@@ -1,13 +1,14 @@
 """The `channel-runtime` command (SPEC 8).
 
-    channel-runtime serve [--home DIR] [--host 127.0.0.1] [--port 8080] [--store URL] [--handler echo|module:function]
-    channel-runtime plugin new NAME [--kind KIND]
-    channel-runtime plugin validate DIR|ZIP
-    channel-runtime plugin pack DIR [-o FILE.zip]
-    channel-runtime plugin check DIR|ZIP
-    channel-runtime plugin install FILE.zip [--home DIR]
-    channel-runtime plugin list [--home DIR]
+channel-runtime serve [--home DIR] [--host 127.0.0.1] [--port 8080] [--store URL] [--handler echo|module:function]
+channel-runtime plugin new NAME [--kind KIND]
+channel-runtime plugin validate DIR|ZIP
+channel-runtime plugin pack DIR [-o FILE.zip]
+channel-runtime plugin check DIR|ZIP
+channel-runtime plugin install FILE.zip [--home DIR]
+channel-runtime plugin list [--home DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -165,12 +166,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"channel-runtime: admin page at {settings.admin_url}", flush=True)
     if settings.admin_token_generated:
         # printed once, on the terminal only: never through the logger
-        print(f"channel-runtime: admin token (saved in {settings.home / 'admin-token'}): {settings.admin_token}",
-              flush=True)
+        print(
+            f"channel-runtime: admin token (saved in {settings.home / 'admin-token'}): {settings.admin_token}",
+            flush=True,
+        )
     # uvicorn re-raises the signal that stopped it once it is done; after a graceful stop, exit 0 instead
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         anyio.run(server.serve)
     finally:
@@ -299,8 +304,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     registry = PluginRegistry(db)
     try:
         rows = [
-            (r.id, r.active_version or "-", "yes" if r.enabled else "no",
-             ", ".join(v.version for v in registry.versions(r.id)))
+            (
+                r.id,
+                r.active_version or "-",
+                "yes" if r.enabled else "no",
+                ", ".join(v.version for v in registry.versions(r.id)),
+            )
             for r in registry.list()
         ]
     finally:
@@ -314,7 +323,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Channel configuration (SPEC 6.2)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ notifications → on `connected`: credentials stored encrypted, connection
 `connected`, `add_channel` (the channel runs at once). Logout → plugin
 `connection.logout` → `remove_channel` → `revoked`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -153,13 +154,20 @@ class ConnectionManager:
             raise OnboardingError(503, "plugin_unavailable", f"plugin {plugin_id} is not running")
         store = self.runtime.store
         connection = await store.connections.create(
-            kind=kind, plugin_id=plugin_id, display_name=display_name,
-            options=public_options(options), status="pairing",
+            kind=kind,
+            plugin_id=plugin_id,
+            display_name=display_name,
+            options=public_options(options),
+            status="pairing",
         )
         session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
         params = SessionStartParams(
-            session_id=session.session_id, kind=kind, connection_id=connection.connection_id,
-            channel_id=connection.channel_id, display_name=display_name, options=options,
+            session_id=session.session_id,
+            kind=kind,
+            connection_id=connection.connection_id,
+            channel_id=connection.channel_id,
+            display_name=display_name,
+            options=options,
         )
         try:
             view = await self.host.call(plugin_id, "session.start", params, result_type=ConnectorSessionView)
@@ -167,13 +175,15 @@ class ConnectionManager:
             hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
             message = redact(exc.message, hidden)
             await store.sessions.update(
-                session.session_id, status="error",
+                session.session_id,
+                status="error",
                 view={"sessionId": session.session_id, "kind": kind, "status": "error", "error": message},
             )
             await store.connections.update_status(connection.connection_id, "error", message)
             await self._publish(session.session_id)
             raise OnboardingError(
-                503 if exc.code == UNAVAILABLE else 502, "session_start_failed",
+                503 if exc.code == UNAVAILABLE else 502,
+                "session_start_failed",
                 f"plugin {plugin_id} could not start the session: {message}",
             ) from None
         await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
@@ -194,7 +204,9 @@ class ConnectionManager:
         session = await self._live_session(session_id)
         try:
             view = await self.host.call(
-                session.plugin_id, "session.input", SessionInputParams(session_id=session_id, input=value),
+                session.plugin_id,
+                "session.input",
+                SessionInputParams(session_id=session_id, input=value),
                 result_type=ConnectorSessionView,
             )
         except RpcError as exc:

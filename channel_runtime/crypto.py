@@ -8,6 +8,7 @@ with HKDF-SHA256. HKDF does not stretch: a passphrase must be long and random
 When the variable is unset, a Fernet key is generated once into
 `<home>/secret-key` (mode 0600) and reused.
 """
+
 from __future__ import annotations
 
 import base64

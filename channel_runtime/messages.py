@@ -2,6 +2,7 @@
 
 msgspec Structs: snake_case in Python, camelCase when encoded (admin API, stores).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -134,7 +135,6 @@ def outbound_request_id(message: OutboundMessage, kind: str) -> str:
     if message.message_id:
         return f"{prefix}:{message.message_id}"
     text = "".join(
-        part or ""
-        for part in (message.content, message.inbound_message_id, message.peer_id, message.finish_reason)
+        part or "" for part in (message.content, message.inbound_message_id, message.peer_id, message.finish_reason)
     )
     return f"{prefix}:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:24]}"

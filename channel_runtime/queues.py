@@ -5,6 +5,7 @@ most `concurrency` at a time. `wake()` after committing work makes it claim at
 once; an idle loop still looks again every `idle_poll` seconds, for entries
 whose retry delay has run out.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ Owns the channels, the store, the inbound pipeline (bridge dedupe → runtime
 dedupe → durable inbox → handler workers) and the outbox dispatcher. Every
 background loop runs in the runtime's task group; `stop()` cancels and awaits it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -135,7 +136,10 @@ class ChannelRuntime:
     @property
     def states(self) -> Mapping[str, dict[str, Any]]:
         return MappingProxyType(
-            {cid: {"state": s.state, "last_error": s.last_error, "started_at": s.started_at} for cid, s in self._states.items()}
+            {
+                cid: {"state": s.state, "last_error": s.last_error, "started_at": s.started_at}
+                for cid, s in self._states.items()
+            }
         )
 
     @property
@@ -305,8 +309,10 @@ class ChannelRuntime:
         """The one inbound pipeline for the bridge, `event.inbound` and webhooks."""
         store = self.store
         connection = await store.connections.get(event.connection_id)
-        if connection is None or connection.status == "revoked" or (
-            plugin_id is not None and connection.plugin_id != plugin_id
+        if (
+            connection is None
+            or connection.status == "revoked"
+            or (plugin_id is not None and connection.plugin_id != plugin_id)
         ):
             raise IngestError(404, "unknown_connection", "unknown or revoked connection")
         message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
@@ -420,8 +426,10 @@ class ChannelRuntime:
                 log.warning("delivery %s dead-lettered: %s", entry.request_id, error)
                 await store.outbox.dead_letter(entry.id, error)
             else:
-                delay = retry_after if retry_after is not None else backoff_delay(
-                    entry.attempts, base=self._retry_base, cap=self._retry_cap
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
                 )
                 await store.outbox.retry(entry.id, error, delay)
             return

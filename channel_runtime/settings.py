@@ -1,4 +1,5 @@
 """Service settings (SPEC 8): environment variables, overridden by CLI flags."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 HOME_ENV = "CHANNEL_RUNTIME_HOME"
 STORE_ENV = "CHANNEL_RUNTIME_STORE"

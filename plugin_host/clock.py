@@ -1,4 +1,5 @@
 """Injectable time, so backoff, TTL and circuit logic are tested without sleeping."""
+
 from __future__ import annotations
 
 import heapq

@@ -1,4 +1,5 @@
 """Admin config of a plugin, validated against its manifest's `configSchema` (SPEC 7.3: 422)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ over raw stdio, so that malformed input can be sent and every stdout line seen:
 Each check prints one line (PASS/FAIL/SKIP + reason); the run fails when any
 check fails. Every message the plugin writes is validated against `schemas/`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -87,8 +88,16 @@ class Report:
 
 
 CHECKS = [
-    "package", "spawn", "initialize", "initialized", "health", "unknown method",
-    "malformed input", "shutdown", "stdout", "exit on EOF",
+    "package",
+    "spawn",
+    "initialize",
+    "initialized",
+    "health",
+    "unknown method",
+    "malformed input",
+    "shutdown",
+    "stdout",
+    "exit on EOF",
 ]
 
 
@@ -144,7 +153,9 @@ class _Peer:
             self.violations.append(f"not JSON on stdout: {redact(line[:120].decode('utf-8', 'replace'))!r}")
             return
         if not isinstance(message, dict):
-            self.violations.append(f"not a JSON-RPC message object on stdout: {redact(line[:120].decode('utf-8', 'replace'))!r}")
+            self.violations.append(
+                f"not a JSON-RPC message object on stdout: {redact(line[:120].decode('utf-8', 'replace'))!r}"
+            )
             return
         method = self.sent_methods.get(message.get("id")) if "method" not in message else None
         for issue in message_errors("plugin_to_host", message, method=method)[:3]:
@@ -152,9 +163,16 @@ class _Peer:
             self.violations.append(f"{what}: {issue['path'] or '/'}: {issue['message']}")
         if "method" in message:
             if "id" in message:  # a request of the plugin: this stand-in host serves none
-                await self.send({"jsonrpc": "2.0", "id": message["id"],
-                                 "error": {"code": METHOD_NOT_FOUND,
-                                           "message": "the conformance check does not serve host methods"}})
+                await self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": message["id"],
+                        "error": {
+                            "code": METHOD_NOT_FOUND,
+                            "message": "the conformance check does not serve host methods",
+                        },
+                    }
+                )
             return
         if message.get("id") is None:
             self.null_id_errors.append(message)
@@ -236,8 +254,13 @@ async def _run_process(spec: LaunchSpec, report: Report) -> None:
     stderr_r, stderr_w = os.pipe()
     try:
         process = await anyio.open_process(
-            command, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,
-            cwd=str(spec.data_dir), env=env, start_new_session=True,
+            command,
+            stdin=stdin_r,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            cwd=str(spec.data_dir),
+            env=env,
+            start_new_session=True,
         )
     except OSError as exc:
         for fd in (stdin_w, stdout_r, stderr_r):
@@ -292,7 +315,9 @@ async def _converse(peer: _Peer, process: anyio.abc.Process, spec: LaunchSpec, r
         return
     result = answer["result"] if answer else {}
     if result.get("protocolVersion") != PROTOCOL_VERSION:
-        report.add("initialize", False, f"protocolVersion {result.get('protocolVersion')!r}; expected {PROTOCOL_VERSION}")
+        report.add(
+            "initialize", False, f"protocolVersion {result.get('protocolVersion')!r}; expected {PROTOCOL_VERSION}"
+        )
         return
     report.add("initialize", True, f"answered in {_ms(started)} ms")
 
@@ -362,8 +387,13 @@ async def _converse(peer: _Peer, process: anyio.abc.Process, spec: LaunchSpec, r
 
 
 def _check_answer(
-    report: Report, name: str, answer: dict[str, Any] | None, peer: _Peer,
-    process: anyio.abc.Process, timeout: float, started: float,
+    report: Report,
+    name: str,
+    answer: dict[str, Any] | None,
+    peer: _Peer,
+    process: anyio.abc.Process,
+    timeout: float,
+    started: float,
 ) -> bool:
     if answer is None:
         report.add(name, False, _silence(peer, process, f"within {timeout * 1000:.0f} ms"))

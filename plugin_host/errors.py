@@ -1,4 +1,5 @@
 """JSON-RPC error codes of protocol v1 (SPEC 3.7) and the one exception that carries them."""
+
 from __future__ import annotations
 
 from typing import Any

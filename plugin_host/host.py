@@ -1,12 +1,13 @@
 """PluginHost: every installed plugin, its registry entry and its running supervisor (SPEC 5.1-5.2)."""
+
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.abc
@@ -392,7 +393,8 @@ class PluginHost:
             state = running.supervisor.state if running else "stopped"
             result = running.supervisor.initialize_result if running else None
             descriptors: list[ConnectorDescriptor] = (
-                list(result.connectors) if result and result.connectors
+                list(result.connectors)
+                if result and result.connectors
                 else self._manifest(record.id, record.active_version).connectors
             )
             for d in descriptors:

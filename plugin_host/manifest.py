@@ -3,6 +3,7 @@
 `load_manifest(bytes) -> Manifest` checks it against `schemas/plugin-manifest.schema.json`
 (through `plugin_host.wire_schemas`, imported lazily) and raises `ManifestError`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -31,6 +31,7 @@ Refusal codes (`PackageError.code`, HTTP status in `.status`):
 `compression_ratio`, `size_mismatch`, `manifest_missing`, `manifest_too_large`,
 `manifest_invalid_json`, `manifest_schema` 400; `version_conflict` 409.
 """
+
 from __future__ import annotations
 
 import copy
@@ -136,13 +137,16 @@ def install_package(
             staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=plugins_dir))
             try:
                 _extract(archive, entries, staging, limits)
-                _write_json(staging / PACKAGE_INFO_NAME, {
-                    "id": manifest.id,
-                    "version": manifest.version,
-                    "sha256": sha256,
-                    "size": size,
-                    "installedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                })
+                _write_json(
+                    staging / PACKAGE_INFO_NAME,
+                    {
+                        "id": manifest.id,
+                        "version": manifest.version,
+                        "sha256": sha256,
+                        "size": size,
+                        "installedAt": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    },
+                )
                 os.chmod(staging, 0o755)
                 created = _publish(staging, plugins_dir, manifest, sha256)
             finally:
@@ -247,8 +251,10 @@ def _spool(source: Source, max_upload: int, directory: Path | None) -> Iterator[
                 size += len(chunk)
                 if size > max_upload:
                     raise PackageError(
-                        "upload_too_large", f"the package is over the {max_upload} byte upload limit",
-                        {"limit": max_upload}, 413,
+                        "upload_too_large",
+                        f"the package is over the {max_upload} byte upload limit",
+                        {"limit": max_upload},
+                        413,
                     )
                 digest.update(chunk)
                 spool.write(chunk)
@@ -301,7 +307,7 @@ def _count_entries(spool: IO[bytes], limit: int) -> None:
     pos = len(tail) - 22 if tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0" else tail.rfind(_EOCD)
     if pos < 0 or pos + 22 > len(tail):
         return
-    _, _, _, _, total, cd_size, _, _ = struct.unpack("<4s4H2LH", tail[pos:pos + 22])
+    _, _, _, _, total, cd_size, _, _ = struct.unpack("<4s4H2LH", tail[pos : pos + 22])
     cd_end = size - tail_len + pos
     if cd_end >= 20 + 56:
         spool.seek(cd_end - 20)
@@ -318,7 +324,7 @@ def _count_entries(spool: IO[bytes], limit: int) -> None:
     spool.seek(cd_end - cd_size)
     directory = spool.read(cd_size)
     count = offset = 0
-    while offset + 46 <= len(directory) and directory[offset:offset + 4] == _CENTRAL_HEADER:
+    while offset + 46 <= len(directory) and directory[offset : offset + 4] == _CENTRAL_HEADER:
         name_len, extra_len, comment_len = struct.unpack_from("<3H", directory, offset + 28)
         offset += 46 + name_len + extra_len + comment_len
         count += 1
@@ -328,7 +334,8 @@ def _count_entries(spool: IO[bytes], limit: int) -> None:
 
 def _entries_refusal(count: int, limit: int) -> PackageError:
     return PackageError(
-        "too_many_entries", f"the package has more than {limit} entries ({count} found)",
+        "too_many_entries",
+        f"the package has more than {limit} entries ({count} found)",
         {"entries": count, "limit": limit},
     )
 
@@ -363,10 +370,11 @@ def _check(archive: zipfile.ZipFile, limits: Limits) -> tuple[list[_Entry], Mani
     prefix = _package_root(infos)
     entries = []
     for info in infos:
-        dest = info.filename[len(prefix):].rstrip("/")
+        dest = info.filename[len(prefix) :].rstrip("/")
         if dest == PACKAGE_INFO_NAME:
             raise PackageError(
-                "reserved_name", f"{PACKAGE_INFO_NAME} at the package root is reserved for the host",
+                "reserved_name",
+                f"{PACKAGE_INFO_NAME} at the package root is reserved for the host",
                 {"entry": info.orig_filename},
             )
         perm = (info.external_attr >> 16) & 0o777
@@ -403,8 +411,11 @@ def _check_type(info: zipfile.ZipInfo) -> None:
     allowed = (0, stat.S_IFDIR) if info.is_dir() else (0, stat.S_IFREG)
     if fmt not in allowed:
         kind = {
-            stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-            stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+            stat.S_IFLNK: "a symbolic link",
+            stat.S_IFIFO: "a FIFO",
+            stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device",
+            stat.S_IFSOCK: "a socket",
         }.get(fmt, "not a regular file")
         raise PackageError(
             "not_regular_file",
@@ -423,8 +434,12 @@ def _check_duplicates(infos: list[zipfile.ZipInfo]) -> None:
     for info in infos:
         key = _name_key(info.filename)
         if key in seen:
-            raise PackageError("duplicate_entry", f"entries {seen[key]!r} and {info.orig_filename!r} have the same name "
-                               "(names are compared case-insensitively)", {"entry": info.orig_filename})
+            raise PackageError(
+                "duplicate_entry",
+                f"entries {seen[key]!r} and {info.orig_filename!r} have the same name "
+                "(names are compared case-insensitively)",
+                {"entry": info.orig_filename},
+            )
         seen[key] = info.orig_filename
         if not info.is_dir():
             files[key] = info.orig_filename
@@ -433,8 +448,9 @@ def _check_duplicates(infos: list[zipfile.ZipInfo]) -> None:
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             if parent in files:
-                raise PackageError("duplicate_entry", f"{files[parent]!r} is a file but {name!r} uses it as a folder",
-                                   {"entry": name})
+                raise PackageError(
+                    "duplicate_entry", f"{files[parent]!r} is a file but {name!r} uses it as a folder", {"entry": name}
+                )
 
 
 def _package_root(infos: list[zipfile.ZipInfo]) -> str:
@@ -447,14 +463,16 @@ def _package_root(infos: list[zipfile.ZipInfo]) -> str:
         prefix = tops.pop() + "/"
         if prefix + MANIFEST_NAME in names and all(n.startswith(prefix) for n in names):
             return prefix
-    raise PackageError("manifest_missing",
-                       f"no {MANIFEST_NAME} at the root of the package or inside its single top-level folder")
+    raise PackageError(
+        "manifest_missing", f"no {MANIFEST_NAME} at the root of the package or inside its single top-level folder"
+    )
 
 
 def _read_manifest(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits) -> Manifest:
     if info.file_size > MAX_MANIFEST_BYTES:
-        raise PackageError("manifest_too_large",
-                           f"{MANIFEST_NAME} is {info.file_size} bytes; the limit is {MAX_MANIFEST_BYTES}")
+        raise PackageError(
+            "manifest_too_large", f"{MANIFEST_NAME} is {info.file_size} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )
     data = b"".join(_stream_entry(archive, info, MAX_MANIFEST_BYTES, limits))
     try:
         return load_manifest(data)
@@ -491,9 +509,7 @@ def _total_refusal(total: int, limits: Limits) -> PackageError:
 # ---------------------------------------------------------------- extraction
 
 
-def _stream_entry(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, limits: Limits
-) -> Iterator[bytes]:
+def _stream_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, limits: Limits) -> Iterator[bytes]:
     """Decompressed chunks of one entry, checked against its header and the limits while reading.
 
     `budget` is what is left of the total uncompressed allowance.
@@ -526,9 +542,11 @@ def _stream_entry(
     except Exception as exc:  # BadZipFile, zlib.error, EOFError, lzma/bz2 errors...: all mean corrupt data
         raise PackageError("invalid_zip", f"entry {info.orig_filename!r} cannot be read: {exc}") from None
     if count != info.file_size:
-        raise PackageError("size_mismatch",
-                           f"entry {info.orig_filename!r} holds {count} bytes; its header declares {info.file_size}",
-                           {"entry": info.orig_filename})
+        raise PackageError(
+            "size_mismatch",
+            f"entry {info.orig_filename!r} holds {count} bytes; its header declares {info.file_size}",
+            {"entry": info.orig_filename},
+        )
     if crc != info.CRC:
         raise PackageError("invalid_zip", f"entry {info.orig_filename!r} is corrupt (CRC mismatch)")
 

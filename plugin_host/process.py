@@ -9,6 +9,7 @@ Limits of the stop sequence: signals go to the plugin's process group (pgid ==
 pid, new session). A descendant that left the group (its own `setsid()`) is out
 of reach of the host and survives the stop; the plugin is responsible for it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -139,9 +140,7 @@ def build_command(spec: LaunchSpec) -> list[str]:
         if element.startswith("./"):
             resolved = (root / element).resolve()
             if not resolved.is_relative_to(root):
-                raise LaunchError(
-                    f"plugin {spec.plugin_id}: command element {element!r} leaves the plugin folder"
-                )
+                raise LaunchError(f"plugin {spec.plugin_id}: command element {element!r} leaves the plugin folder")
             argv.append(str(resolved))
         elif i == 0:
             if os.sep in element or (os.altsep and os.altsep in element):
@@ -179,9 +178,7 @@ def build_env(spec: LaunchSpec) -> dict[str, str]:
     env["TMPDIR"] = str(spec.data_dir / "tmp")
     env["PLUGIN_DIR"] = str(spec.version_dir)
     if spec.manifest.runtime.type == "python":
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(spec.version_dir), str(spec.version_dir / "lib"), _sdk_root()]
-        )
+        env["PYTHONPATH"] = os.pathsep.join([str(spec.version_dir), str(spec.version_dir / "lib"), _sdk_root()])
     return env
 
 
@@ -264,8 +261,9 @@ class PluginProcess:
         """The last `tail` stderr lines, already redacted."""
         return self._stderr_ring.tail(tail)
 
-    async def call(self, method: str, params: Any = None, *, timeout: float | None = None,
-                   result_type: Any = Any) -> Any:
+    async def call(
+        self, method: str, params: Any = None, *, timeout: float | None = None, result_type: Any = Any
+    ) -> Any:
         """`Connection.call`, failing fast with -32002 once the process has exited."""
         if self.exited or self._stopping or self._conn is None:
             raise RpcError(UNAVAILABLE, self._gone_message())
@@ -438,8 +436,9 @@ class PluginProcess:
             if budget.take(anyio.current_time()):
                 if dropped:
                     budget.dropped = 0
-                    self.logger.warning("plugin %s: %d stderr lines not logged (flood); see its logs",
-                                        self.spec.plugin_id, dropped)
+                    self.logger.warning(
+                        "plugin %s: %d stderr lines not logged (flood); see its logs", self.spec.plugin_id, dropped
+                    )
                 self.logger.info("%s", self._stderr_ring.redacted(entry))
 
     async def _watch_exit(self) -> None:

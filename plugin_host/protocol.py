@@ -3,6 +3,7 @@
 camelCase on the wire, snake_case in Python. `schemas/*.json` is the
 language-neutral copy of the same shapes; tests/test_schemas.py keeps them in step.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -12,8 +13,16 @@ import msgspec
 PROTOCOL_VERSION = 1
 
 SessionStatus = Literal[
-    "pending", "qr_ready", "scanned", "confirmed", "installing",
-    "waiting_for_user", "connected", "expired", "error", "cancelled",
+    "pending",
+    "qr_ready",
+    "scanned",
+    "confirmed",
+    "installing",
+    "waiting_for_user",
+    "connected",
+    "expired",
+    "error",
+    "cancelled",
 ]
 TERMINAL_SESSION_STATUSES = frozenset({"connected", "expired", "error", "cancelled"})
 HealthStatus = Literal["ok", "degraded", "error"]
@@ -237,4 +246,3 @@ PLUGIN_TO_HOST: dict[str, tuple[type, type | None]] = {
     "connection.status": (ConnectionStatusParams, None),
     "log": (LogParams, None),
 }
-

@@ -1,4 +1,5 @@
 """The one redaction function: every log line, stored output and API answer passes here."""
+
 from __future__ import annotations
 
 import re

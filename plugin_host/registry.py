@@ -4,6 +4,7 @@ Persisted in SQLite in the home folder (`<home>/state.db`). The registry is
 host-local on purpose: it describes plugin files on this machine's disk, so it
 lives beside them whatever store the channel runtime uses.
 """
+
 from __future__ import annotations
 
 import json
@@ -177,5 +178,3 @@ class PluginRegistry:
 
 def _plugin(row: tuple) -> PluginRecord:
     return PluginRecord(row[0], bool(row[1]), row[2], json.loads(row[3]), row[4], row[5])
-
-

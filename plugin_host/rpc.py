@@ -4,6 +4,7 @@ Transport (line framing with a hard size bound) and dispatch (ids, pending
 calls, cancellation) live here; both the host and the SDK use this class, so
 the two ends of every plugin connection share one implementation.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -199,9 +200,7 @@ class Connection:
         self._write_error: BaseException | None = None
         self._closed = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._notes_send, self._notes_recv = anyio.create_memory_object_stream[tuple[str, Any]](
-            _NOTIFICATION_QUEUE
-        )
+        self._notes_send, self._notes_recv = anyio.create_memory_object_stream[tuple[str, Any]](_NOTIFICATION_QUEUE)
 
     # ---------------------------------------------------------------- public API
 
@@ -356,7 +355,9 @@ class Connection:
         if len(self._deadlines) > 4096 and len(self._deadlines) > 4 * len(self._pending):
             # drop the deadlines of answered calls in one pass (amortised O(1) per call)
             self._deadlines = [
-                (w.deadline, rid) for rid, w in self._pending.items() if w.deadline is not None  # type: ignore[misc]
+                (w.deadline, rid)
+                for rid, w in self._pending.items()
+                if w.deadline is not None  # type: ignore[misc]
             ]
             heapq.heapify(self._deadlines)
 
@@ -421,13 +422,17 @@ class Connection:
             return
         if len(data) > self.max_message_bytes:
             data = _encoder.encode(
-                _Error("2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit"))
+                _Error(
+                    "2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit")
+                )
             )
         await self._write(data)
 
     async def _respond_error(self, request_id: Id, error: RpcError) -> None:
         data = error.data
-        obj = ErrorObject(error.code, error.message, data) if data is not None else ErrorObject(error.code, error.message)
+        obj = (
+            ErrorObject(error.code, error.message, data) if data is not None else ErrorObject(error.code, error.message)
+        )
         try:
             encoded = _encoder.encode(_Error("2.0", request_id, obj))
         except _ENCODE_ERRORS:  # unencodable `data`: answer without it
@@ -496,7 +501,7 @@ class Connection:
         if msg.jsonrpc != "2.0":
             self._violation("not_json_rpc", line)
             if msg.method is not UNSET and msg.id is not UNSET:
-                await self._respond_error(msg.id, RpcError(INVALID_REQUEST, "jsonrpc must be \"2.0\""))
+                await self._respond_error(msg.id, RpcError(INVALID_REQUEST, 'jsonrpc must be "2.0"'))
             return
         self.stats.messages_in += 1
         if msg.method is not UNSET:

@@ -8,6 +8,7 @@
 
 A fresh scaffold passes `plugin validate` and `plugin check`.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Non-blocking anyio byte streams over raw file descriptors (pipes, stdio)."""
+
 from __future__ import annotations
 
 import os

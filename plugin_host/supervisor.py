@@ -5,6 +5,7 @@ circuit's 120 s window and 300 s retry) runs on the injected `Clock`, so tests
 drive it with `FakeClock`. RPC deadlines (handshake, health and call timeouts)
 and the process stop sequence are real-time deadlines on a real child process.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -359,7 +360,7 @@ class PluginSupervisor:
 
     def snapshot(self) -> dict[str, Any]:
         started = (
-            datetime.fromtimestamp(self.started_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             if self.started_at is not None and self.state in CALLABLE_STATES
             else None
         )

@@ -23,6 +23,7 @@ Use:
 
 This module imports jsonschema at import time; the SDK must not import it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,8 +44,11 @@ from .protocol import HOST_TO_PLUGIN, PLUGIN_TO_HOST, BridgeEvent
 
 # the repository's schemas/ (editable install), else the copy a wheel ships as plugin_host/schemas
 SCHEMAS_DIR = next(
-    (d for d in (Path(__file__).resolve().parents[1] / "schemas", Path(__file__).resolve().parent / "schemas")
-     if (d / "plugin-manifest.schema.json").is_file()),
+    (
+        d
+        for d in (Path(__file__).resolve().parents[1] / "schemas", Path(__file__).resolve().parent / "schemas")
+        if (d / "plugin-manifest.schema.json").is_file()
+    ),
     Path(__file__).resolve().parent / "schemas",
 )
 BASE_URI = "https://channel-runtime.local/schemas/"
@@ -53,9 +57,7 @@ Part = Literal["params", "result"]
 Direction = Literal["host_to_plugin", "plugin_to_host"]
 SchemaIssue = dict[str, str]  # {"path": JSON pointer into the instance, "message": ...}
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII)
 
 FORMAT_CHECKER = FormatChecker(formats=())
 

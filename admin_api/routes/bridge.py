@@ -3,6 +3,7 @@
 Both end in `ChannelRuntime.ingest`: an answer of 200 means the event is
 committed to the durable inbox.
 """
+
 from __future__ import annotations
 
 import base64
@@ -65,8 +66,9 @@ async def webhook(request: Request) -> Response:
     except RpcError as exc:
         if exc.code in (UNAVAILABLE, TIMED_OUT, OVERLOADED):
             # the platform retries a 503; the dedupe makes the retry safe
-            raise ApiError(503, "plugin_unavailable", f"plugin {connection.plugin_id} is unavailable",
-                           headers={"Retry-After": "5"}) from None
+            raise ApiError(
+                503, "plugin_unavailable", f"plugin {connection.plugin_id} is unavailable", headers={"Retry-After": "5"}
+            ) from None
         raise ApiError(502, "webhook_failed", f"plugin {connection.plugin_id} failed: {exc.message}") from None
     for event in result.events:
         if event.connection_id != connection.connection_id:
@@ -86,16 +88,15 @@ def _plugin_response(result: WebhookResult) -> Response:
     else:
         content = answer.body.encode()
     status = answer.status if 100 <= answer.status <= 599 else 502
-    headers: dict[str, Any] = {
-        k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS
-    }
+    headers: dict[str, Any] = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS}
     return Response(content, status_code=status, headers=headers)
 
 
 routes = [
     Route("/api/channel-connector-bridge/events", bridge_event, methods=["POST"]),
     Route(
-        "/webhooks/{connection_id}", webhook,
+        "/webhooks/{connection_id}",
+        webhook,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     ),
 ]

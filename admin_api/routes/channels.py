@@ -1,4 +1,5 @@
 """`/api/channels` and `/api/deliveries`: what the runtime runs, and what it gave up on (SPEC 7.3)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,15 +24,17 @@ async def list_channels(request: Request) -> Response:
         if state["state"] == "removed":
             continue
         config = configs.get(channel_id)
-        out.append({
-            "channelId": channel_id,
-            "kind": config.kind if config else None,
-            "mode": config.mode if config else None,
-            "connectorKind": (config.config.get("connectorKind") if config else None),
-            "state": state["state"],
-            "lastError": state["last_error"],
-            "startedAt": state["started_at"],
-        })
+        out.append(
+            {
+                "channelId": channel_id,
+                "kind": config.kind if config else None,
+                "mode": config.mode if config else None,
+                "connectorKind": (config.config.get("connectorKind") if config else None),
+                "state": state["state"],
+                "lastError": state["last_error"],
+                "startedAt": state["started_at"],
+            }
+        )
     return JSONResponse(redact_all(out, request.app.state.secrets))
 
 
@@ -43,19 +46,35 @@ async def list_deliveries(request: Request) -> Response:
     store = runtime.store
     out: list[dict[str, Any]] = []
     for entry in await store.outbox.list_dead(DELIVERIES_LIMIT):
-        out.append({
-            "direction": "outbound", "id": entry.id, "channelId": entry.channel_id,
-            "requestId": entry.request_id, "status": "failed", "attempts": entry.attempts,
-            "lastError": entry.last_error, "createdAt": entry.created_at, "updatedAt": entry.updated_at,
-            "target": entry.payload.get("target"),
-        })
+        out.append(
+            {
+                "direction": "outbound",
+                "id": entry.id,
+                "channelId": entry.channel_id,
+                "requestId": entry.request_id,
+                "status": "failed",
+                "attempts": entry.attempts,
+                "lastError": entry.last_error,
+                "createdAt": entry.created_at,
+                "updatedAt": entry.updated_at,
+                "target": entry.payload.get("target"),
+            }
+        )
     for entry in await store.inbox.list_dead(DELIVERIES_LIMIT):
-        out.append({
-            "direction": "inbound", "id": entry.id, "channelId": entry.channel_id,
-            "messageId": entry.message.message_id, "sessionId": entry.session_id, "status": "failed",
-            "attempts": entry.attempts, "lastError": entry.last_error,
-            "createdAt": entry.created_at, "updatedAt": entry.updated_at,
-        })
+        out.append(
+            {
+                "direction": "inbound",
+                "id": entry.id,
+                "channelId": entry.channel_id,
+                "messageId": entry.message.message_id,
+                "sessionId": entry.session_id,
+                "status": "failed",
+                "attempts": entry.attempts,
+                "lastError": entry.last_error,
+                "createdAt": entry.created_at,
+                "updatedAt": entry.updated_at,
+            }
+        )
     out.sort(key=lambda d: d["updatedAt"])
     return JSONResponse(redact_all(msgspec.to_builtins(out), request.app.state.secrets))
 

@@ -1,4 +1,5 @@
 """`/api/connectors`: connector descriptors of the enabled plugins (SPEC 7.3)."""
+
 from __future__ import annotations
 
 from starlette.requests import Request

@@ -1,4 +1,5 @@
 """Liveness and readiness (SPEC 7.3): public, tiny, never cached."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """`/api/connector-sessions` and `/api/connections`: onboarding and revoking accounts (SPEC 6.5, 7.3)."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -48,8 +49,9 @@ def _session(request: Request, view: dict[str, Any]) -> dict[str, Any]:
 def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str:
     value = body.get(name, "")
     if not isinstance(value, str) or (required and not value.strip()):
-        raise ApiError(422, "invalid_field", f"{name} must be a {'non-empty ' if required else ''}string",
-                       {"field": name})
+        raise ApiError(
+            422, "invalid_field", f"{name} must be a {'non-empty ' if required else ''}string", {"field": name}
+        )
     return value
 
 
@@ -120,7 +122,9 @@ async def list_connections(request: Request) -> Response:
 
 
 async def get_connection(request: Request) -> Response:
-    return _answer(request, _connection(request, await manager(request).get_connection(request.path_params["connection_id"])))
+    return _answer(
+        request, _connection(request, await manager(request).get_connection(request.path_params["connection_id"]))
+    )
 
 
 async def logout(request: Request) -> Response:

@@ -1,4 +1,5 @@
 """`/api/plugins`: install, inspect and drive plugins (SPEC 7.3)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -112,7 +113,7 @@ async def activate_version(request: Request) -> Response:
     body = await read_object(request)
     version = body.get("version")
     if not isinstance(version, str) or not version:
-        raise ApiError(422, "invalid_body", "the body must be {\"version\": \"<installed version>\"}")
+        raise ApiError(422, "invalid_body", 'the body must be {"version": "<installed version>"}')
     await _host(request).activate(plugin_id, version)
     return JSONResponse(plugin_view(request, plugin_id, detail=True))
 

@@ -7,6 +7,7 @@
 URLs: `memory://` (in process, tests), `sqlite:///PATH` (relative PATH) or
 `sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
 """
+
 from __future__ import annotations
 
 from plugin_host.clock import Clock, SystemClock

@@ -22,6 +22,7 @@ Queues (inbox, outbox) share one model:
   knows it is the only consumer (the runtime, at start) may call
   `release_claims()` to hand every claim back at once instead of waiting.
 """
+
 from __future__ import annotations
 
 import abc
@@ -138,9 +139,14 @@ def decide_begin(
     """
     if existing is None:
         record = DedupeRecord(
-            dedupe_key=dedupe_key(connection_id, event_id), connection_id=connection_id,
-            event_id=event_id, status="processing", first_seen_at=now, updated_at=now,
-            delivery_attempts=1, message_id=message_id,
+            dedupe_key=dedupe_key(connection_id, event_id),
+            connection_id=connection_id,
+            event_id=event_id,
+            status="processing",
+            first_seen_at=now,
+            updated_at=now,
+            delivery_attempts=1,
+            message_id=message_id,
         )
         return "new", record, True
     if existing.status == "completed":
@@ -149,9 +155,12 @@ def decide_begin(
         return "in_progress", existing, False
     outcome: BeginOutcome = "stale" if existing.status == "processing" else "retry"
     record = msgspec.structs.replace(
-        existing, status="processing", updated_at=now,
+        existing,
+        status="processing",
+        updated_at=now,
         delivery_attempts=existing.delivery_attempts + 1,
-        message_id=message_id or existing.message_id, last_error=None,
+        message_id=message_id or existing.message_id,
+        last_error=None,
     )
     return outcome, record, True
 

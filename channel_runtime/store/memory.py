@@ -5,6 +5,7 @@ section, so each is atomic on the event loop without a lock; a method checks and
 encodes everything that can fail before it changes anything. Queue payloads are
 kept as JSON, as the durable backends keep them (what cannot be stored fails here too).
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,12 @@ class MemoryBridgeDedupe(BridgeDedupeStore):
     async def begin(self, connection_id: str, event_id: str, message_id: str = "") -> BeginResult:
         key = dedupe_key(connection_id, event_id)
         outcome, record, changed = decide_begin(
-            self._records.get(key), connection_id=connection_id, event_id=event_id,
-            message_id=message_id, now=self._clock.time(), ttl=self.ttl,
+            self._records.get(key),
+            connection_id=connection_id,
+            event_id=event_id,
+            message_id=message_id,
+            now=self._clock.time(),
+            ttl=self.ttl,
         )
         if changed:
             self._records[key] = record
@@ -152,8 +157,16 @@ class _Queue:
 
     def add(self, channel_id: str, conversation: str, key: str, payload: bytes) -> _Row:
         now = self.clock.time()
-        row = _Row(id=next(self.ids), channel_id=channel_id, conversation=conversation, key=key,
-                   payload=payload, created_at=now, updated_at=now, next_attempt_at=now)
+        row = _Row(
+            id=next(self.ids),
+            channel_id=channel_id,
+            conversation=conversation,
+            key=key,
+            payload=payload,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
         self.rows[row.id] = row
         return row
 
@@ -213,20 +226,35 @@ class _Queue:
 
 def _inbox_entry(row: _Row) -> InboxEntry:
     return InboxEntry(
-        id=row.id, channel_id=row.channel_id, session_id=row.conversation,
+        id=row.id,
+        channel_id=row.channel_id,
+        session_id=row.conversation,
         message=msgspec.json.decode(row.payload, type=InboundMessage),
-        status=row.status, attempts=row.attempts, next_attempt_at=row.next_attempt_at,  # type: ignore[arg-type]
-        claimed_until=row.claimed_until, last_error=row.last_error,
-        created_at=row.created_at, updated_at=row.updated_at,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,  # type: ignore[arg-type]
+        claimed_until=row.claimed_until,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
 def _outbox_entry(row: _Row) -> OutboxEntry:
     return OutboxEntry(
-        id=row.id, channel_id=row.channel_id, request_id=row.key, conversation=row.conversation,
-        payload=msgspec.json.decode(row.payload), status=row.status, attempts=row.attempts,  # type: ignore[arg-type]
-        next_attempt_at=row.next_attempt_at, claimed_until=row.claimed_until, last_error=row.last_error,
-        result=copy.deepcopy(row.result), created_at=row.created_at, updated_at=row.updated_at,
+        id=row.id,
+        channel_id=row.channel_id,
+        request_id=row.key,
+        conversation=row.conversation,
+        payload=msgspec.json.decode(row.payload),
+        status=row.status,
+        attempts=row.attempts,  # type: ignore[arg-type]
+        next_attempt_at=row.next_attempt_at,
+        claimed_until=row.claimed_until,
+        last_error=row.last_error,
+        result=copy.deepcopy(row.result),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -335,9 +363,7 @@ class MemoryOutbox(OutboxStore):
 
 
 class MemoryPipeline(PipelineStore):
-    def __init__(
-        self, clock: Clock, dedupe: MemoryBridgeDedupe, inbox: MemoryInbox, outbox: MemoryOutbox
-    ) -> None:
+    def __init__(self, clock: Clock, dedupe: MemoryBridgeDedupe, inbox: MemoryInbox, outbox: MemoryOutbox) -> None:
         self._clock = clock
         self._dedupe = dedupe
         self._inbox = inbox
@@ -349,8 +375,12 @@ class MemoryPipeline(PipelineStore):
         key = dedupe_key(connection_id, event_id)
         now = self._clock.time()
         outcome, record, _ = decide_begin(
-            self._dedupe._records.get(key), connection_id=connection_id, event_id=event_id,
-            message_id=message.message_id, now=now, ttl=self._dedupe.ttl,
+            self._dedupe._records.get(key),
+            connection_id=connection_id,
+            event_id=event_id,
+            message_id=message.message_id,
+            now=now,
+            ttl=self._dedupe.ttl,
         )
         if outcome in ("duplicate", "in_progress"):
             return BeginResult(outcome=outcome, record=record), None
@@ -371,7 +401,7 @@ class MemoryPipeline(PipelineStore):
         payloads = [msgspec.json.encode(d.payload) for d in deliveries]  # may fail: before any change
         del self._inbox._queue.rows[entry_id]
         new: list[bool] = []
-        for delivery, payload in zip(deliveries, payloads):
+        for delivery, payload in zip(deliveries, payloads, strict=False):
             known = delivery.request_id in self._outbox._by_request
             if not known:
                 self._outbox.add(delivery.channel_id, delivery.request_id, payload, delivery.conversation)
@@ -405,9 +435,18 @@ class MemoryConnections(ConnectionStore):
             raise StoreError(f"connection {connection_id} already exists")
         now = self._clock.time()
         record = ConnectionRecord(
-            connection_id=connection_id, kind=kind, plugin_id=plugin_id, channel_id=channel_id or connection_id,
-            account_id=account_id, display_name=display_name, options=copy.deepcopy(options or {}),
-            status=status, error=None, has_credentials=False, created_at=now, updated_at=now,
+            connection_id=connection_id,
+            kind=kind,
+            plugin_id=plugin_id,
+            channel_id=channel_id or connection_id,
+            account_id=account_id,
+            display_name=display_name,
+            options=copy.deepcopy(options or {}),
+            status=status,
+            error=None,
+            has_credentials=False,
+            created_at=now,
+            updated_at=now,
         )
         self._records[connection_id] = record
         return copy.deepcopy(record)
@@ -419,8 +458,10 @@ class MemoryConnections(ConnectionStore):
         self, *, status: str | None = None, kind: str | None = None, plugin_id: str | None = None
     ) -> list[ConnectionRecord]:
         return [
-            copy.deepcopy(r) for r in self._records.values()
-            if (status is None or r.status == status) and (kind is None or r.kind == kind)
+            copy.deepcopy(r)
+            for r in self._records.values()
+            if (status is None or r.status == status)
+            and (kind is None or r.kind == kind)
             and (plugin_id is None or r.plugin_id == plugin_id)
         ]
 
@@ -441,8 +482,11 @@ class MemoryConnections(ConnectionStore):
         display_name: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> ConnectionRecord:
-        changes = {k: v for k, v in (("channel_id", channel_id), ("account_id", account_id),
-                                     ("display_name", display_name)) if v is not None}
+        changes = {
+            k: v
+            for k, v in (("channel_id", channel_id), ("account_id", account_id), ("display_name", display_name))
+            if v is not None
+        }
         if options is not None:
             changes["options"] = copy.deepcopy(options)
         return self._replace(connection_id, **changes)
@@ -501,8 +545,14 @@ class MemorySessions(ConnectorSessionStore):
             raise StoreError(f"connector session {session_id} already exists")
         now = self._clock.time()
         record = ConnectorSessionRecord(
-            session_id=session_id, connection_id=connection_id, kind=kind, plugin_id=plugin_id,
-            status=status, view=copy.deepcopy(clean_view(view)), created_at=now, updated_at=now,
+            session_id=session_id,
+            connection_id=connection_id,
+            kind=kind,
+            plugin_id=plugin_id,
+            status=status,
+            view=copy.deepcopy(clean_view(view)),
+            created_at=now,
+            updated_at=now,
         )
         self._records[session_id] = record
         return copy.deepcopy(record)
@@ -514,7 +564,8 @@ class MemorySessions(ConnectorSessionStore):
         self, *, connection_id: str | None = None, status: str | None = None
     ) -> list[ConnectorSessionRecord]:
         return [
-            copy.deepcopy(r) for r in self._records.values()
+            copy.deepcopy(r)
+            for r in self._records.values()
             if (connection_id is None or r.connection_id == connection_id) and (status is None or r.status == status)
         ]
 

@@ -13,6 +13,7 @@ checkpoints they trigger), so the per-message hot paths (`SqlitePipeline`,
 `mark_sent`) share commits: `Database.batched` runs the calls of one loop turn in
 one transaction, each in its own savepoint.
 """
+
 from __future__ import annotations
 
 import logging
@@ -190,7 +191,8 @@ class _Batched(Generic[T]):
     """One `Database.batched` call waiting for its shared transaction."""
 
     def __init__(
-        self, work: Callable[[sqlite3.Connection], T],
+        self,
+        work: Callable[[sqlite3.Connection], T],
         recover: Callable[[sqlite3.Connection, Exception], None] | None,
     ) -> None:
         self.work = work
@@ -338,9 +340,15 @@ class Database:
 
 def _dedupe_record(row: sqlite3.Row) -> DedupeRecord:
     return DedupeRecord(
-        dedupe_key=row["dedupe_key"], connection_id=row["connection_id"], event_id=row["event_id"],
-        status=row["status"], first_seen_at=float(row["first_seen_at"]), updated_at=float(row["updated_at"]),
-        delivery_attempts=row["delivery_attempts"], message_id=row["message_id"], last_error=row["last_error"],
+        dedupe_key=row["dedupe_key"],
+        connection_id=row["connection_id"],
+        event_id=row["event_id"],
+        status=row["status"],
+        first_seen_at=float(row["first_seen_at"]),
+        updated_at=float(row["updated_at"]),
+        delivery_attempts=row["delivery_attempts"],
+        message_id=row["message_id"],
+        last_error=row["last_error"],
     )
 
 
@@ -354,8 +362,17 @@ def _put_dedupe(conn: sqlite3.Connection, record: DedupeRecord) -> None:
         "INSERT OR REPLACE INTO bridge_dedupe (dedupe_key, connection_id, event_id, status,"
         " first_seen_at, updated_at, delivery_attempts, message_id, last_error)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.dedupe_key, record.connection_id, record.event_id, record.status, record.first_seen_at,
-         record.updated_at, record.delivery_attempts, record.message_id, record.last_error),
+        (
+            record.dedupe_key,
+            record.connection_id,
+            record.event_id,
+            record.status,
+            record.first_seen_at,
+            record.updated_at,
+            record.delivery_attempts,
+            record.message_id,
+            record.last_error,
+        ),
     )
 
 
@@ -371,8 +388,12 @@ class SqliteBridgeDedupe(BridgeDedupeStore):
     async def begin(self, connection_id: str, event_id: str, message_id: str = "") -> BeginResult:
         with self._db.write() as conn:
             outcome, record, changed = decide_begin(
-                _get_dedupe(conn, dedupe_key(connection_id, event_id)), connection_id=connection_id,
-                event_id=event_id, message_id=message_id, now=self._clock.time(), ttl=self.ttl,
+                _get_dedupe(conn, dedupe_key(connection_id, event_id)),
+                connection_id=connection_id,
+                event_id=event_id,
+                message_id=message_id,
+                now=self._clock.time(),
+                ttl=self.ttl,
             )
             if changed:
                 _put_dedupe(conn, record)
@@ -381,8 +402,8 @@ class SqliteBridgeDedupe(BridgeDedupeStore):
     async def complete(self, key: str) -> bool:
         with self._db.write() as conn:
             cur = conn.execute(
-                "UPDATE bridge_dedupe SET status = 'completed', last_error = NULL, updated_at = ?"
-                " WHERE dedupe_key = ?", (self._clock.time(), key),
+                "UPDATE bridge_dedupe SET status = 'completed', last_error = NULL, updated_at = ? WHERE dedupe_key = ?",
+                (self._clock.time(), key),
             )
         return cur.rowcount > 0
 
@@ -401,9 +422,7 @@ class SqliteBridgeDedupe(BridgeDedupeStore):
     async def prune(self, retention: float | None = None) -> int:
         cutoff = self._clock.time() - (self.retention if retention is None else retention)
         with self._db.write() as conn:
-            cur = conn.execute(
-                "DELETE FROM bridge_dedupe WHERE status = 'completed' AND updated_at <= ?", (cutoff,)
-            )
+            cur = conn.execute("DELETE FROM bridge_dedupe WHERE status = 'completed' AND updated_at <= ?", (cutoff,))
         return cur.rowcount
 
 
@@ -469,8 +488,17 @@ class _Queue:
             f" WHERE channel_id = ? AND conversation = ? AND {_LIVE} ORDER BY id LIMIT 1) AND head = 0"
         )
 
-    def add(self, conn: sqlite3.Connection, channel_id: str, conversation: str, key: str, payload: str,
-            now: float, *, unique: bool = False) -> int | None:
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        channel_id: str,
+        conversation: str,
+        key: str,
+        payload: str,
+        now: float,
+        *,
+        unique: bool = False,
+    ) -> int | None:
         """Insert a pending entry; its id, or None when `unique` and `key` is already known."""
         sql = (self._insert + " ON CONFLICT (item_key) DO NOTHING") if unique else self._insert
         cur = conn.execute(sql, (channel_id, conversation, key, payload, now))
@@ -491,7 +519,8 @@ class _Queue:
         with self.db.write() as conn:
             return conn.execute(
                 f"UPDATE {self.table} SET status = 'pending', claimed_until = NULL, updated_at = ?"
-                " WHERE status = 'claimed'", (self.clock.time(),),
+                " WHERE status = 'claimed'",
+                (self.clock.time(),),
             ).rowcount
 
     def update_live(self, conn: sqlite3.Connection, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
@@ -533,21 +562,35 @@ class _Queue:
 
 def _inbox_entry(row: sqlite3.Row) -> InboxEntry:
     return InboxEntry(
-        id=row["id"], channel_id=row["channel_id"], session_id=row["conversation"],
-        message=msgspec.json.decode(row["payload"], type=InboundMessage), status=row["status"],
-        attempts=row["attempts"], next_attempt_at=float(row["next_attempt_at"]),
-        claimed_until=_float_or_none(row["claimed_until"]), last_error=row["last_error"],
-        created_at=float(row["created_at"]), updated_at=float(row["updated_at"]),
+        id=row["id"],
+        channel_id=row["channel_id"],
+        session_id=row["conversation"],
+        message=msgspec.json.decode(row["payload"], type=InboundMessage),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=float(row["next_attempt_at"]),
+        claimed_until=_float_or_none(row["claimed_until"]),
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )
 
 
 def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
     return OutboxEntry(
-        id=row["id"], channel_id=row["channel_id"], request_id=row["item_key"], conversation=row["conversation"],
-        payload=_unjson(row["payload"]), status=row["status"], attempts=row["attempts"],
-        next_attempt_at=float(row["next_attempt_at"]), claimed_until=_float_or_none(row["claimed_until"]),
-        last_error=row["last_error"], result=_unjson(row["result"]),
-        created_at=float(row["created_at"]), updated_at=float(row["updated_at"]),
+        id=row["id"],
+        channel_id=row["channel_id"],
+        request_id=row["item_key"],
+        conversation=row["conversation"],
+        payload=_unjson(row["payload"]),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=float(row["next_attempt_at"]),
+        claimed_until=_float_or_none(row["claimed_until"]),
+        last_error=row["last_error"],
+        result=_unjson(row["result"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )
 
 
@@ -564,8 +607,17 @@ class SqliteInbox(InboxStore):
         assert entry_id is not None
         # built from what was written: no read-back, no second decode
         return InboxEntry(
-            id=entry_id, channel_id=message.channel_id, session_id=session_id, message=message, status="pending",
-            attempts=0, next_attempt_at=now, claimed_until=None, last_error=None, created_at=now, updated_at=now,
+            id=entry_id,
+            channel_id=message.channel_id,
+            session_id=session_id,
+            message=message,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            claimed_until=None,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
         )
 
     def ack_in(self, conn: sqlite3.Connection, entry_id: int) -> bool:
@@ -615,12 +667,22 @@ class SqliteOutbox(OutboxStore):
         self._queue = _Queue(db, clock, "outbox", lease)
 
     def enqueue_in(
-        self, conn: sqlite3.Connection, channel_id: str, request_id: str, payload: dict[str, Any],
-        conversation: str | None, now: float,
+        self,
+        conn: sqlite3.Connection,
+        channel_id: str,
+        request_id: str,
+        payload: dict[str, Any],
+        conversation: str | None,
+        now: float,
     ) -> bool:
         """`enqueue` inside the caller's transaction."""
         entry_id = self._queue.add(
-            conn, channel_id, conversation or outbox_conversation(request_id), request_id, _json(payload), now,
+            conn,
+            channel_id,
+            conversation or outbox_conversation(request_id),
+            request_id,
+            _json(payload),
+            now,
             unique=True,
         )
         return entry_id is not None
@@ -641,7 +703,9 @@ class SqliteOutbox(OutboxStore):
     async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
         q, params = self._queue, (None if result is None else _json(result),)
         return await q.db.batched(  # the dispatcher's deliveries finish together: share their commit
-            lambda conn: q.update_live(conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, result = ?", params)
+            lambda conn: q.update_live(
+                conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, result = ?", params
+            )
         )
 
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
@@ -697,8 +761,12 @@ class SqlitePipeline(PipelineStore):
             now = self._clock.time()
             existing = _get_dedupe(conn, key)
             outcome, record, _ = decide_begin(
-                existing, connection_id=connection_id, event_id=event_id,
-                message_id=message.message_id, now=now, ttl=self._dedupe.ttl,
+                existing,
+                connection_id=connection_id,
+                event_id=event_id,
+                message_id=message.message_id,
+                now=now,
+                ttl=self._dedupe.ttl,
             )
             if outcome in ("duplicate", "in_progress"):
                 return BeginResult(outcome=outcome, record=record), None
@@ -714,9 +782,12 @@ class SqlitePipeline(PipelineStore):
                 return
             # compare-and-set: a delivery that got in since (another process) owns the record now
             if _get_dedupe(conn, key) == existing:
-                _put_dedupe(conn, msgspec.structs.replace(
-                    begun, status="failed", last_error=error_text(exc), updated_at=self._clock.time()
-                ))
+                _put_dedupe(
+                    conn,
+                    msgspec.structs.replace(
+                        begun, status="failed", last_error=error_text(exc), updated_at=self._clock.time()
+                    ),
+                )
 
         return await self._db.batched(accept, record_failure)
 
@@ -743,11 +814,18 @@ _CONNECTION_COLUMNS = (
 
 def _connection(row: sqlite3.Row) -> ConnectionRecord:
     return ConnectionRecord(
-        connection_id=row["connection_id"], kind=row["kind"], plugin_id=row["plugin_id"],
-        channel_id=row["channel_id"], account_id=row["account_id"], display_name=row["display_name"],
-        options=_unjson(row["options"]), status=row["status"], error=row["error"],
+        connection_id=row["connection_id"],
+        kind=row["kind"],
+        plugin_id=row["plugin_id"],
+        channel_id=row["channel_id"],
+        account_id=row["account_id"],
+        display_name=row["display_name"],
+        options=_unjson(row["options"]),
+        status=row["status"],
+        error=row["error"],
         has_credentials=bool(row["has_credentials"]),
-        created_at=float(row["created_at"]), updated_at=float(row["updated_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )
 
 
@@ -793,8 +871,18 @@ class SqliteConnections(ConnectionStore):
                     "INSERT INTO connections (connection_id, kind, plugin_id, channel_id, account_id, display_name,"
                     " options, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     f" RETURNING {_CONNECTION_COLUMNS}",
-                    (connection_id, kind, plugin_id, channel_id or connection_id, account_id, display_name,
-                     _json(options or {}), status, now, now),
+                    (
+                        connection_id,
+                        kind,
+                        plugin_id,
+                        channel_id or connection_id,
+                        account_id,
+                        display_name,
+                        _json(options or {}),
+                        status,
+                        now,
+                        now,
+                    ),
                 ).fetchone()
         except sqlite3.IntegrityError:
             raise StoreError(f"connection {connection_id} already exists") from None
@@ -804,7 +892,9 @@ class SqliteConnections(ConnectionStore):
         cache = self._fresh_cache()
         record = cache.get(connection_id)
         if record is None:
-            row = self._db.one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE connection_id = ?", (connection_id,))
+            row = self._db.one(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE connection_id = ?", (connection_id,)
+            )
             if row is None:
                 return None  # misses are not cached: unknown ids must not grow it
             record = cache[connection_id] = _connection(row)
@@ -843,8 +933,9 @@ class SqliteConnections(ConnectionStore):
         options: dict[str, Any] | None = None,
     ) -> ConnectionRecord:
         changes: dict[str, Any] = {
-            k: v for k, v in (("channel_id", channel_id), ("account_id", account_id),
-                              ("display_name", display_name)) if v is not None
+            k: v
+            for k, v in (("channel_id", channel_id), ("account_id", account_id), ("display_name", display_name))
+            if v is not None
         }
         if options is not None:
             changes["options"] = _json(options)
@@ -876,9 +967,14 @@ class SqliteConnections(ConnectionStore):
 
 def _session(row: sqlite3.Row) -> ConnectorSessionRecord:
     return ConnectorSessionRecord(
-        session_id=row["session_id"], connection_id=row["connection_id"], kind=row["kind"],
-        plugin_id=row["plugin_id"], status=row["status"], view=_unjson(row["view"]),
-        created_at=float(row["created_at"]), updated_at=float(row["updated_at"]),
+        session_id=row["session_id"],
+        connection_id=row["connection_id"],
+        kind=row["kind"],
+        plugin_id=row["plugin_id"],
+        status=row["status"],
+        view=_unjson(row["view"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )
 
 

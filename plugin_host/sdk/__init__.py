@@ -15,6 +15,7 @@ Imports only msgspec, anyio, the standard library and the light `plugin_host`
 modules. The idempotency store, the vendor command runner and the test harness
 load on first use, so a plugin pays for them (sqlite3 included) only if it uses them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -1,4 +1,5 @@
 """What a handler sees: the request context and the client for plugin -> host calls."""
+
 from __future__ import annotations
 
 import logging
@@ -50,9 +51,7 @@ class HostClient:
     async def session_update(self, update: SessionUpdate) -> None:
         await self._conn.notify("session.update", update)
 
-    async def connection_status(
-        self, connection_id: str, status: ConnectionStatus, error: str | None = None
-    ) -> None:
+    async def connection_status(self, connection_id: str, status: ConnectionStatus, error: str | None = None) -> None:
         await self._conn.notify("connection.status", ConnectionStatusParams(connection_id, status, error))
 
     async def log(self, level: str, message: str, **fields: Any) -> None:

@@ -7,6 +7,7 @@ interleave between the read and the write of `begin`. `BEGIN IMMEDIATE` makes
 the same true across processes (old and new plugin version share stateDir
 during a hot swap); `busy_timeout` bounds how long one may wait for the other.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

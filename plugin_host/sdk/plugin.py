@@ -4,6 +4,7 @@ A plugin module builds one `Plugin`, registers handlers with `@plugin.method(...
 and calls `plugin.run()`. Dispatch stays small on purpose: a dict lookup, one
 typed decode, a context of four slots and the concurrency limiter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -140,9 +141,7 @@ class Plugin:
         self._connectors.append(descriptor)
         return descriptor
 
-    def method(
-        self, name: str, *, params_type: Any = _RAW, idempotent: bool = False
-    ) -> Callable[[H], H]:
+    def method(self, name: str, *, params_type: Any = _RAW, idempotent: bool = False) -> Callable[[H], H]:
         """Register `async def handler(ctx, params)` for a host -> plugin method.
 
         Params of a method of SPEC 3.3 are decoded to its protocol Struct (invalid

@@ -13,6 +13,7 @@ Both perform `initialize`/`initialized`, answer the plugin's `event.inbound`
 plugin sends to the host. Shapes the plugin sends are validated against
 `plugin_host.protocol`; mismatches land in `protocol_errors`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -23,7 +24,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import anyio
 import msgspec
@@ -47,7 +48,7 @@ from ..streams import pipe_pair
 from .plugin import Plugin
 
 # a fixed answer to `event.inbound`, or a function (sync or async) of the event returning one
-InboundAnswer = Union[InboundAck, Mapping[str, Any], Callable[[BridgeEvent], Any]]
+InboundAnswer = InboundAck | Mapping[str, Any] | Callable[[BridgeEvent], Any]
 
 _STOP_GRACE = 5.0
 _HOST = NameVersion("plugin-harness", "1")
@@ -71,7 +72,9 @@ class PluginHarness:
 
     # ---------------------------------------------------------------- talking to the plugin
 
-    async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0, result_type: Any = Any) -> Any:
+    async def call(
+        self, method: str, params: Any = None, *, timeout: float | None = 10.0, result_type: Any = Any
+    ) -> Any:
         return await self._conn.call(method, params, timeout=timeout, result_type=result_type)
 
     async def notify(self, method: str, params: Any = None) -> None:
@@ -272,9 +275,7 @@ class PluginHarness:
             if state_dir is None:
                 state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
             child_env = _child_env(plugin_dir, manifest, env)
-            process = await anyio.open_process(
-                argv, cwd=os.fspath(state_dir), env=child_env, start_new_session=True
-            )
+            process = await anyio.open_process(argv, cwd=os.fspath(state_dir), env=child_env, start_new_session=True)
             harness.process = process
             assert process.stdin is not None and process.stdout is not None
             harness._connect(process.stdout, process.stdin)
@@ -355,9 +356,7 @@ def _resolve_target(target: str | os.PathLike[str] | Sequence[str]) -> tuple[lis
     return argv, str(path), manifest
 
 
-def _child_env(
-    plugin_dir: str | None, manifest: Mapping[str, Any], extra: Mapping[str, str] | None
-) -> dict[str, str]:
+def _child_env(plugin_dir: str | None, manifest: Mapping[str, Any], extra: Mapping[str, str] | None) -> dict[str, str]:
     """The host's environment rules (SPEC 5.3), so a plugin is tested as the host will run it.
 
     Only the pass-through names and the manifest's `env` names that are set here,

@@ -9,6 +9,7 @@
 - Working directory stateDir, own session (process group), hard timeout that
   kills the whole group, bounded output redacted before anyone sees it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,9 +85,7 @@ class VendorCommand:
         """The argv: each template element with its placeholders filled in, one element each."""
         missing = self.placeholders - args.keys()
         if missing:
-            raise VendorCommandError(
-                f"vendor command {self.env_var} needs argument(s) {', '.join(sorted(missing))}"
-            )
+            raise VendorCommandError(f"vendor command {self.env_var} needs argument(s) {', '.join(sorted(missing))}")
         argv = []
         for parts in self._fields:
             pieces = []

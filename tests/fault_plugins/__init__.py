@@ -3,6 +3,7 @@
 `make_spec(tmp_path, "garbage")` lays out a version folder (plugin.json, the
 script and the tiny `_wire` helper it imports) and returns its `LaunchSpec`.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,16 @@ from plugin_host.process import LaunchSpec
 
 FAULT_DIR = Path(__file__).resolve().parent
 SCRIPTS = (
-    "well_behaved", "exit_in_handshake", "silent_initialize", "health_errors", "health_stops",
-    "garbage", "stderr_flood", "oversized", "grandchild", "crash_loop",
+    "well_behaved",
+    "exit_in_handshake",
+    "silent_initialize",
+    "health_errors",
+    "health_stops",
+    "garbage",
+    "stderr_flood",
+    "oversized",
+    "grandchild",
+    "crash_loop",
 )
 
 

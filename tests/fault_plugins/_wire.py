@@ -2,6 +2,7 @@
 
 Copied next to each fault script into its version folder by `tests.fault_plugins.make_spec`.
 """
+
 import json
 import sys
 import threading

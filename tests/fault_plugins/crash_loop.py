@@ -1,4 +1,5 @@
 """Completes the handshake, then crashes as soon as it is told `initialized`."""
+
 import sys
 
 import _wire

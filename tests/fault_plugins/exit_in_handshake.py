@@ -1,4 +1,5 @@
 """Dies as soon as it reads `initialize`."""
+
 import sys
 
 import _wire

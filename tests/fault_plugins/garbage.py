@@ -1,10 +1,16 @@
 """Prints garbage between valid messages; `spew` floods stdout with garbage lines."""
+
 import sys
 
 import _wire
 
-GARBAGE = [b"this is not json", b'{"hello": "world"}', b"[1, 2, 3]", b'{"jsonrpc": "1.0", "id": 7}',
-           b'{"jsonrpc": "2.0"}']
+GARBAGE = [
+    b"this is not json",
+    b'{"hello": "world"}',
+    b"[1, 2, 3]",
+    b'{"jsonrpc": "1.0", "id": 7}',
+    b'{"jsonrpc": "2.0"}',
+]
 
 
 def echo(request_id, params):

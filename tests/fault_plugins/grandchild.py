@@ -2,6 +2,7 @@
 
 `pids` reports both pids; `die` makes the plugin exit while the grandchild lives on.
 """
+
 import os
 import signal
 import subprocess
@@ -21,9 +22,12 @@ def die(request_id, params):
     os._exit(1)
 
 
-_wire.serve("grandchild", {
-    "pids": lambda i, p: _wire.result(i, {"pid": os.getpid(), "child": child.pid}),
-    "die": die,
-})
+_wire.serve(
+    "grandchild",
+    {
+        "pids": lambda i, p: _wire.result(i, {"pid": os.getpid(), "child": child.pid}),
+        "die": die,
+    },
+)
 while True:  # deaf to stdin EOF: only signals end it
     time.sleep(1)

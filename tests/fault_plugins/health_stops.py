@@ -1,4 +1,5 @@
 """Answers `config.answers` health checks (default 2), then never again; other methods still work."""
+
 import _wire
 
 config: dict = {}

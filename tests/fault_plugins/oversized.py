@@ -1,4 +1,5 @@
 """`big` answers with a line larger than any sane limit; `big_partial` sends a huge line in pieces."""
+
 import sys
 import time
 

@@ -1,4 +1,5 @@
 """`flood` writes `mb` MiB to stderr from a thread (lines with secrets, one endless line)."""
+
 import sys
 import threading
 

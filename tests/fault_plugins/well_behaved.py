@@ -1,4 +1,5 @@
 """A minimal well-behaved plugin; its config (from initialize) selects a few behaviours."""
+
 import itertools
 import os
 import threading

@@ -1,4 +1,5 @@
 """The MCP reference of `bench/rpc.py`: an MCP stdio server (official `mcp` SDK) with one echo tool."""
+
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("bench-mcp-echo")

@@ -3,12 +3,12 @@
 Answers `initialize` (so the same host harness can start it), echoes the params
 of any other request, ignores notifications, exits on stdin EOF.
 """
+
 import os
 
 import msgspec
 
-INIT = {"protocolVersion": 1, "plugin": {"name": "raw-echo", "version": "1.0.0"},
-        "connectors": [], "capabilities": {}}
+INIT = {"protocolVersion": 1, "plugin": {"name": "raw-echo", "version": "1.0.0"}, "connectors": [], "capabilities": {}}
 decode, encode = msgspec.json.decode, msgspec.json.encode
 pending = b""
 while chunk := os.read(0, 65536):

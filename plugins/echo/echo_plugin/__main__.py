@@ -9,6 +9,7 @@
 
 Name, version and connectors come from `plugin.json` (the host sets PLUGIN_DIR).
 """
+
 from __future__ import annotations
 
 import base64

@@ -4,6 +4,7 @@ Used as a `command` runtime plugin so the real host talks to the real SDK plugin
 through it; TAP_LOG (listed in the manifest's env) names the record file:
 one JSON line per message, `{"dir": "host_to_plugin"|"plugin_to_host", "line": ...}`.
 """
+
 import json
 import os
 import subprocess
@@ -14,7 +15,9 @@ ECHO_DIR = os.environ["TAP_ECHO_DIR"]
 log = open(os.environ["TAP_LOG"], "a", buffering=1)
 lock = threading.Lock()
 env = dict(os.environ, PYTHONPATH=ECHO_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""), PLUGIN_DIR=ECHO_DIR)
-child = subprocess.Popen([os.environ["TAP_PYTHON"], "-m", "echo_plugin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+child = subprocess.Popen(
+    [os.environ["TAP_PYTHON"], "-m", "echo_plugin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+)
 
 
 def record(direction, line):

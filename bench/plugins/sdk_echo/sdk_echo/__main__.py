@@ -1,4 +1,5 @@
 """The SDK side of `bench/rpc.py`: the smallest useful plugin, one `echo` method."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,0 +1,122 @@
+"""The echo example plugin, run as a real child process through the SDK harness."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugin_host.errors import UNKNOWN_CONNECTION, RpcError
+from plugin_host.protocol import ConnectionInfo, ConnectorSessionView, SendResult, WebhookResult
+from plugin_host.sdk.testing import PluginHarness
+
+pytestmark = pytest.mark.anyio
+
+ECHO_DIR = Path(__file__).resolve().parents[2] / "plugins" / "echo"
+
+
+def send_params(request_id: str, content: str = "hello", **metadata: Any) -> dict[str, Any]:
+    return {
+        "requestId": request_id,
+        "connectionId": "conn_1",
+        "channelId": "chan_1",
+        "kind": "echo",
+        "target": {"peerId": "peer_1", "peerType": "dm"},
+        "content": content,
+        "contentType": "text",
+        "metadata": metadata,
+    }
+
+
+async def start_session(h: PluginHarness) -> ConnectorSessionView:
+    return await h.call(
+        "session.start",
+        {"sessionId": "cs_1", "kind": "echo", "connectionId": "conn_1", "channelId": "chan_1", "displayName": "Me"},
+        result_type=ConnectorSessionView,
+    )
+
+
+def sent_records(state_dir: Path) -> list[dict[str, Any]]:
+    path = state_dir / "sent.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_announces_the_manifest_connector(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        result = h.initialize_result
+        assert result is not None
+        assert (result.plugin.name, result.plugin.version) == ("echo", "1.0.0")
+        [connector] = result.connectors
+        assert (connector.kind, connector.auth_type) == ("echo", "credentials")
+        assert connector.capabilities == ["receive_text", "send_text", "direct_messages"]
+        assert result.capabilities == {"webhook": True, "sessions": True}
+
+
+async def test_session_connects_at_once_with_credentials(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        view = await start_session(h)
+        assert view.status == "connected"
+        [update] = h.session_updates
+        assert (update.status, update.connection_id, update.session_id) == ("connected", "conn_1", "cs_1")
+        assert update.credentials and len(update.credentials["token"]) >= 16
+        assert (await h.call("session.get", {"sessionId": "cs_1"}))["status"] == "connected"
+        assert await h.call("health") == {"status": "ok", "connections": {"conn_1": "connected"}}
+        assert h.protocol_errors == []
+
+
+async def test_send_is_recorded_once_and_duplicates_are_flagged(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        with pytest.raises(RpcError) as exc:
+            await h.call("message.send", send_params("out_1"))
+        assert exc.value.code == UNKNOWN_CONNECTION
+        await start_session(h)
+        first = await h.call("message.send", send_params("out_1"), result_type=SendResult)
+        again = await h.call("message.send", send_params("out_1"), result_type=SendResult)
+        assert not first.duplicate and again.duplicate
+        assert first.provider_message_id == again.provider_message_id
+        [record] = sent_records(tmp_path)
+        assert record["request"]["requestId"] == "out_1" and record["request"]["content"] == "hello"
+        assert h.inbound_events == []
+
+
+async def test_echo_back_loops_the_message_to_the_host(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        await start_session(h)
+        await h.call("message.send", send_params("out_2", "ping", echoBack=True))
+        [event] = await h.wait_for_inbound(1)
+        assert (event.connection_id, event.channel_id, event.peer_id) == ("conn_1", "chan_1", "peer_1")
+        assert event.content == "ping" and event.kind == "echo"
+        assert event.metadata == {"echoOf": "out_2"}
+        assert event.timestamp.endswith("Z")
+        assert h.protocol_errors == []
+
+
+async def test_webhook_turns_a_post_into_an_event(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        await start_session(h)
+        body = base64.b64encode(json.dumps({"peerId": "u1", "text": "hi", "messageId": "m1"}).encode()).decode()
+        params = {"connectionId": "conn_1", "method": "POST", "path": "/webhooks/conn_1", "headers": {}, "body": body}
+        result = await h.call("webhook.handle", params, result_type=WebhookResult)
+        assert result.response.status == 200
+        [event] = result.events
+        assert (event.event_id, event.message_id, event.peer_id, event.content) == ("evt_m1", "m1", "u1", "hi")
+        bad = await h.call(
+            "webhook.handle", {**params, "body": base64.b64encode(b"nope").decode()}, result_type=WebhookResult
+        )
+        assert bad.response.status == 400 and bad.events == []
+
+
+async def test_logout_revokes_and_resume_comes_from_initialize(tmp_path: Path) -> None:
+    resumed = ConnectionInfo(connection_id="conn_1", channel_id="chan_1", kind="echo", credentials={"token": "t"})
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path, connections=[resumed]) as h:
+        assert (await h.call("health"))["connections"] == {"conn_1": "connected"}
+        assert (await h.call("message.send", send_params("out_3")))["duplicate"] is False
+        assert await h.call("connection.logout", {"connectionId": "conn_1"}) == {}
+        assert h.notifications_of("connection.status") == [{"connectionId": "conn_1", "status": "revoked"}]
+        assert (await h.call("health"))["connections"] == {}
+        assert await h.call("shutdown") == {}
+        await h.close_stdin()
+        assert await h.wait_exit() == 0
