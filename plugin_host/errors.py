@@ -18,6 +18,11 @@ IN_PROGRESS = -32010
 UNKNOWN_CONNECTION = -32011
 UNSUPPORTED = -32012
 VENDOR_COMMAND_FAILED = -32014
+RATE_LIMITED = -32015
+REPLY_WINDOW_CLOSED = -32016
+SESSION_EXPIRED = -32017
+FENCED = -32018
+REFUSED = -32019
 
 ERROR_NAMES: dict[int, str] = {
     PARSE_ERROR: "parse_error",
@@ -34,6 +39,11 @@ ERROR_NAMES: dict[int, str] = {
     UNKNOWN_CONNECTION: "unknown_connection",
     UNSUPPORTED: "unsupported",
     VENDOR_COMMAND_FAILED: "vendor_command_failed",
+    RATE_LIMITED: "rate_limited",
+    REPLY_WINDOW_CLOSED: "reply_window_closed",
+    SESSION_EXPIRED: "session_expired",
+    FENCED: "fenced",
+    REFUSED: "refused",
 }
 
 

@@ -224,6 +224,32 @@ class LogParams(Wire):
     fields: dict[str, Any] | None = None
 
 
+# host-kept plugin state (SPEC 3.4)
+STATE_VALUE_MAX_BYTES = 65_536
+STATE_KEYS_PER_CONNECTION = 10_000
+
+
+class StateGetParams(Wire):
+    key: str
+    connection_id: str | None = None  # None: plugin-wide
+
+
+class StateGetResult(Wire):
+    value: Any = None
+    epoch: int = 0
+
+
+class StatePutParams(Wire):
+    key: str
+    value: Any = None  # None deletes
+    connection_id: str | None = None
+    epoch: int | None = None
+
+
+class StatePutResult(Wire):
+    epoch: int = 0
+
+
 # method name -> (params type, result type); result None marks a notification
 HOST_TO_PLUGIN: dict[str, tuple[type, type | None]] = {
     "initialize": (InitializeParams, InitializeResult),
