@@ -14,9 +14,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import msgspec
 
-from plugin_host.errors import IN_PROGRESS, UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import (
+    IN_PROGRESS,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    RATE_LIMITED,
+    REFUSED,
+    REPLY_WINDOW_CLOSED,
+    SESSION_EXPIRED,
+    UNKNOWN_CONNECTION,
+    UNSUPPORTED,
+    RpcError,
+)
+from plugin_host.manifest import OutboundLimits
 from plugin_host.protocol import SendRequest, SendResult
 
+from .budget import NO_LIMITS, DeferReason
 from .config import ChannelConfig
 from .messages import ChannelIdentity, InboundMessage
 
@@ -25,12 +38,29 @@ if TYPE_CHECKING:
 
 
 class DeliveryError(Exception):
-    """A failed delivery: `retry_after` asks for a later retry, `permanent` for a dead letter now."""
+    """A delivery that did not go out, and what to do about it.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+    `defer`: wait without counting an attempt (`retry_after` seconds for
+    `retry_after`; until the peer writes again for `reply_window`; until the
+    connection is back for `not_connected`). `permanent`: dead now (`refused`:
+    the platform refused it for good, SPEC -32019). Otherwise: retry with backoff,
+    after `retry_after` seconds when given, and dead after the last attempt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        refused: bool = False,
+        defer: DeferReason | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.permanent = permanent
+        self.permanent = permanent or refused
+        self.refused = refused
+        self.defer = defer
 
 
 class Channel(Protocol):
@@ -67,12 +97,19 @@ class _BaseChannel:
     async def stop(self) -> None:
         return None
 
+    @property
+    def outbound_limits(self) -> OutboundLimits:
+        """The platform budgets the dispatcher enforces for this channel (SPEC 6.4); none by default."""
+        return NO_LIMITS
+
 
 class MemoryChannel(_BaseChannel):
     """In-process channel (`memory`/`local`) for tests and embedding.
 
     Sends are recorded in `sent`; set `on_send` to answer or fail them. `receive`
     feeds a message into the runtime as if a platform had delivered it.
+    `config["outboundLimits"]` (the shape of a manifest's `limits.outbound`)
+    gives it platform budgets.
     """
 
     def __init__(self, runtime: ChannelRuntime, channel_id: str, config: ChannelConfig) -> None:
@@ -88,6 +125,11 @@ class MemoryChannel(_BaseChannel):
 
     async def stop(self) -> None:
         self.started = False
+
+    @property
+    def outbound_limits(self) -> OutboundLimits:
+        limits = self.config.config.get("outboundLimits")
+        return msgspec.convert(limits, OutboundLimits) if limits else NO_LIMITS
 
     async def send(self, request: SendRequest) -> SendResult:
         result = await self.on_send(request) if self.on_send is not None else None
@@ -127,6 +169,13 @@ class PluginChannel(_BaseChannel):
             raise RuntimeError("plugin channels need a runtime with a plugin host")
         if host.registry.get(self.plugin_id) is None:
             raise RuntimeError(f"plugin {self.plugin_id} is not installed")
+
+    @property
+    def outbound_limits(self) -> OutboundLimits:
+        """The running version's manifest `limits.outbound` (it follows a hot swap)."""
+        host = self.runtime.plugin_host
+        supervisor = host.supervisor(self.plugin_id) if host is not None else None
+        return supervisor.manifest.limits.outbound if supervisor is not None else NO_LIMITS
 
     async def send(self, request: SendRequest) -> SendResult:
         host = self.runtime.plugin_host
@@ -168,9 +217,11 @@ class HttpChannel(_BaseChannel):
             )
         except httpx.HTTPError as exc:
             raise DeliveryError(f"sidecar unreachable: {type(exc).__name__}") from None
-        if response.status_code == 409:
-            raise DeliveryError("sidecar: delivery in progress", retry_after=_retry_after(response))
-        if response.status_code in (408, 429) or response.status_code >= 500:
+        if response.status_code in (409, 429):  # in progress / rate limited: wait, the attempt does not count
+            raise DeliveryError(
+                f"sidecar answered {response.status_code}", retry_after=_retry_after(response), defer="retry_after"
+            )
+        if response.status_code == 408 or response.status_code >= 500:
             raise DeliveryError(f"sidecar answered {response.status_code}", retry_after=_retry_after(response, None))
         if response.status_code >= 400:
             raise DeliveryError(f"sidecar refused the delivery with {response.status_code}", permanent=True)
@@ -192,13 +243,26 @@ def _retry_after(response: httpx.Response, default: float | None = 5) -> float |
 
 
 def rpc_delivery_error(exc: RpcError) -> DeliveryError:
-    """How a plugin's answer to `message.send` maps onto a retry decision."""
-    if exc.code == IN_PROGRESS:
-        data = exc.data if isinstance(exc.data, dict) else {}
-        return DeliveryError(exc.message, retry_after=float(data.get("retryAfterSeconds", 5)))
+    """How a plugin's answer to `message.send` maps onto what the dispatcher does (SPEC 3.7, 6.4)."""
+    text = f"{exc.name}: {exc.message}"
+    if exc.code in (IN_PROGRESS, RATE_LIMITED):  # wait retryAfterSeconds; the attempt does not count
+        return DeliveryError(text, retry_after=_retry_after_seconds(exc.data), defer="retry_after")
+    if exc.code == REPLY_WINDOW_CLOSED:
+        return DeliveryError(text, defer="reply_window")
+    if exc.code == SESSION_EXPIRED:
+        return DeliveryError(text, defer="not_connected")
+    if exc.code == REFUSED:
+        return DeliveryError(exc.message, refused=True)  # the platform's own words are the reason
     # -32602 invalid params, -32011 unknown connection, -32012 unsupported: retrying cannot help
-    permanent = exc.code in (-32602, -32601, UNKNOWN_CONNECTION, -32012)
-    return DeliveryError(f"{exc.name}: {exc.message}", permanent=permanent)
+    permanent = exc.code in (INVALID_PARAMS, METHOD_NOT_FOUND, UNKNOWN_CONNECTION, UNSUPPORTED)
+    return DeliveryError(text, permanent=permanent)
+
+
+def _retry_after_seconds(data: Any, default: float = 5.0) -> float:
+    value = data.get("retryAfterSeconds") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value)
 
 
 BUILTIN_KINDS: dict[str, ChannelFactory] = {

@@ -4,6 +4,13 @@ start_session → connection `pairing` → plugin `session.start` → `session.u
 notifications → on `connected`: credentials stored encrypted, connection
 `connected`, `add_channel` (the channel runs at once). Logout → plugin
 `connection.logout` → `remove_channel` → `revoked`.
+
+An expired account (`connection.status` `error` with reason `session_expired`, or
+a send answered -32017) keeps its connection, channel and deliveries, which wait
+(`not_connected`); `relogin` starts a new session for the same connection, and
+when it connects the waiting deliveries go out. The connection's error stays
+`session_expired` until then (also while the re-login is pairing, and after a
+re-login that failed), so a restart keeps its channel too.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from plugin_host.protocol import (
 from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
-from .store.base import ConnectionRecord, ConnectorSessionRecord
+from .store.base import ConnectionRecord, ConnectionState, ConnectorSessionRecord
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
+SESSION_EXPIRED = "session_expired"  # the connection error of an account that must log in again
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
 
@@ -77,8 +85,13 @@ class ConnectionManager:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Materialise every connected connection as a running channel."""
-        for record in await self.runtime.store.connections.list(status="connected"):
+        """Materialise every connected connection as a running channel; an expired one's waits for re-login."""
+        for record in await self.runtime.store.connections.list():
+            expired = record.error == SESSION_EXPIRED and record.status in ("error", "pairing")
+            if record.status != "connected" and not expired:
+                continue
+            if expired:
+                self.runtime.connection_lost(record.channel_id, SESSION_EXPIRED)
             try:
                 await self.runtime.add_channel(record.channel_id, self._channel_config(record))
             except Exception as exc:
@@ -126,16 +139,51 @@ class ConnectionManager:
         plugin_id = self.host.plugin_for_kind(kind)
         if plugin_id is None:
             raise OnboardingError("unknown_kind", f"no enabled plugin provides connector kind {kind!r}", status=404)
-        if self.host.supervisor(plugin_id) is None:
-            raise OnboardingError("plugin_unavailable", f"plugin {plugin_id} is not running", status=503)
-        store = self.runtime.store
-        connection = await store.connections.create(
+        self._require_running(plugin_id)
+        connection = await self.runtime.store.connections.create(
             kind=kind,
             plugin_id=plugin_id,
             display_name=display_name,
             options=public_options(options),
             status="pairing",
         )
+        self._publish_status(connection)
+        return await self._run_session(connection, display_name, options)
+
+    async def relogin(
+        self, connection_id: str, display_name: str | None = None, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A new connector session for an existing connection (SPEC 6.5): same connection and channel id.
+
+        `options` default to the connection's stored (public) options. Once the session
+        connects, the deliveries that waited for the account go out.
+        """
+        store = self.runtime.store
+        record = await store.connections.get(connection_id)
+        if record is None:
+            raise OnboardingError("connection_not_found", f"no connection {connection_id}", status=404)
+        if record.status == "revoked":
+            raise OnboardingError(
+                "connection_revoked",
+                f"connection {connection_id} was logged out; start a new connector session instead",
+                status=409,
+            )
+        self._require_running(record.plugin_id)
+        # the expiry marker stays until the account is connected again (a restart keeps waiting for it)
+        record = await self._set_status(record, "pairing", record.error if record.error == SESSION_EXPIRED else None)
+        chosen = dict(record.options) if options is None else options
+        return await self._run_session(record, record.display_name if display_name is None else display_name, chosen)
+
+    def _require_running(self, plugin_id: str) -> None:
+        if self.host.supervisor(plugin_id) is None:
+            raise OnboardingError("plugin_unavailable", f"plugin {plugin_id} is not running", status=503)
+
+    async def _run_session(
+        self, connection: ConnectionRecord, display_name: str, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create a session of `connection` and call the plugin's `session.start`."""
+        store = self.runtime.store
+        kind, plugin_id = connection.kind, connection.plugin_id
         session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
         params = SessionStartParams(
             session_id=session.session_id,
@@ -155,7 +203,7 @@ class ConnectionManager:
                 status="error",
                 view={"sessionId": session.session_id, "kind": kind, "status": "error", "error": message},
             )
-            await store.connections.update_status(connection.connection_id, "error", message)
+            await self._session_failed(connection.connection_id, message)
             await self._publish(session.session_id)
             raise OnboardingError(
                 "session_start_failed",
@@ -250,8 +298,7 @@ class ConnectionManager:
             if status == "connected":
                 await self._connected(connection_id, view, credentials)
             elif status in _FAILED_STATUSES:
-                reason = view.get("error") or f"session {status}"
-                await store.connections.update_status(connection_id, "error", redact(str(reason)))
+                await self._session_failed(connection_id, redact(str(view.get("error") or f"session {status}")))
             if status in TERMINAL_SESSION_STATUSES:
                 self._session_locks.pop(session_id, None)
         await self._publish(session_id)
@@ -269,14 +316,15 @@ class ConnectionManager:
             account_id=view.get("accountId") or None,
             display_name=view.get("displayName") or None,
         )
-        record = await store.connections.update_status(connection_id, "connected")
+        record = await self._set_status(record, "connected", None)
         try:
             await self.runtime.add_channel(record.channel_id, self._channel_config(record))
         except Exception as exc:
-            await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
+            await self._set_status(record, "error", redact(f"channel did not start: {exc}"))
             return
         if first or credentials:
             await self._hand_over(record)
+        await self.runtime.connection_restored(record.channel_id)
 
     async def _hand_over(self, record: ConnectionRecord) -> None:
         """`connection.resume`: the plugin serves the connection from now on, with its stored credentials."""
@@ -344,16 +392,59 @@ class ConnectionManager:
         if params.status == "revoked":
             await self._revoke(record, params.error)
             return
-        await store.connections.update_status(
-            record.connection_id, params.status, redact(params.error) if params.error else None
+        error = redact(params.error) if params.error else None
+        if params.status == "error" and error == SESSION_EXPIRED:
+            await self.session_expired(record.connection_id)
+            return
+        record = await self._set_status(record, params.status, error)
+        if params.status == "connected":
+            await self.runtime.connection_restored(record.channel_id)
+
+    async def session_expired(self, connection_id: str) -> None:
+        """The account must log in again: `error` / `session_expired`; its deliveries wait (SPEC 6.5)."""
+        record = await self.runtime.store.connections.get(connection_id)
+        if record is None or record.status == "revoked":
+            return
+        self.runtime.connection_lost(record.channel_id, SESSION_EXPIRED)
+        if record.status != "error" or record.error != SESSION_EXPIRED:
+            log.warning("connection %s: the account's session expired; it waits for a re-login", connection_id)
+            await self._set_status(record, "error", SESSION_EXPIRED)
+
+    async def _session_failed(self, connection_id: str, reason: str) -> None:
+        """A session that did not connect leaves its connection in `error` (an expired account stays expired)."""
+        record = await self.runtime.store.connections.get(connection_id)
+        if record is None or record.status == "revoked":
+            return
+        keep = record.error == SESSION_EXPIRED and record.status in ("pairing", "error")
+        await self._set_status(record, "error", SESSION_EXPIRED if keep else reason)
+
+    async def _set_status(
+        self, record: ConnectionRecord, status: ConnectionState, error: str | None
+    ) -> ConnectionRecord:
+        """The one way a connection's status changes here: stored, then published (`connection.status`)."""
+        updated = await self.runtime.store.connections.update_status(record.connection_id, status, error)
+        if (record.status, record.error) != (updated.status, updated.error):
+            self._publish_status(updated)
+        return updated
+
+    def _publish_status(self, record: ConnectionRecord) -> None:
+        self.runtime.events.publish(
+            "connection.status",
+            {
+                "connectionId": record.connection_id,
+                "channelId": record.channel_id,
+                "status": record.status,
+                "error": record.error,
+            },
         )
 
     async def _revoke(self, record: ConnectionRecord, error: str | None = None) -> None:
         store = self.runtime.store
         await self.runtime.remove_channel(record.channel_id)
+        await self.runtime.connection_restored(record.channel_id)  # nothing waits for a revoked account any more
         await store.connections.set_credentials(record.connection_id, {})
         await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
-        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
+        await self._set_status(record, "revoked", redact(error) if error else None)
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         return ChannelConfig.for_connection(

@@ -2,8 +2,8 @@
 
 Claims due entries from a store queue and processes each in its own task, at
 most `concurrency` at a time. `wake()` after committing work makes it claim at
-once; an idle loop still looks again every `idle_poll` seconds, for entries
-whose retry delay has run out.
+once; an idle loop looks again when the earliest waiting entry is due
+(`next_due`, in the clock's time) and at the latest every `idle_poll` seconds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
+from plugin_host.clock import Clock, SystemClock
+
 E = TypeVar("E")
+MIN_IDLE_WAIT = 0.005  # a due entry that a claim did not return (another consumer took it) must not spin
 log = logging.getLogger(__name__)
 
 
@@ -33,12 +36,16 @@ class QueueWorker(Generic[E]):
         *,
         concurrency: int,
         idle_poll: float = 1.0,
+        next_due: Callable[[], Awaitable[float | None]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
         self._claim = claim
         self._process = process
         self._concurrency = concurrency
         self._idle_poll = idle_poll
+        self._next_due = next_due
+        self._clock = clock or SystemClock()
         self._busy = 0
         self._wakeup = anyio.Event()
 
@@ -61,13 +68,26 @@ class QueueWorker(Generic[E]):
                     except Exception:
                         log.exception("%s: claiming work failed", self.name)
                 if not entries:
-                    with anyio.move_on_after(self._idle_poll):
+                    with anyio.move_on_after(await self._idle_wait() if free > 0 else self._idle_poll):
                         await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     continue
                 for entry in entries:
                     self._busy += 1
                     tg.start_soon(self._run_one, entry)
+
+    async def _idle_wait(self) -> float:
+        """Seconds until the earliest waiting entry is due, within [MIN_IDLE_WAIT, idle_poll]."""
+        if self._next_due is None:
+            return self._idle_poll
+        try:
+            due = await self._next_due()
+        except Exception:
+            log.exception("%s: reading the next due time failed", self.name)
+            return self._idle_poll
+        if due is None:
+            return self._idle_poll
+        return min(self._idle_poll, max(MIN_IDLE_WAIT, due - self._clock.time()))
 
     async def _run_one(self, entry: E) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from .services import HostServices
 from .supervisor import PluginSupervisor, StartError
 
 log = logging.getLogger(__name__)
+StateListener = Callable[[str, str, str], None]  # (plugin id, state, previous state)
 
 
 class HostError(Refusal):
@@ -75,6 +76,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._install_lock = anyio.Lock()
         self._started = False
         self._tg: anyio.abc.TaskGroup | None = None  # owns every supervisor's tasks while the host runs
+        self._state_listeners: list[StateListener] = []
 
     @property
     def services(self) -> HostServices:
@@ -90,6 +92,15 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         if self._started:
             raise RuntimeError("bind the host's services before it starts")
         self._services = services
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call `listener(plugin_id, state, previous)` on every supervision state change (live pages, events)."""
+        self._state_listeners.append(listener)
+
+    def _supervisor_event(self, supervisor: PluginSupervisor, kind: str, data: dict[str, Any]) -> None:
+        if kind == "state":
+            for listener in self._state_listeners:
+                listener(supervisor.spec.plugin_id, str(data["state"]), str(data["previous"]))
 
     def client(self, plugin_id: str) -> PluginClient:
         """Typed host -> plugin calls to `plugin_id` (valid across restarts and hot swaps)."""
@@ -418,13 +429,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             manifest=manifest,
             host_env=self._host_env,
         )
-        sup = PluginSupervisor(
-            spec,
-            config=record.config,
-            services=self.services,
-            clock=self._clock,
-            **self._supervisor_options,
-        )
+        options = {"on_event": self._supervisor_event, **self._supervisor_options}
+        sup = PluginSupervisor(spec, config=record.config, services=self.services, clock=self._clock, **options)
         sup.redactor.add(*secret_values(record.config or {}, manifest.config_schema))
         return sup
 

@@ -21,6 +21,17 @@ Queues (inbox, outbox) share one model:
   finish an entry within its lease; `attempts` counts the claims. An owner that
   knows it is the only consumer (the runtime, at start) may call
   `release_claims()` to hand every claim back at once instead of waiting.
+
+Outbox deliveries tell the truth (SPEC 6.4): their public state (`delivery_state`)
+is `queued` (pending, due at `next_attempt_at`), `sending` (claimed), `sent` (with the
+platform's `providerMessageId` and time), `deferred` (pending with a `defer_reason`:
+`rate_budget`, `reply_window`, `not_connected`, `retry_after`) or `dead` (with a
+`reason`). Every transition is one atomic store call together with what causes it:
+an inbound message records its peer's reply window and releases the deliveries
+deferred for it in the inbox commit's transaction; `mark_sent` counts the reply
+against that window in its own. Claims read only due conversation heads through an
+index ordered by due time, so deliveries deferred far ahead (or until an event) cost
+nothing while they wait.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import msgspec
 from plugin_host.protocol import SessionStatus
 from plugin_host.redact import redact
 
+from ..budget import DEFER_REASONS, DeferReason, PeerWindow
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
 
@@ -48,6 +60,10 @@ DedupeStatus = Literal["processing", "completed", "failed"]
 BeginOutcome = Literal["new", "duplicate", "in_progress", "stale", "retry"]
 QueueStatus = Literal["pending", "claimed", "dead"]
 OutboxStatus = Literal["pending", "claimed", "sent", "dead"]
+DeliveryState = Literal["queued", "sending", "sent", "deferred", "dead"]
+DELIVERY_STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
+# why a delivery (or an inbox entry) is dead
+DeadReason = Literal["failed", "undeliverable", "refused", "expired"]
 ConnectionState = Literal["pending", "pairing", "connected", "disconnected", "error", "revoked"]
 CONNECTION_STATES: frozenset[str] = frozenset(get_args(ConnectionState))
 SESSION_STATES: frozenset[str] = frozenset(get_args(SessionStatus))  # SPEC 3.5
@@ -223,6 +239,14 @@ class InboxEntry(_Record, frozen=True):
     last_error: str | None
     created_at: float
     updated_at: float
+    reason: DeadReason | None = None  # set when dead
+
+
+class Page(msgspec.Struct, frozen=True):
+    """Where a newest-first listing goes on: entries strictly older than `(created_at, id)`."""
+
+    created_at: float
+    id: int
 
 
 class InboxStore(abc.ABC):
@@ -230,7 +254,12 @@ class InboxStore(abc.ABC):
 
     @abc.abstractmethod
     async def commit(self, message: InboundMessage) -> InboxEntry | None:
-        """Mark `channelId + messageId` seen and enqueue, atomically; None when the id was seen."""
+        """Mark `channelId + messageId` seen and enqueue, atomically; None when the id was seen.
+
+        In the same transaction the peer's reply window opens afresh (last inbound
+        now, no replies yet) and its outbox deliveries deferred for `reply_window`
+        are due now.
+        """
 
     @abc.abstractmethod
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
@@ -241,6 +270,10 @@ class InboxStore(abc.ABC):
         """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
 
     @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """When the earliest pending head is due or a claim lapses (None: nothing waits)."""
+
+    @abc.abstractmethod
     async def ack(self, entry_id: int) -> bool:
         """Done: remove the entry; False when unknown."""
 
@@ -249,15 +282,30 @@ class InboxStore(abc.ABC):
         """Back to pending, due `delay` seconds from now; its conversation waits for it."""
 
     @abc.abstractmethod
-    async def dead_letter(self, entry_id: int, error: str) -> bool:
+    async def dead_letter(self, entry_id: int, error: str, *, reason: DeadReason = "failed") -> bool:
         """Give up: keep it visible in `list_dead`; its conversation moves on."""
 
     @abc.abstractmethod
     async def get(self, entry_id: int) -> InboxEntry | None: ...
 
     @abc.abstractmethod
-    async def list_dead(self, limit: int = 100) -> list[InboxEntry]:
-        """Dead letters, oldest first."""
+    async def list_dead(
+        self,
+        limit: int = 100,
+        *,
+        channel_id: str | None = None,
+        peer_id: str | None = None,
+        before: Page | None = None,
+    ) -> list[InboxEntry]:
+        """Dead letters, newest first (by creation, then id), filtered, from `before` on."""
+
+    @abc.abstractmethod
+    async def revive(self, entry_id: int) -> InboxEntry | None:
+        """A dead letter back to pending (attempts from 0), due now; None unless it is dead."""
+
+    @abc.abstractmethod
+    async def discard(self, entry_id: int) -> bool:
+        """Forget a dead letter; False unless it is dead."""
 
     @abc.abstractmethod
     async def pending_count(self) -> int:
@@ -284,43 +332,147 @@ class OutboxEntry(_Record, frozen=True):
     conversation: str
     payload: dict[str, Any]
     status: OutboxStatus
-    attempts: int
+    attempts: int  # send attempts that count (claims, minus -32015/409 answers and budget waits)
     next_attempt_at: float
     claimed_until: float | None
     last_error: str | None
     result: dict[str, Any] | None
     created_at: float
     updated_at: float
+    peer_id: str = ""
+    defer_reason: DeferReason | None = None  # set while deferred
+    deferred_at: float | None = None  # when it was first deferred (the TTL counts from here)
+    reason: DeadReason | None = None  # set when dead
+    provider_message_id: str | None = None
+    sent_at: float | None = None
+    first_attempt_at: float | None = None
+    last_attempt_at: float | None = None
+
+    @property
+    def state(self) -> DeliveryState:
+        return delivery_state(self.status, self.defer_reason)
+
+
+def delivery_state(status: OutboxStatus, defer_reason: str | None) -> DeliveryState:
+    """The public state of an outbox entry (SPEC 6.4)."""
+    if status == "pending":
+        return "deferred" if defer_reason else "queued"
+    if status == "claimed":
+        return "sending"
+    return status
+
+
+def check_defer_reason(reason: str) -> None:
+    if reason not in DEFER_REASONS:
+        raise StoreError(f"unknown defer reason {reason!r}; expected one of {list(DEFER_REASONS)}")
+
+
+class PeerCall(msgspec.Struct, frozen=True):
+    """A recent `message.send` call, as the budgets count it (rebuilt from the store at start)."""
+
+    channel_id: str
+    peer_id: str
+    at: float
+
+
+_PeerCalls = list[PeerCall]  # named before the classes whose `list` method shadows the builtin
 
 
 class OutboxStore(abc.ABC):
-    """Durable outbox, idempotent by `request_id`; ordered per conversation."""
+    """Durable outbox, idempotent by `request_id`; ordered per conversation (see the module doc).
+
+    `attempted_at` (where taken) is when the `message.send` call of that outcome
+    started: it sets `first_attempt_at` (once) and `last_attempt_at`.
+    """
 
     @abc.abstractmethod
     async def enqueue(
-        self, channel_id: str, request_id: str, payload: dict[str, Any], *, conversation: str | None = None
-    ) -> bool:
-        """Add a delivery; False (and nothing changes) when `request_id` is already known.
+        self,
+        channel_id: str,
+        request_id: str,
+        payload: dict[str, Any],
+        *,
+        conversation: str | None = None,
+        peer_id: str | None = None,
+    ) -> int | None:
+        """Add a delivery (`queued`): its id; None (and nothing changes) when `request_id` is already known.
 
-        `conversation` defaults to `outbox_conversation(request_id)`.
+        `conversation` defaults to `outbox_conversation(request_id)`, `peer_id` to
+        the payload's `target.peerId`.
         """
 
     @abc.abstractmethod
-    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]: ...
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]:
+        """Claim up to `limit` due conversation heads (`sending`), earliest due first."""
 
     @abc.abstractmethod
     async def release_claims(self) -> int:
         """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
 
     @abc.abstractmethod
-    async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
-        """Delivered: kept as `sent` (so the request id stays known) until `prune`."""
+    async def next_due(self) -> float | None:
+        """When the earliest pending head is due or a claim lapses (None: nothing waits)."""
 
     @abc.abstractmethod
-    async def retry(self, entry_id: int, error: str, delay: float) -> bool: ...
+    async def mark_sent(
+        self, entry_id: int, result: dict[str, Any] | None = None, *, attempted_at: float | None = None
+    ) -> bool:
+        """Delivered (`sent`, with `result.providerMessageId`); counts a reply in the peer's window.
+
+        Kept (so the request id stays known) until `prune`.
+        """
 
     @abc.abstractmethod
-    async def dead_letter(self, entry_id: int, error: str) -> bool: ...
+    async def retry(self, entry_id: int, error: str, delay: float, *, attempted_at: float | None = None) -> bool:
+        """A failed attempt: back to `queued`, due `delay` seconds from now; its conversation waits for it."""
+
+    @abc.abstractmethod
+    async def defer(
+        self,
+        entry_id: int,
+        reason: DeferReason,
+        due: float,
+        *,
+        since: float,
+        error: str | None = None,
+        counted: bool = False,
+        attempted_at: float | None = None,
+    ) -> bool:
+        """`deferred` with `reason`, looked at again at `due` (or when an event releases it).
+
+        `since` is when the facts behind the decision were read: a `reply_window`
+        deferral whose peer wrote after `since` is due at once instead (the release
+        it missed). `counted=False` takes back the claim's attempt (budget waits,
+        -32015/409). A `reply_window` deferral after a call (`attempted_at`) also
+        closes the peer's window until the peer writes again (-32016).
+        `deferred_at` is set the first time only.
+        """
+
+    @abc.abstractmethod
+    async def release(self, reason: DeferReason, *, channel_id: str | None = None, peer_id: str | None = None) -> int:
+        """Deliveries deferred for `reason` (of `channel_id`, to `peer_id`, when given): `queued`, due now; count."""
+
+    @abc.abstractmethod
+    async def release_entries(self, entry_ids: Sequence[int]) -> int:
+        """These deferred deliveries: `queued`, due now; count."""
+
+    @abc.abstractmethod
+    async def dead_letter(
+        self, entry_id: int, error: str, *, reason: DeadReason = "failed", attempted_at: float | None = None
+    ) -> bool:
+        """Give up (`dead` with `reason`); its conversation moves on."""
+
+    @abc.abstractmethod
+    async def revive(self, entry_id: int) -> OutboxEntry | None:
+        """A dead delivery back to `queued` with the same request id, attempts from 0, due now.
+
+        None unless it is dead. It goes out after the live entries before it in its
+        conversation (it becomes the head only of an idle conversation).
+        """
+
+    @abc.abstractmethod
+    async def discard(self, entry_id: int) -> bool:
+        """Forget a dead delivery (its request id becomes unknown); False unless it is dead."""
 
     @abc.abstractmethod
     async def get(self, entry_id: int) -> OutboxEntry | None: ...
@@ -329,15 +481,35 @@ class OutboxStore(abc.ABC):
     async def get_by_request_id(self, request_id: str) -> OutboxEntry | None: ...
 
     @abc.abstractmethod
-    async def list_dead(self, limit: int = 100) -> list[OutboxEntry]:
-        """Dead letters, oldest first."""
+    async def list(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel_id: str | None = None,
+        peer_id: str | None = None,
+        limit: int = 100,
+        before: Page | None = None,
+    ) -> list[OutboxEntry]:
+        """Deliveries, newest first (by creation, then id), filtered, from `before` on."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[DeliveryState, int]:
+        """How many deliveries are `queued`, `sending`, `deferred` and `dead` (sent ones are not counted)."""
 
     @abc.abstractmethod
     async def pending_count(self) -> int: ...
 
     @abc.abstractmethod
+    async def peer_window(self, channel_id: str, peer_id: str) -> PeerWindow | None:
+        """The peer's reply window (None: the peer never wrote, or long ago)."""
+
+    @abc.abstractmethod
+    async def recent_calls(self, since: float) -> _PeerCalls:
+        """`message.send` calls started at `since` or later that the store remembers (for the budgets)."""
+
+    @abc.abstractmethod
     async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
-        """Remove `sent` entries last updated `retention` seconds ago or more; count."""
+        """Remove `sent` entries (and peers' reply windows) last updated `retention` seconds ago or more; count."""
 
 
 # ---------------------------------------------------------------- pipeline: steps that span areas
@@ -350,6 +522,14 @@ class Delivery(msgspec.Struct, frozen=True):
     request_id: str
     payload: dict[str, Any]
     conversation: str | None = None  # default: `outbox_conversation(request_id)`
+    peer_id: str | None = None  # default: the payload's `target.peerId`
+
+
+def payload_peer_id(payload: dict[str, Any]) -> str:
+    """The peer a SendRequest payload goes to (`target.peerId`), '' when it names none."""
+    target = payload.get("target")
+    peer = target.get("peerId") if isinstance(target, dict) else None
+    return peer if isinstance(peer, str) else ""
 
 
 class PipelineStore(abc.ABC):

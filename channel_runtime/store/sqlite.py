@@ -29,6 +29,7 @@ import msgspec
 from plugin_host.clock import Clock
 from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES
 
+from ..budget import DeferReason, PeerWindow
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
 from .base import (
@@ -42,8 +43,10 @@ from .base import (
     ConnectionStore,
     ConnectorSessionRecord,
     ConnectorSessionStore,
+    DeadReason,
     DedupeRecord,
     Delivery,
+    DeliveryState,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -51,12 +54,15 @@ from .base import (
     NotFoundError,
     OutboxEntry,
     OutboxStore,
+    Page,
+    PeerCall,
     PipelineStore,
     PluginStateStore,
     StateLimitError,
     Store,
     StoreError,
     check_connection_status,
+    check_defer_reason,
     check_session_status,
     clean_view,
     decide_begin,
@@ -65,6 +71,7 @@ from .base import (
     new_connection_id,
     new_session_id,
     outbox_conversation,
+    payload_peer_id,
     require_cipher,
 )
 
@@ -189,6 +196,47 @@ MIGRATIONS: list[tuple[str, ...]] = [
             scope TEXT NOT NULL,
             keys INTEGER NOT NULL,
             PRIMARY KEY (plugin_id, scope)
+        ) WITHOUT ROWID""",
+    ),
+    # deliveries tell the truth (SPEC 6.4): deferral, reasons, attempts and sent times; the
+    # peers' reply windows; claims walk an index ordered by due time, so a delivery deferred
+    # far ahead (until an event or its TTL) is never read while it waits
+    (
+        "ALTER TABLE outbox ADD COLUMN peer_id TEXT NOT NULL DEFAULT ''",
+        "UPDATE outbox SET peer_id = COALESCE(json_extract(payload, '$.target.peerId'), '')",
+        "ALTER TABLE outbox ADD COLUMN defer_reason TEXT",
+        "ALTER TABLE outbox ADD COLUMN deferred_at REAL",
+        "ALTER TABLE outbox ADD COLUMN reason TEXT",
+        "ALTER TABLE outbox ADD COLUMN provider_message_id TEXT",
+        "ALTER TABLE outbox ADD COLUMN sent_at REAL",
+        "ALTER TABLE outbox ADD COLUMN first_attempt_at REAL",
+        "ALTER TABLE outbox ADD COLUMN last_attempt_at REAL",
+        "UPDATE outbox SET provider_message_id = json_extract(result, '$.providerMessageId'), sent_at = updated_at"
+        " WHERE status = 'sent'",
+        "UPDATE outbox SET reason = 'failed' WHERE status = 'dead'",
+        "ALTER TABLE inbox ADD COLUMN peer_id TEXT NOT NULL DEFAULT ''",
+        "UPDATE inbox SET peer_id = COALESCE(json_extract(payload, '$.peerId'), '')",
+        "ALTER TABLE inbox ADD COLUMN reason TEXT",
+        "UPDATE inbox SET reason = 'failed' WHERE status = 'dead'",
+        *(
+            statement
+            for table in ("inbox", "outbox")
+            for statement in (
+                f"DROP INDEX {table}_heads",
+                f"CREATE INDEX {table}_due ON {table} (next_attempt_at, id) WHERE head = 1 AND status = 'pending'",
+                f"CREATE INDEX {table}_lapsing ON {table} (claimed_until) WHERE status = 'claimed'",
+            )
+        ),
+        "CREATE INDEX outbox_created ON outbox (created_at, id)",
+        "CREATE INDEX outbox_deferred ON outbox (channel_id, peer_id, defer_reason) WHERE defer_reason IS NOT NULL",
+        # one row per peer that wrote: when, replies sent since, and whether the platform closed the window
+        """CREATE TABLE peers (
+            channel_id TEXT NOT NULL,
+            peer_id TEXT NOT NULL,
+            last_inbound_at REAL,
+            replies INTEGER NOT NULL DEFAULT 0,
+            closed INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (channel_id, peer_id)
         ) WITHOUT ROWID""",
     ),
 ]
@@ -474,15 +522,19 @@ class SqliteMessageDedupe(MessageDedupeStore):
 # ---------------------------------------------------------------- queues
 
 _LIVE = "status IN ('pending', 'claimed')"  # spelled as in the partial indexes, so the planner uses them
+_NEWER_FIRST = "ORDER BY created_at DESC, id DESC"
+_BEFORE = "(created_at, id) < (?, ?)"  # a row value: standard SQL, and the order of the listing
 
 
 class _Queue:
     """Inbox and outbox share one table layout and one claim/retry/dead-letter logic.
 
-    Invariant: `head = 1` on exactly the earliest live entry of each conversation.
-    `add` sets it on an entry that starts a conversation; whatever finishes an
-    entry (ack, sent, dead) hands it on with `promote`. A claim then walks the
-    `{table}_heads` index in id order and stops at `limit`.
+    Invariant: `head = 1` on exactly one live entry of each conversation that has
+    live entries: its earliest, except after a `revive`, which joins a busy
+    conversation behind its head. `add` sets it on an entry that starts a
+    conversation; whatever finishes an entry (ack, sent, dead) hands it on with
+    `promote` (to the earliest live entry). A claim walks the `{table}_due` index
+    (pending heads by due time) and stops at `limit` or at the first head not due.
     """
 
     def __init__(self, db: Database, clock: Clock, table: str, lease: float) -> None:
@@ -492,20 +544,30 @@ class _Queue:
         self.lease = lease
         t = table
         self._insert = (
-            f"INSERT INTO {t} (channel_id, conversation, item_key, payload, status, attempts, next_attempt_at,"
-            " created_at, updated_at, head) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5,"
+            f"INSERT INTO {t} (channel_id, conversation, item_key, payload, peer_id, status, attempts,"
+            " next_attempt_at, created_at, updated_at, head) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6,"
             f" NOT EXISTS (SELECT 1 FROM {t} WHERE channel_id = ?1 AND conversation = ?2 AND {_LIVE}))"
         )
-        self._claim = (
-            f"UPDATE {t} SET status = 'claimed', claimed_until = ?1, attempts = attempts + 1, updated_at = ?2"
-            f" WHERE id IN (SELECT id FROM {t} WHERE head = 1"
-            "  AND ((status = 'pending' AND next_attempt_at <= ?2) OR (status = 'claimed' AND claimed_until <= ?2))"
-            "  ORDER BY id LIMIT ?3)"
-            " RETURNING *"
+        claim = f"UPDATE {t} SET status = 'claimed', claimed_until = ?1, attempts = attempts + 1, updated_at = ?2"
+        # two index walks: claims whose holder vanished (rare), then due heads, earliest first
+        self._claim_lapsed = (
+            f"{claim} WHERE id IN (SELECT id FROM {t} WHERE status = 'claimed' AND claimed_until <= ?2"
+            " ORDER BY claimed_until LIMIT ?3) RETURNING *"
+        )
+        self._claim_due = (
+            f"{claim} WHERE id IN (SELECT id FROM {t} WHERE head = 1 AND status = 'pending'"
+            " AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3) RETURNING *"
         )
         self._promote = (
             f"UPDATE {t} SET head = 1 WHERE id = (SELECT id FROM {t}"
             f" WHERE channel_id = ? AND conversation = ? AND {_LIVE} ORDER BY id LIMIT 1) AND head = 0"
+        )
+        self._revive = (
+            f"UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = ?1, claimed_until = NULL,"
+            " reason = NULL, updated_at = ?1{extra},"
+            f" head = NOT EXISTS (SELECT 1 FROM {t} AS other WHERE other.channel_id = {t}.channel_id"
+            f" AND other.conversation = {t}.conversation AND other.status IN ('pending', 'claimed'))"
+            " WHERE id = ?2 AND status = 'dead' RETURNING *"
         )
 
     def add(
@@ -515,13 +577,14 @@ class _Queue:
         conversation: str,
         key: str,
         payload: str,
+        peer_id: str,
         now: float,
         *,
         unique: bool = False,
     ) -> int | None:
         """Insert a pending entry; its id, or None when `unique` and `key` is already known."""
         sql = (self._insert + " ON CONFLICT (item_key) DO NOTHING") if unique else self._insert
-        cur = conn.execute(sql, (channel_id, conversation, key, payload, now))
+        cur = conn.execute(sql, (channel_id, conversation, key, payload, peer_id, now))
         return cur.lastrowid if cur.rowcount > 0 else None
 
     def promote(self, conn: sqlite3.Connection, channel_id: str, conversation: str) -> None:
@@ -532,8 +595,17 @@ class _Queue:
         now = self.clock.time()
         until = now + (self.lease if lease is None else lease)
         with self.db.write() as conn:
-            rows = conn.execute(self._claim, (until, now, limit)).fetchall()
+            rows = conn.execute(self._claim_lapsed, (until, now, limit)).fetchall()
+            if len(rows) < limit:
+                rows += conn.execute(self._claim_due, (until, now, limit - len(rows))).fetchall()
         return sorted(rows, key=lambda r: r["id"])
+
+    def next_due(self) -> float | None:
+        t = self.table
+        due = self.db.one(f"SELECT MIN(next_attempt_at) FROM {t} WHERE head = 1 AND status = 'pending'")
+        lapse = self.db.one(f"SELECT MIN(claimed_until) FROM {t} WHERE status = 'claimed'")
+        times = [float(r[0]) for r in (due, lapse) if r is not None and r[0] is not None]
+        return min(times) if times else None
 
     def release(self) -> int:
         with self.db.write() as conn:
@@ -543,37 +615,61 @@ class _Queue:
                 (self.clock.time(),),
             ).rowcount
 
-    def update_live(self, conn: sqlite3.Connection, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
-        """Change a live (pending or claimed) entry; False when it is unknown or already finished."""
-        row = conn.execute(
+    def update_live(
+        self, conn: sqlite3.Connection, entry_id: int, sql_set: str, params: Sequence[Any]
+    ) -> sqlite3.Row | None:
+        """Change a live (pending or claimed) entry; None when it is unknown or already finished."""
+        row: sqlite3.Row | None = conn.execute(
             f"UPDATE {self.table} SET {sql_set}, updated_at = ? WHERE id = ? AND {_LIVE}"
-            " RETURNING channel_id, conversation, status",
+            " RETURNING channel_id, conversation, peer_id, status",
             (*params, self.clock.time(), entry_id),
         ).fetchone()
-        if row is None:
-            return False
-        if row["status"] not in ("pending", "claimed"):
+        if row is not None and row["status"] not in ("pending", "claimed"):
             self.promote(conn, row["channel_id"], row["conversation"])
-        return True
+        return row
 
     def finish(self, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
         with self.db.write() as conn:
-            return self.update_live(conn, entry_id, sql_set, params)
+            return self.update_live(conn, entry_id, sql_set, params) is not None
 
-    def retry(self, entry_id: int, error: str, delay: float) -> bool:
+    def retry(self, entry_id: int, error: str, delay: float, attempt: str = "", params: Sequence[Any] = ()) -> bool:
         due = self.clock.time() + max(0.0, delay)
         return self.finish(
-            entry_id, "status = 'pending', claimed_until = NULL, last_error = ?, next_attempt_at = ?", (error, due)
+            entry_id,
+            f"status = 'pending', claimed_until = NULL, last_error = ?, next_attempt_at = ?{attempt}",
+            (error, due, *params),
         )
 
-    def dead_letter(self, entry_id: int, error: str) -> bool:
-        return self.finish(entry_id, "status = 'dead', head = 0, claimed_until = NULL, last_error = ?", (error,))
+    def dead_letter(
+        self, entry_id: int, error: str, reason: DeadReason, attempt: str = "", params: Sequence[Any] = ()
+    ) -> bool:
+        return self.finish(
+            entry_id,
+            f"status = 'dead', head = 0, claimed_until = NULL, last_error = ?, reason = ?{attempt}",
+            (error, reason, *params),
+        )
+
+    def revive(self, entry_id: int, extra: str = "") -> sqlite3.Row | None:
+        with self.db.write() as conn:
+            row: sqlite3.Row | None = conn.execute(
+                self._revive.format(extra=extra), (self.clock.time(), entry_id)
+            ).fetchone()
+        return row
+
+    def discard(self, entry_id: int) -> bool:
+        with self.db.write() as conn:
+            return conn.execute(f"DELETE FROM {self.table} WHERE id = ? AND status = 'dead'", (entry_id,)).rowcount > 0
 
     def get(self, entry_id: int) -> sqlite3.Row | None:
         return self.db.one(f"SELECT * FROM {self.table} WHERE id = ?", (entry_id,))
 
-    def dead(self, limit: int) -> list[sqlite3.Row]:
-        return self.db.all(f"SELECT * FROM {self.table} WHERE status = 'dead' ORDER BY id LIMIT ?", (limit,))
+    def listing(self, where: list[str], params: list[Any], limit: int, before: Page | None) -> list[sqlite3.Row]:
+        """Rows matching every `where` fragment (ours, never input), newest first, from `before` on."""
+        if before is not None:
+            where = [*where, _BEFORE]
+            params = [*params, before.created_at, before.id]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self.db.all(f"SELECT * FROM {self.table}{clause} {_NEWER_FIRST} LIMIT ?", (*params, max(0, limit)))
 
     def pending_count(self) -> int:
         row = self.db.one(f"SELECT COUNT(*) FROM {self.table} WHERE {_LIVE}")
@@ -593,6 +689,7 @@ def _inbox_entry(row: sqlite3.Row) -> InboxEntry:
         last_error=row["last_error"],
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+        reason=row["reason"],
     )
 
 
@@ -611,7 +708,30 @@ def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
         result=_unjson(row["result"]),
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+        peer_id=row["peer_id"],
+        defer_reason=row["defer_reason"],
+        deferred_at=_float_or_none(row["deferred_at"]),
+        reason=row["reason"],
+        provider_message_id=row["provider_message_id"],
+        sent_at=_float_or_none(row["sent_at"]),
+        first_attempt_at=_float_or_none(row["first_attempt_at"]),
+        last_attempt_at=_float_or_none(row["last_attempt_at"]),
     )
+
+
+def _record_inbound(conn: sqlite3.Connection, channel_id: str, peer_id: str, now: float) -> int:
+    """The peer wrote: its reply window opens afresh, and its deliveries deferred for it are due now."""
+    conn.execute(
+        "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed) VALUES (?, ?, ?, 0, 0)"
+        " ON CONFLICT (channel_id, peer_id) DO UPDATE SET last_inbound_at = excluded.last_inbound_at,"
+        " replies = 0, closed = 0",
+        (channel_id, peer_id, now),
+    )
+    return conn.execute(
+        "UPDATE outbox SET defer_reason = NULL, next_attempt_at = ?1, updated_at = ?1"
+        " WHERE channel_id = ?2 AND peer_id = ?3 AND defer_reason = 'reply_window' AND status = 'pending'",
+        (now, channel_id, peer_id),
+    ).rowcount
 
 
 class SqliteInbox(InboxStore):
@@ -623,8 +743,11 @@ class SqliteInbox(InboxStore):
         if _seen_or_mark(conn, message.channel_id, message.message_id, now):
             return None
         session_id = message.session_id
-        entry_id = self._queue.add(conn, message.channel_id, session_id, message.message_id, _json(message), now)
+        entry_id = self._queue.add(
+            conn, message.channel_id, session_id, message.message_id, _json(message), message.peer_id, now
+        )
         assert entry_id is not None
+        _record_inbound(conn, message.channel_id, message.peer_id, now)
         # built from what was written: no read-back, no second decode
         return InboxEntry(
             id=entry_id,
@@ -661,6 +784,9 @@ class SqliteInbox(InboxStore):
     async def release_claims(self) -> int:
         return self._queue.release()
 
+    async def next_due(self) -> float | None:
+        return self._queue.next_due()
+
     async def ack(self, entry_id: int) -> bool:
         with self._queue.db.write() as conn:
             return self.ack_in(conn, entry_id)
@@ -668,18 +794,59 @@ class SqliteInbox(InboxStore):
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
         return self._queue.retry(entry_id, error, delay)
 
-    async def dead_letter(self, entry_id: int, error: str) -> bool:
-        return self._queue.dead_letter(entry_id, error)
+    async def dead_letter(self, entry_id: int, error: str, *, reason: DeadReason = "failed") -> bool:
+        return self._queue.dead_letter(entry_id, error, reason)
 
     async def get(self, entry_id: int) -> InboxEntry | None:
         row = self._queue.get(entry_id)
         return None if row is None else _inbox_entry(row)
 
-    async def list_dead(self, limit: int = 100) -> list[InboxEntry]:
-        return [_inbox_entry(r) for r in self._queue.dead(limit)]
+    async def list_dead(
+        self,
+        limit: int = 100,
+        *,
+        channel_id: str | None = None,
+        peer_id: str | None = None,
+        before: Page | None = None,
+    ) -> list[InboxEntry]:
+        where, params = _filters(channel_id, peer_id)
+        rows = self._queue.listing(["status = 'dead'", *where], params, limit, before)
+        return [_inbox_entry(r) for r in rows]
+
+    async def revive(self, entry_id: int) -> InboxEntry | None:
+        row = self._queue.revive(entry_id)
+        return None if row is None else _inbox_entry(row)
+
+    async def discard(self, entry_id: int) -> bool:
+        return self._queue.discard(entry_id)
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
+
+
+def _filters(channel_id: str | None, peer_id: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("channel_id", channel_id), ("peer_id", peer_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return where, params
+
+
+# the public states of SPEC 6.4 over the stored columns
+_STATE_WHERE: dict[str, str] = {
+    "queued": "status = 'pending' AND defer_reason IS NULL",
+    "deferred": "status = 'pending' AND defer_reason IS NOT NULL",
+    "sending": "status = 'claimed'",
+    "sent": "status = 'sent'",
+    "dead": "status = 'dead'",
+}
+# an attempt's times: the first one stays, the last one moves
+_ATTEMPT = ", first_attempt_at = COALESCE(first_attempt_at, ?), last_attempt_at = COALESCE(?, last_attempt_at)"
+
+
+_PeerCalls = list[PeerCall]  # named before the class whose `list` method shadows the builtin
 
 
 class SqliteOutbox(OutboxStore):
@@ -693,26 +860,33 @@ class SqliteOutbox(OutboxStore):
         request_id: str,
         payload: dict[str, Any],
         conversation: str | None,
+        peer_id: str | None,
         now: float,
-    ) -> bool:
+    ) -> int | None:
         """`enqueue` inside the caller's transaction."""
-        entry_id = self._queue.add(
+        return self._queue.add(
             conn,
             channel_id,
             conversation or outbox_conversation(request_id),
             request_id,
             _json(payload),
+            payload_peer_id(payload) if peer_id is None else peer_id,
             now,
             unique=True,
         )
-        return entry_id is not None
 
     async def enqueue(
-        self, channel_id: str, request_id: str, payload: dict[str, Any], *, conversation: str | None = None
-    ) -> bool:
+        self,
+        channel_id: str,
+        request_id: str,
+        payload: dict[str, Any],
+        *,
+        conversation: str | None = None,
+        peer_id: str | None = None,
+    ) -> int | None:
         q = self._queue
         with q.db.write() as conn:
-            return self.enqueue_in(conn, channel_id, request_id, payload, conversation, q.clock.time())
+            return self.enqueue_in(conn, channel_id, request_id, payload, conversation, peer_id, q.clock.time())
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]:
         return [_outbox_entry(r) for r in self._queue.claim(limit, lease)]
@@ -720,19 +894,134 @@ class SqliteOutbox(OutboxStore):
     async def release_claims(self) -> int:
         return self._queue.release()
 
-    async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
-        q, params = self._queue, (None if result is None else _json(result),)
-        return await q.db.batched(  # the dispatcher's deliveries finish together: share their commit
-            lambda conn: q.update_live(
-                conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, result = ?", params
-            )
+    async def next_due(self) -> float | None:
+        return self._queue.next_due()
+
+    async def mark_sent(
+        self, entry_id: int, result: dict[str, Any] | None = None, *, attempted_at: float | None = None
+    ) -> bool:
+        q = self._queue
+        provider_id = result.get("providerMessageId") if isinstance(result, dict) else None
+        params = (
+            None if result is None else _json(result),
+            provider_id if isinstance(provider_id, str) else None,
+            q.clock.time(),
+            attempted_at,
+            attempted_at,
         )
 
-    async def retry(self, entry_id: int, error: str, delay: float) -> bool:
-        return self._queue.retry(entry_id, error, delay)
+        def sent(conn: sqlite3.Connection) -> bool:
+            row = q.update_live(
+                conn,
+                entry_id,
+                "status = 'sent', head = 0, claimed_until = NULL, defer_reason = NULL, result = ?,"
+                " provider_message_id = ?, sent_at = ?" + _ATTEMPT,
+                params,
+            )
+            if row is None:
+                return False
+            # one more reply in the peer's window (maxRepliesPerInbound), in the same transaction
+            conn.execute(
+                "UPDATE peers SET replies = replies + 1 WHERE channel_id = ? AND peer_id = ?",
+                (row["channel_id"], row["peer_id"]),
+            )
+            return True
 
-    async def dead_letter(self, entry_id: int, error: str) -> bool:
-        return self._queue.dead_letter(entry_id, error)
+        return await q.db.batched(sent)  # the dispatcher's deliveries finish together: share their commit
+
+    async def retry(self, entry_id: int, error: str, delay: float, *, attempted_at: float | None = None) -> bool:
+        return self._queue.retry(entry_id, error, delay, _ATTEMPT, (attempted_at, attempted_at))
+
+    async def defer(
+        self,
+        entry_id: int,
+        reason: DeferReason,
+        due: float,
+        *,
+        since: float,
+        error: str | None = None,
+        counted: bool = False,
+        attempted_at: float | None = None,
+    ) -> bool:
+        check_defer_reason(reason)
+        q = self._queue
+        now = q.clock.time()
+        with q.db.write() as conn:
+            row = conn.execute(
+                f"SELECT channel_id, peer_id FROM outbox WHERE id = ? AND {_LIVE}", (entry_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            missed = False
+            if reason == "reply_window":
+                peer = conn.execute(
+                    "SELECT last_inbound_at FROM peers WHERE channel_id = ? AND peer_id = ?",
+                    (row["channel_id"], row["peer_id"]),
+                ).fetchone()
+                missed = peer is not None and peer[0] is not None and float(peer[0]) > since
+                if attempted_at is not None and not missed:
+                    # the platform closed the window (-32016): it stays closed until the peer writes again
+                    conn.execute(
+                        "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed)"
+                        " VALUES (?, ?, NULL, 0, 1) ON CONFLICT (channel_id, peer_id) DO UPDATE SET closed = 1",
+                        (row["channel_id"], row["peer_id"]),
+                    )
+            return (
+                q.update_live(
+                    conn,
+                    entry_id,
+                    "status = 'pending', claimed_until = NULL, defer_reason = ?, next_attempt_at = ?,"
+                    " deferred_at = COALESCE(deferred_at, ?), last_error = COALESCE(?, last_error),"
+                    " attempts = attempts - ?" + _ATTEMPT,
+                    (
+                        None if missed else reason,
+                        now if missed else due,
+                        now,
+                        error,
+                        0 if counted else 1,
+                        attempted_at,
+                        attempted_at,
+                    ),
+                )
+                is not None
+            )
+
+    async def release(self, reason: DeferReason, *, channel_id: str | None = None, peer_id: str | None = None) -> int:
+        check_defer_reason(reason)
+        now = self._queue.clock.time()
+        where, params = _filters(channel_id, peer_id)
+        with self._queue.db.write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET defer_reason = NULL, next_attempt_at = ?, updated_at = ?"
+                f" WHERE {' AND '.join([*where, 'defer_reason = ?'])} AND status = 'pending'",
+                (now, now, *params, reason),
+            ).rowcount
+
+    async def release_entries(self, entry_ids: Sequence[int]) -> int:
+        if not entry_ids:
+            return 0
+        now = self._queue.clock.time()
+        marks = ", ".join("?" for _ in entry_ids)
+        with self._queue.db.write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET defer_reason = NULL, next_attempt_at = ?, updated_at = ?"
+                f" WHERE id IN ({marks}) AND defer_reason IS NOT NULL AND status = 'pending'",
+                (now, now, *entry_ids),
+            ).rowcount
+
+    async def dead_letter(
+        self, entry_id: int, error: str, *, reason: DeadReason = "failed", attempted_at: float | None = None
+    ) -> bool:
+        return self._queue.dead_letter(
+            entry_id, error, reason, ", defer_reason = NULL" + _ATTEMPT, (attempted_at, attempted_at)
+        )
+
+    async def revive(self, entry_id: int) -> OutboxEntry | None:
+        row = self._queue.revive(entry_id, ", defer_reason = NULL, deferred_at = NULL")
+        return None if row is None else _outbox_entry(row)
+
+    async def discard(self, entry_id: int) -> bool:
+        return self._queue.discard(entry_id)
 
     async def get(self, entry_id: int) -> OutboxEntry | None:
         row = self._queue.get(entry_id)
@@ -742,15 +1031,62 @@ class SqliteOutbox(OutboxStore):
         row = self._queue.db.one("SELECT * FROM outbox WHERE item_key = ?", (request_id,))
         return None if row is None else _outbox_entry(row)
 
-    async def list_dead(self, limit: int = 100) -> list[OutboxEntry]:
-        return [_outbox_entry(r) for r in self._queue.dead(limit)]
+    async def list(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel_id: str | None = None,
+        peer_id: str | None = None,
+        limit: int = 100,
+        before: Page | None = None,
+    ) -> list[OutboxEntry]:
+        where, params = _filters(channel_id, peer_id)
+        if state is not None:
+            if state not in _STATE_WHERE:
+                raise StoreError(f"unknown delivery state {state!r}; expected one of {sorted(_STATE_WHERE)}")
+            where.insert(0, _STATE_WHERE[state])
+        return [_outbox_entry(r) for r in self._queue.listing(where, params, limit, before)]
+
+    async def counts(self) -> dict[DeliveryState, int]:
+        counts: dict[DeliveryState, int] = {"queued": 0, "sending": 0, "deferred": 0, "dead": 0}
+        for row in self._queue.db.all(
+            "SELECT CASE WHEN status = 'claimed' THEN 'sending' WHEN defer_reason IS NULL THEN 'queued'"
+            f" ELSE 'deferred' END AS state, COUNT(*) AS n FROM outbox WHERE {_LIVE} GROUP BY 1"
+        ):
+            counts[row["state"]] = int(row["n"])
+        dead = self._queue.db.one("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
+        counts["dead"] = int(dead[0]) if dead is not None else 0
+        return counts
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
 
+    async def peer_window(self, channel_id: str, peer_id: str) -> PeerWindow | None:
+        row = self._queue.db.one(
+            "SELECT last_inbound_at, replies, closed FROM peers WHERE channel_id = ? AND peer_id = ?",
+            (channel_id, peer_id),
+        )
+        if row is None:
+            return None
+        return PeerWindow(_float_or_none(row["last_inbound_at"]), int(row["replies"]), bool(row["closed"]))
+
+    async def recent_calls(self, since: float) -> _PeerCalls:
+        rows = self._queue.db.all(
+            "SELECT channel_id, peer_id, last_attempt_at FROM outbox"
+            " WHERE status = 'sent' AND updated_at >= ?1 AND last_attempt_at >= ?1"
+            f" UNION ALL SELECT channel_id, peer_id, last_attempt_at FROM outbox WHERE {_LIVE}"
+            " AND last_attempt_at >= ?1"
+            " UNION ALL SELECT channel_id, peer_id, last_attempt_at FROM outbox WHERE status = 'dead'"
+            " AND last_attempt_at >= ?1",
+            (since,),
+        )
+        calls = [PeerCall(r["channel_id"], r["peer_id"], float(r["last_attempt_at"])) for r in rows]
+        return sorted(calls, key=lambda c: c.at)
+
     async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
         cutoff = self._queue.clock.time() - retention
         with self._queue.db.write() as conn:
+            conn.execute("DELETE FROM peers WHERE last_inbound_at IS NULL OR last_inbound_at <= ?", (cutoff,))
             return conn.execute("DELETE FROM outbox WHERE status = 'sent' AND updated_at <= ?", (cutoff,)).rowcount
 
 
@@ -817,7 +1153,8 @@ class SqlitePipeline(PipelineStore):
                 return None
             now = self._clock.time()
             return [
-                self._outbox.enqueue_in(conn, d.channel_id, d.request_id, d.payload, d.conversation, now)
+                self._outbox.enqueue_in(conn, d.channel_id, d.request_id, d.payload, d.conversation, d.peer_id, now)
+                is not None
                 for d in deliveries
             ]
 

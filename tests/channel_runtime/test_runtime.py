@@ -247,19 +247,22 @@ async def test_outbox_retries_with_the_same_request_id_and_honours_retry_after()
             return SendResult(provider_message_id="p1")
 
         channel.on_send = flaky
-        request_id = await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1"))
-        assert request_id == "out_a:memory:dm:u:x1"
-        await eventually(lambda: len(channel.sent) == 1)
+        delivery_id = await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1"))
+        request_id = "out_a:memory:dm:u:x1"
+        done = await rt.wait_delivery(delivery_id, timeout=10)
+        assert done.state == "sent" and done.provider_message_id == "p1" and done.request_id == request_id
         assert attempts == [request_id] * 3
+        # -32010 waits without counting an attempt; the network error counts
+        assert done.attempts == 2 and done.sent_at is not None and done.first_attempt_at is not None
         entry = await rt.store.outbox.get_by_request_id(request_id)
         assert (
             entry is not None
             and entry.status == "sent"
             and entry.result == {"duplicate": False, "providerMessageId": "p1"}
         )
-        # sending the same message again is idempotent: nothing new is delivered
+        # sending the same message again is idempotent: nothing new is delivered, the same delivery answers
         assert (
-            await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1")) == request_id
+            await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1")) == delivery_id
         )
         await anyio.sleep(0.1)
         assert len(attempts) == 3
@@ -277,10 +280,10 @@ async def test_outbox_dead_letters_after_the_last_attempt():
         await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="x"))
 
         async def dead() -> bool:
-            return len(await rt.store.outbox.list_dead()) == 1
+            return len(await rt.store.outbox.list(state="dead")) == 1
 
         await eventually(dead)
-        [entry] = await rt.store.outbox.list_dead()
+        [entry] = await rt.store.outbox.list(state="dead")
         assert entry.attempts == 3 and "down" in (entry.last_error or "")
 
 
@@ -403,13 +406,11 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
             )
             await rt.add_channel("side", config)
             assert "sidecar-token-123" not in repr(rt.channel_configs["side"])
-            request_id = await rt.send(OutboundMessage(channel_id="side", peer_id="u9", content="yo"))
-
-            async def sent() -> bool:
-                entry = await rt.store.outbox.get_by_request_id(request_id)
-                return entry is not None and entry.status == "sent"
-
-            await eventually(sent)
+            delivery_id = await rt.send(OutboundMessage(channel_id="side", peer_id="u9", content="yo"))
+            done = await rt.wait_delivery(delivery_id, timeout=15)
+            assert done.state == "sent" and done.provider_message_id == "side-1"
+            assert done.attempts == 1  # the 409 waited without counting an attempt
+            request_id = done.request_id
         server.should_exit = True
     assert [auth for auth, _ in received] == ["Bearer sidecar-token-123"] * 2
     assert [body["requestId"] for _, body in received] == [request_id] * 2

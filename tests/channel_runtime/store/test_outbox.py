@@ -34,8 +34,9 @@ def test_default_conversation_is_the_request_id_without_its_last_part() -> None:
 async def test_enqueue_is_idempotent_by_request_id(url: str, clock: FakeClock) -> None:
     async with await open_store(url, clock=clock) as store:
         rid = request_id("wx_a", "hello")
-        assert await store.outbox.enqueue("ch1", rid, payload("hello")) is True
-        assert await store.outbox.enqueue("ch1", rid, payload("something else")) is False
+        first = await store.outbox.enqueue("ch1", rid, payload("hello"))
+        assert isinstance(first, int)
+        assert await store.outbox.enqueue("ch1", rid, payload("something else")) is None
         assert await store.outbox.pending_count() == 1
         entry = await store.outbox.get_by_request_id(rid)
         assert entry is not None
@@ -44,10 +45,12 @@ async def test_enqueue_is_idempotent_by_request_id(url: str, clock: FakeClock) -
 
         [claimed] = await store.outbox.claim_ready()
         assert await store.outbox.mark_sent(claimed.id, {"providerMessageId": "p1", "duplicate": False})
-        assert await store.outbox.enqueue("ch1", rid, payload("hello")) is False  # sent stays known
+        assert await store.outbox.enqueue("ch1", rid, payload("hello")) is None  # sent stays known
         sent = await store.outbox.get(claimed.id)
         assert sent is not None and sent.status == "sent"
         assert sent.result == {"providerMessageId": "p1", "duplicate": False}
+        assert sent.id == first and sent.state == "sent" and sent.provider_message_id == "p1"
+        assert sent.sent_at == clock.time()
         assert await store.outbox.pending_count() == 0
         assert await store.outbox.claim_ready() == []
 
@@ -99,7 +102,7 @@ async def test_retry_with_delay_then_dead_letter(url: str, clock: FakeClock) -> 
         assert again.id == entry.id and again.attempts == 2 and again.last_error == "-32010 in progress"
         assert again.request_id == entry.request_id  # retries reuse the request id
         assert await store.outbox.dead_letter(again.id, "plugin unavailable")
-        [dead] = await store.outbox.list_dead()
+        [dead] = await store.outbox.list(state="dead")
         assert dead.id == entry.id and dead.status == "dead" and dead.last_error == "plugin unavailable"
         assert dead.payload == payload("1")
         assert contents(await store.outbox.claim_ready()) == ["2"]
@@ -127,7 +130,7 @@ async def test_unsent_deliveries_survive_a_crash(tmp_path: Path, clock: FakeCloc
     await store.aclose()  # "crash" while sending r1
 
     async with await open_store(url, clock=clock) as store:
-        assert await store.outbox.enqueue("ch1", "r1", payload("1")) is False
+        assert await store.outbox.enqueue("ch1", "r1", payload("1")) is None
         assert await store.outbox.claim_ready() == []
         clock.advance(DEFAULT_LEASE)
         [again] = await store.outbox.claim_ready()
@@ -161,4 +164,4 @@ async def test_prune_removes_old_sent_entries_only(url: str, clock: FakeClock) -
         assert await store.outbox.prune(retention=100) == 1
         assert await store.outbox.get_by_request_id("sent") is None
         assert await store.outbox.get_by_request_id("dead") is not None
-        assert await store.outbox.enqueue("ch1", "sent", payload("s")) is True
+        assert await store.outbox.enqueue("ch1", "sent", payload("s")) is not None
