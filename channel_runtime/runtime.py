@@ -773,6 +773,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             reason = failure.defer
             first = entry.deferred_at if entry.deferred_at is not None else now
             if now >= first + self.defer_ttl:
+                if reason == "reply_window":  # what the platform said holds for the peer's next deliveries too
+                    await store.outbox.defer(
+                        entry.id, reason, now, since=attempted_at or now, attempted_at=attempted_at
+                    )
                 await self._dead(entry, error, "expired", attempted_at)
                 return
             due = first + self.defer_ttl
