@@ -14,10 +14,10 @@ from plugin_host.host import PluginHost
 
 from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
-from .metrics import metrics_endpoint, metrics_registry
+from .metrics import add_runtime_metrics, metrics_endpoint, metrics_registry
 from .openapi import openapi_json
 from .page import admin_page
-from .routes import bridge, channels, connectors, health, onboarding, plugins
+from .routes import bridge, channels, connectors, deliveries, events, health, onboarding, plugins
 
 if TYPE_CHECKING:
     from channel_runtime.settings import Settings
@@ -63,6 +63,8 @@ def create_app(
             if runtime is not None:
                 await runtime.stop()
 
+    registry = metrics_registry(_snapshots(host))
+    refresh = add_runtime_metrics(registry, runtime) if runtime is not None else None
     routes: list[BaseRoute] = [
         # the hot paths first: Starlette tries routes in order
         *bridge.routes,
@@ -70,9 +72,11 @@ def create_app(
         *connectors.routes,
         *onboarding.routes,
         *channels.routes,
+        *deliveries.routes,
+        *events.routes,
         *extra_routes,
         *health.routes,
-        Route("/metrics", metrics_endpoint(metrics_registry(_snapshots(host))), methods=["GET"]),
+        Route("/metrics", metrics_endpoint(registry, refresh), methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/admin", admin_page, methods=["GET"]),
     ]

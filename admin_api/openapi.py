@@ -281,6 +281,80 @@ def _plugin_action(summary: str, op_id: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
+_DELIVERY_STATES = ["queued", "sending", "sent", "deferred", "dead"]
+_DELIVERY_ID = {
+    "name": "delivery_id",
+    "in": "path",
+    "required": True,
+    "description": "out-{n} (outbox) or in-{n} (inbox dead letter)",
+    "schema": {"type": "string", "pattern": "^(out|in)-[0-9]{1,18}$"},
+}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+# a delivery as the API shows it (channel_runtime.deliveries.DeliveryView); times are epoch seconds
+_DELIVERY: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id",
+        "direction",
+        "state",
+        "reason",
+        "channelId",
+        "peerId",
+        "conversation",
+        "requestId",
+        "messageId",
+        "content",
+        "target",
+        "attempts",
+        "lastError",
+        "createdAt",
+        "updatedAt",
+        "nextAttemptAt",
+        "deferredAt",
+        "expiresAt",
+        "firstAttemptAt",
+        "lastAttemptAt",
+        "sentAt",
+        "providerMessageId",
+    ],
+    "properties": {
+        "id": {"type": "string", "pattern": "^(out|in)-[0-9]+$"},
+        "direction": {"type": "string", "enum": ["outbound", "inbound"]},
+        "state": {"type": "string", "enum": _DELIVERY_STATES},
+        "reason": {
+            "type": ["string", "null"],
+            "description": "deferred: rate_budget, reply_window, not_connected, retry_after;"
+            " dead: failed, undeliverable, refused, expired",
+        },
+        "channelId": {"type": "string"},
+        "peerId": {"type": "string"},
+        "conversation": {"type": "string"},
+        "requestId": {**_NULLABLE_STRING, "description": "outbound: the stable requestId (SPEC 6.4)"},
+        "messageId": {**_NULLABLE_STRING, "description": "inbound: the platform's message id"},
+        "content": {"type": "string"},
+        "target": {"type": ["object", "null"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "lastError": _NULLABLE_STRING,
+        "createdAt": {"type": "number"},
+        "updatedAt": {"type": "number"},
+        "nextAttemptAt": _NULLABLE_NUMBER,
+        "deferredAt": _NULLABLE_NUMBER,
+        "expiresAt": _NULLABLE_NUMBER,
+        "firstAttemptAt": _NULLABLE_NUMBER,
+        "lastAttemptAt": _NULLABLE_NUMBER,
+        "sentAt": _NULLABLE_NUMBER,
+        "providerMessageId": _NULLABLE_STRING,
+    },
+}
+
 _PATHS: dict[str, Any] = {
     "/api/plugins": {
         "get": {
@@ -526,16 +600,127 @@ _PATHS: dict[str, Any] = {
     },
     "/api/deliveries": {
         "get": {
-            "summary": "Outbox and inbox dead letters",
+            "summary": "Outbox deliveries in every state and inbox dead letters, newest first",
+            "description": "Paged: at most `limit` deliveries; when more follow, the `X-Next-Cursor` response"
+            " header holds the opaque `cursor` of the next page.",
             "operationId": "listDeliveries",
-            "tags": ["channels"],
+            "tags": ["deliveries"],
             "parameters": [
-                {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": ["failed"]}}
+                _query("status", {"type": "string", "enum": [*_DELIVERY_STATES, "failed"]}, "failed = dead"),
+                _query("channelId", {"type": "string", "maxLength": 512}),
+                _query("peerId", {"type": "string", "maxLength": 512}),
+                _query("direction", {"type": "string", "enum": ["outbound", "inbound"]}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "default 50"),
+                _query("cursor", {"type": "string", "maxLength": 512}, "from X-Next-Cursor"),
             ],
             "responses": {
-                "200": _json({"type": "array", "items": {"type": "object"}}, "Dead letters"),
-                "400": _error("Unknown status"),
+                "200": {
+                    **_json({"type": "array", "items": _DELIVERY}, "Deliveries"),
+                    "headers": {
+                        "X-Next-Cursor": {
+                            "description": "cursor of the next page (absent on the last one)",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
+                "400": _error("An unknown status, direction, limit or cursor"),
                 "401": _ERRORS["401"],
+                "503": _error("The channel runtime is not running"),
+            },
+        }
+    },
+    "/api/deliveries/{delivery_id}": {
+        "get": {
+            "summary": "One delivery",
+            "operationId": "getDelivery",
+            "tags": ["deliveries"],
+            "parameters": [_DELIVERY_ID],
+            "responses": {
+                "200": _json(_DELIVERY, "The delivery"),
+                "401": _ERRORS["401"],
+                "404": _error("No such delivery"),
+            },
+        },
+        "delete": {
+            "summary": "Discard a dead delivery (its requestId is forgotten)",
+            "operationId": "discardDelivery",
+            "tags": ["deliveries"],
+            "parameters": [_DELIVERY_ID],
+            "responses": {
+                "204": {"description": "Discarded"},
+                "401": _ERRORS["401"],
+                "404": _error("No such delivery"),
+                "409": _error("The delivery is not dead"),
+            },
+        },
+    },
+    "/api/deliveries/{delivery_id}/retry": {
+        "post": {
+            "summary": "Send a dead delivery again, with the same requestId (an inbox dead letter: run the handler)",
+            "operationId": "retryDelivery",
+            "tags": ["deliveries"],
+            "parameters": [_DELIVERY_ID],
+            "responses": {
+                "200": _json(_DELIVERY, "The delivery, queued again"),
+                "401": _ERRORS["401"],
+                "404": _error("No such delivery"),
+                "409": _error("The delivery is not dead"),
+            },
+        }
+    },
+    "/api/connections/{connection_id}/relogin": {
+        "post": {
+            "summary": "Start a new connector session for the same connection (an expired account)",
+            "description": "Optional body `{displayName, options}` (default: the connection's). The deliveries"
+            " that waited for the account go out once the session is connected.",
+            "operationId": "reloginConnection",
+            "tags": ["connections"],
+            "parameters": [_CONNECTION_ID],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"displayName": {"type": "string"}, "options": {"type": "object"}},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(_ref("ConnectorSession"), "Session started"),
+                "400": _error("The body is not a JSON object"),
+                "413": _error("The body is larger than 1 MiB"),
+                "422": _error("A field is invalid"),
+                "401": _ERRORS["401"],
+                "404": _error("No such connection"),
+                "409": _error("The connection was logged out"),
+                "502": _error("The plugin could not start the session"),
+                "503": _error("The plugin is unavailable"),
+            },
+        }
+    },
+    "/api/events": {
+        "get": {
+            "summary": "Server-Sent Events of host changes (plugin state, connection status, channel state,"
+            " deliveries deferred and dead-lettered)",
+            "description": "Frames `id: {run}-{n}`, `event: {type}`, `data: {time, ...}`; types: plugin.state,"
+            " connection.status, channel.state, delivery.deferred, delivery.dead, delivery.retried,"
+            " delivery.discarded, reset. Resume with the `Last-Event-ID` header; a heartbeat comment every 15 s;"
+            " a reader too slow to keep up is dropped (reconnect to resume).",
+            "operationId": "hostEvents",
+            "tags": ["events"],
+            "parameters": [
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+                _query("lastEventId", {"type": "string", "maxLength": 64}, "for clients that cannot set headers"),
+            ],
+            "responses": {
+                "200": {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "401": _ERRORS["401"],
+                "503": _error("Too many subscribers, or the channel runtime is not running"),
             },
         }
     },

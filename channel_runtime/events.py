@@ -107,13 +107,7 @@ class EventHub:
         The stream ends when the subscriber falls `subscriber_buffer` events behind
         (dropped) or the hub closes. Raises TooManySubscribers (503) at the limit.
         """
-        if len(self._subscribers) >= self.max_subscribers:
-            raise TooManySubscribers(
-                "too_many_subscribers",
-                f"the host already streams events to {self.max_subscribers} subscribers; try again later",
-                status=503,
-                headers={"Retry-After": "5"},
-            )
+        self.check_capacity()
         missed = self.since(last_event_id)
         backlog = (
             [Event(f"{self.run}-{self._seq}", "reset", self._clock.time(), {"reason": "cannot_resume"})]
@@ -130,6 +124,16 @@ class EventHub:
             self._subscribers.discard(send)
             send.close()
             receive.close()
+
+    def check_capacity(self) -> None:
+        """TooManySubscribers (503) when every place is taken."""
+        if len(self._subscribers) >= self.max_subscribers:
+            raise TooManySubscribers(
+                "too_many_subscribers",
+                f"the host already streams events to {self.max_subscribers} subscribers; try again later",
+                status=503,
+                headers={"Retry-After": "5"},
+            )
 
     def _drop(self, stream: MemoryObjectSendStream[Event]) -> None:
         self._subscribers.discard(stream)

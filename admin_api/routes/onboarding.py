@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.routing import Route
 from channel_runtime.connections import ConnectionManager, public_options
 from plugin_host.protocol import TERMINAL_SESSION_STATUSES
 
-from ..body import read_object
+from ..body import JSON_LIMIT, read_body, read_object
 from ..errors import ApiError
 from ..redaction import redact_all
 
@@ -127,6 +128,32 @@ async def get_connection(request: Request) -> Response:
     )
 
 
+async def relogin(request: Request) -> Response:
+    """A new connector session for an existing (expired) connection: same connection and channel (SPEC 6.5)."""
+    raw = await read_body(request, JSON_LIMIT, "JSON body")
+    body = _optional_object(raw)
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError("invalid_field", "options must be an object", {"field": "options"}, status=422)
+    display_name = _string(body, "displayName") if "displayName" in body else None
+    view = await manager(request).relogin(request.path_params["connection_id"], display_name, options)
+    hidden = [v for k, v in (options or {}).items() if k not in public_options(options or {}) and isinstance(v, str)]
+    return _answer(request, _session(request, view), 201, hidden)
+
+
+def _optional_object(raw: bytes) -> dict[str, Any]:
+    """An optional JSON object body: {} when empty."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}", status=400) from None
+    if not isinstance(value, dict):
+        raise ApiError("invalid_json", "the body must be a JSON object", status=400)
+    return value
+
+
 async def logout(request: Request) -> Response:
     return _answer(request, _connection(request, await manager(request).logout(request.path_params["connection_id"])))
 
@@ -140,4 +167,5 @@ routes = [
     Route("/api/connections", list_connections, methods=["GET"]),
     Route("/api/connections/{connection_id}", get_connection, methods=["GET"]),
     Route("/api/connections/{connection_id}/logout", logout, methods=["POST"]),
+    Route("/api/connections/{connection_id}/relogin", relogin, methods=["POST"]),
 ]

@@ -300,6 +300,10 @@ class InboxStore(abc.ABC):
         """Dead letters, newest first (by creation, then id), filtered, from `before` on."""
 
     @abc.abstractmethod
+    async def dead_count(self) -> int:
+        """How many dead letters the inbox keeps."""
+
+    @abc.abstractmethod
     async def revive(self, entry_id: int) -> InboxEntry | None:
         """A dead letter back to pending (attempts from 0), due now; None unless it is dead."""
 

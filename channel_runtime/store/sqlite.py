@@ -813,6 +813,10 @@ class SqliteInbox(InboxStore):
         rows = self._queue.listing(["status = 'dead'", *where], params, limit, before)
         return [_inbox_entry(r) for r in rows]
 
+    async def dead_count(self) -> int:
+        row = self._queue.db.one("SELECT COUNT(*) FROM inbox WHERE status = 'dead'")
+        return int(row[0]) if row is not None else 0
+
     async def revive(self, entry_id: int) -> InboxEntry | None:
         row = self._queue.revive(entry_id)
         return None if row is None else _inbox_entry(row)

@@ -120,9 +120,14 @@ def _body(op: dict[str, Any]) -> st.SearchStrategy[tuple[str | None, bytes]]:
     return st.one_of(options)
 
 
+# an endless stream never completes through httpx's ASGI transport (it buffers whole answers);
+# tests/admin_api/test_events.py covers it through a real server
+_ENDLESS = {("/api/events", "get")}
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> dict[str, Any]:
-    path, method, op = draw(st.sampled_from(_operations()))
+    path, method, op = draw(st.sampled_from([o for o in _operations() if (o[0], o[1]) not in _ENDLESS]))
     url = path
     query: dict[str, str] = {}
     for param in op.get("parameters", []):
