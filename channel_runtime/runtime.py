@@ -580,10 +580,15 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         """A dead delivery goes again, with the same requestId (outbound) or through the handler (inbound)."""
         direction, entry_id = parse_delivery_id(delivery_id_)
         store = self.store
-        revived = await (store.outbox.revive(entry_id) if direction == "outbound" else store.inbox.revive(entry_id))
-        if revived is None:
+        view: DeliveryView | None = None
+        if direction == "outbound":
+            outgoing = await store.outbox.revive(entry_id)
+            view = None if outgoing is None else outbound_view(outgoing, defer_ttl=self.defer_ttl)
+        else:
+            incoming = await store.inbox.revive(entry_id)
+            view = None if incoming is None else inbound_view(incoming)
+        if view is None:
             await self._refuse_state(direction, entry_id, "retried")
-        view = await self._view(direction, entry_id)
         assert view is not None
         self._admin_event("delivery.retried", view)
         self.wake()

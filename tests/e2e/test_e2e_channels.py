@@ -165,7 +165,10 @@ async def test_onboarding_to_logout_end_to_end(stack: Stack, caplog: pytest.LogC
 
     # delivery while the plugin is down is retried with the same requestId once it is back
     assert (await s.client.post("/api/plugins/echo/disable")).status_code == 200
-    request_id = await s.runtime.send(OutboundMessage(channel_id=channel_id, peer_id="u2", content="later"))
+    delivery_id = await s.runtime.send(OutboundMessage(channel_id=channel_id, peer_id="u2", content="later"))
+    view = await s.runtime.delivery(delivery_id)
+    assert view is not None and view.request_id is not None
+    request_id = view.request_id
 
     async def failed_once() -> bool:
         entry = await s.runtime.store.outbox.get_by_request_id(request_id)
