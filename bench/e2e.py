@@ -16,13 +16,28 @@ in the outbox (the store file polled every 10 ms).
 Reference, measured in the same run and process: direct `message.send` calls to
 the same plugin process (`PluginHost.call`, 16 at a time), the plugin-side ceiling.
 
-Target: >= 1,000 messages/s sustained.
+Platform budgets (SPEC 6.4): two such services run side by side, measured in turn
+within each repeat: "off" installs the echo plugin as it is, "on" the same plugin
+whose manifest declares generous `limits.outbound` (every rule is checked for every
+delivery, none holds one back: `GENEROUS` below, the reply window read from the
+store per delivery).
+
+Dispatcher cost with deliveries waiting: in process, a runtime on a SQLite file and
+a memory channel with a reply window; N deliveries to 64 peers that wrote are held
+(the connection "lost"), then released at once (`connection_restored`) and timed
+until the last is `sent`: microseconds per delivery, with no other delivery waiting
+and with 10,000 more deferred (`reply_window`, peers that never wrote) in the same
+outbox. Alternated within each repeat.
+
+Targets: >= 1,000 messages/s (budgets off); budgets on >= 90% of off; the dispatcher's
+cost per delivery with 10,000 waiting <= 1.3x the cost with none.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -37,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from admin_api import create_app  # noqa: E402
 from bench._common import REPO, Report, free_port, median, parser, progress  # noqa: E402
+from channel_runtime import ChannelConfig, InboundMessage, OutboundMessage  # noqa: E402
+from channel_runtime.channels import MemoryChannel  # noqa: E402
 from channel_runtime.runtime import ChannelRuntime, echo_handler  # noqa: E402
 from channel_runtime.settings import Settings  # noqa: E402
 from plugin_host.host import PluginHost  # noqa: E402
@@ -45,12 +62,29 @@ from plugin_host.protocol import SendRequest, Target  # noqa: E402
 
 BRIDGE_TOKEN = "bench-bridge-token-0123456789"
 ADMIN_TOKEN = "bench-admin-token-0123456789"
+# every rule active, none binding at these rates
+GENEROUS = {
+    "perPeerPerMinute": 1_000_000,
+    "perConnectionPerMinute": 10_000_000,
+    "minIntervalMs": 0,
+    "replyWindowSeconds": 86_400,
+    "maxRepliesPerInbound": 1_000_000,
+}
+WAITING = 10_000
 
 
 def sent_count(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'sent'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def checkpoint(db: Path) -> None:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
 
@@ -144,24 +178,29 @@ async def direct_sends(host: PluginHost, connection_id: str, channel_id: str, ca
     return calls / (time.perf_counter() - started)
 
 
-async def main_async(args: Any) -> Report:
-    report = Report("bench/e2e.py: bridge -> inbox -> echo handler -> outbox -> plugin message.send", args.quick)
-    repeats = 1 if args.quick else 3
-    count = args.messages or (1500 if args.quick else 5000)
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=os.environ.get("BENCH_TMP")) as tmp_text:
-        home = Path(tmp_text) / "home"
-        home.mkdir()
-        db = home / "state.db"
-        settings = Settings(home=home, store_url=f"sqlite:///{db}", admin_token=ADMIN_TOKEN, bridge_token=BRIDGE_TOKEN)
-        host = PluginHost(home)
-        runtime = ChannelRuntime(handler=echo_handler, store=settings.store_url, plugin_host=host, home=home)
-        app = create_app(host=host, runtime=runtime, settings=settings)
-        port = free_port()
-        server = uvicorn.Server(
+class Service:
+    """One in-process service (runtime + plugin host + admin app under uvicorn) with a connected echo channel."""
+
+    def __init__(self, name: str, work: Path, limits: dict[str, Any] | None) -> None:
+        self.name = name
+        self.work = work / name
+        self.home = self.work / "home"
+        self.home.mkdir(parents=True)
+        self.db = self.home / "state.db"
+        self.limits = limits
+        settings = Settings(
+            home=self.home, store_url=f"sqlite:///{self.db}", admin_token=ADMIN_TOKEN, bridge_token=BRIDGE_TOKEN
+        )
+        self.host = PluginHost(self.home)
+        self.runtime = ChannelRuntime(
+            handler=echo_handler, store=settings.store_url, plugin_host=self.host, home=self.home
+        )
+        self.port = free_port()
+        self.server = uvicorn.Server(
             uvicorn.Config(
-                app,
+                create_app(host=self.host, runtime=self.runtime, settings=settings),
                 host="127.0.0.1",
-                port=port,
+                port=self.port,
                 lifespan="on",
                 log_level="warning",
                 access_log=False,
@@ -169,55 +208,142 @@ async def main_async(args: Any) -> Report:
                 http="h11",
             )
         )
-        runs: list[dict[str, Any]] = []
+        self.connection_id = ""
+        self.channel_id = ""
+
+    async def connect(self) -> None:
+        while not self.server.started:
+            await anyio.sleep(0.05)
+        source = self.work / "echo-src"
+        shutil.copytree(REPO / "plugins/echo", source, ignore=shutil.ignore_patterns("__pycache__"))
+        if self.limits is not None:
+            manifest = json.loads((source / "plugin.json").read_text())
+            manifest["limits"] = {"outbound": self.limits}
+            (source / "plugin.json").write_text(json.dumps(manifest))
+        await self.host.install(pack_directory(source, self.work / "echo.zip"), source_label="bench")
+        await self.host.enable("echo")
+        assert self.runtime.connections is not None
+        view = await self.runtime.connections.start_session("echo", "bench")
+        self.connection_id = view["connection"]["connectionId"]
+        self.channel_id = view["connection"]["channelId"]
+        for _ in range(100):
+            if self.runtime.states.get(self.channel_id, {}).get("state") == "running":
+                break
+            await anyio.sleep(0.05)
+        progress(f"{self.name}: connection {self.connection_id}: channel {self.runtime.states.get(self.channel_id)}")
+
+
+async def dispatcher_cost(work: Path, name: str, count: int, waiting: int) -> float:
+    """Microseconds per delivery to release `count` held deliveries and send them all, `waiting` deferred beside."""
+
+    async def no_reply(message: InboundMessage) -> None:
+        return None
+
+    db = work / f"dispatch-{name}.db"
+    async with ChannelRuntime(no_reply, f"sqlite:///{db}", home=work, idle_poll=0.05) as runtime:
+        config = {"outboundLimits": {"replyWindowSeconds": 86_400}}
+        await runtime.add_channel("m", ChannelConfig(kind="memory", config=config))
+        channel = runtime.channels["m"]
+        assert isinstance(channel, MemoryChannel)
+        channel.on_send = None
+        for n in range(64):  # these peers wrote: their window is open
+            await channel.receive(f"peer{n}", "hi", message_id=f"in{n}")
+        store = runtime.store
+        for n in range(waiting):  # these never did: every one of their deliveries waits
+            await runtime.send(OutboundMessage(channel_id="m", peer_id=f"silent{n}", content="later"))
+        while (await store.outbox.counts())["deferred"] < waiting:
+            await anyio.sleep(0.05)
+        runtime.connection_lost("m", "bench")  # hold the measured ones until all are in the outbox
+        ids = [
+            await runtime.send(OutboundMessage(channel_id="m", peer_id=f"peer{n % 64}", content=f"m{n}"))
+            for n in range(count)
+        ]
+        while (await store.outbox.counts())["deferred"] < waiting + 64:
+            await anyio.sleep(0.05)
+        checkpoint(db)  # the set-up's writes are not the measured deliveries' cost
+        channel.sent.clear()
+        started = time.perf_counter()
+        await runtime.connection_restored("m")
+        for delivery_id in ids:
+            await runtime.wait_delivery(delivery_id, timeout=600)
+        elapsed = time.perf_counter() - started
+        counts = await store.outbox.counts()
+        assert counts["deferred"] == waiting and len(channel.sent) == count, (counts, len(channel.sent))
+    return elapsed / count * 1e6
+
+
+async def main_async(args: Any) -> Report:
+    report = Report("bench/e2e.py: bridge -> inbox -> echo handler -> outbox -> plugin message.send", args.quick)
+    repeats = 1 if args.quick else 3
+    count = args.messages or (1500 if args.quick else 5000)
+    dispatch_count = 2000 if args.quick else 5000
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=os.environ.get("BENCH_TMP")) as tmp_text:
+        work = Path(tmp_text)
+        services = [Service("off", work, None), Service("on", work, GENEROUS)]
+        runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in services}
         direct: list[float] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
-            while not server.started:
-                await anyio.sleep(0.05)
+            for service in services:
+                tg.start_soon(service.server.serve)
             try:
-                progress("installing and connecting the echo plugin ...")
-                archive = pack_directory(REPO / "plugins/echo", Path(tmp_text) / "echo.zip")
-                await host.install(archive, source_label="bench")
-                await host.enable("echo")
-                assert runtime.connections is not None
-                view = await runtime.connections.start_session("echo", "bench")
-                connection = view["connection"]
-                connection_id, channel_id = connection["connectionId"], connection["channelId"]
-                for _ in range(100):
-                    if runtime.states.get(channel_id, {}).get("state") == "running":
-                        break
-                    await anyio.sleep(0.05)
-                progress(f"connection {connection_id}: channel {runtime.states.get(channel_id)}")
-                await one_run(port, db, connection_id, "warm", min(300, count), args.connections, 120)
-                for rep in range(repeats):
-                    progress(f"repeat {rep + 1}/{repeats}: {count} messages ...")
-                    runs.append(
-                        await one_run(
-                            port, db, connection_id, f"r{rep}", count, args.connections, max(120.0, count / 50)
-                        )
+                progress("installing and connecting the echo plugin twice (budgets off / on) ...")
+                for service in services:
+                    await service.connect()
+                for service in services:
+                    await one_run(
+                        service.port, service.db, service.connection_id, "warm", min(300, count), args.connections, 120
                     )
-                    progress(f"  {runs[-1]}")
-                    direct.append(await direct_sends(host, connection_id, channel_id, min(count, 3000), f"r{rep}"))
+                for rep in range(repeats):
+                    order = services if rep % 2 == 0 else list(reversed(services))
+                    for service in order:
+                        progress(f"repeat {rep + 1}/{repeats}, budgets {service.name}: {count} messages ...")
+                        runs[service.name].append(
+                            await one_run(
+                                service.port,
+                                service.db,
+                                service.connection_id,
+                                f"r{rep}",
+                                count,
+                                args.connections,
+                                max(120.0, count / 50),
+                            )
+                        )
+                        progress(f"  {runs[service.name][-1]}")
+                    off = services[0]
+                    direct.append(
+                        await direct_sends(off.host, off.connection_id, off.channel_id, min(count, 3000), f"r{rep}")
+                    )
                     progress(f"  direct message.send: {direct[-1]:.0f}/s")
             finally:
-                server.should_exit = True
+                for service in services:
+                    service.server.should_exit = True
+        costs: dict[int, list[float]] = {0: [], WAITING: []}
+        for rep in range(repeats):
+            for waiting in (0, WAITING) if rep % 2 == 0 else (WAITING, 0):
+                progress(f"dispatcher: {dispatch_count} deliveries, {waiting} waiting beside ...")
+                costs[waiting].append(await dispatcher_cost(work, f"{rep}-{waiting}", dispatch_count, waiting))
+                progress(f"  {costs[waiting][-1]:.1f} us/delivery")
 
-    rate = median([r["rate"] for r in runs])
+    rate = {name: median([r["rate"] for r in rs]) for name, rs in runs.items()}
     report.table(
         f"end to end, {count} messages per repeat, {repeats} repeat(s), {args.connections} connections, "
         "in-process service + echo plugin child process",
         ["measure", "messages/s", "each repeat"],
         [
             [
-                "bridge -> ... -> message.send sent (first POST to last sent)",
-                rate,
-                " ".join(f"{r['rate']:.0f}" for r in runs),
+                "budgets off: bridge -> ... -> message.send sent (first POST to last sent)",
+                rate["off"],
+                " ".join(f"{r['rate']:.0f}" for r in runs["off"]),
             ],
             [
-                "  bridge POSTs accepted/s during those runs",
-                median([r["ingest_rps"] for r in runs]),
-                " ".join(f"{r['ingest_rps']:.0f}" for r in runs),
+                "budgets on (generous limits.outbound): same",
+                rate["on"],
+                " ".join(f"{r['rate']:.0f}" for r in runs["on"]),
+            ],
+            [
+                "  bridge POSTs accepted/s during the budgets-off runs",
+                median([r["ingest_rps"] for r in runs["off"]]),
+                " ".join(f"{r['ingest_rps']:.0f}" for r in runs["off"]),
             ],
             [
                 "reference: direct message.send to the plugin (16 in flight)",
@@ -226,13 +352,23 @@ async def main_async(args: Any) -> Report:
             ],
         ],
     )
+    cost = {waiting: median(values) for waiting, values in costs.items()}
+    report.table(
+        f"dispatcher, {dispatch_count} deliveries to 64 peers released at once, SQLite file, memory channel",
+        ["deliveries waiting beside", "us per delivery", "each repeat"],
+        [[f"{waiting:,}", cost[waiting], " ".join(f"{c:.1f}" for c in costs[waiting])] for waiting in costs],
+    )
     statuses: dict[str, int] = {}
-    for r in runs:
-        for k, v in (r["statuses"] or {}).items():
-            statuses[k] = statuses.get(k, 0) + v
-    report.note(f"bridge answers: {statuses}; timed out runs: {sum(1 for r in runs if r['timed_out'])}")
-    report.check("end-to-end messages/s", rate, ">= 1000", "/s")
-    report.data = {"runs": runs, "direct_send_per_s": direct}
+    for rs in runs.values():
+        for r in rs:
+            for k, v in (r["statuses"] or {}).items():
+                statuses[k] = statuses.get(k, 0) + v
+    timed_out = sum(1 for rs in runs.values() for r in rs if r["timed_out"])
+    report.note(f"bridge answers: {statuses}; timed out runs: {timed_out}")
+    report.check("end-to-end messages/s, budgets off", rate["off"], ">= 1000", "/s")
+    report.check("budgets on / off", rate["on"] / rate["off"], ">= 0.9")
+    report.check(f"dispatcher cost, {WAITING:,} waiting / none", cost[WAITING] / cost[0], "<= 1.3")
+    report.data = {"runs": runs, "direct_send_per_s": direct, "dispatcher_us": costs}
     return report
 
 

@@ -194,6 +194,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._released: dict[str, tuple[int, float]] = {}  # the parked delivery released last, and when
         self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()  # sends per peer
         self._peer_versions: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._window_waiting: set[tuple[str, str]] = set()  # peers with deliveries deferred for their window
         self._waiters: dict[int, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = False
@@ -437,9 +438,12 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
 
     def _committed(self, entry: InboxEntry) -> None:
         self._inbox.wake()
-        # the commit opened the peer's reply window and released its deferred deliveries
-        self._peer_versions[(entry.channel_id, entry.message.peer_id)] += 1
-        self._outbox.wake()
+        # the commit opened the peer's reply window and released the deliveries deferred for it
+        key = (entry.channel_id, entry.message.peer_id)
+        self._peer_versions[key] += 1
+        if key in self._window_waiting:  # (after a restart the idle poll finds them, within idle_poll)
+            self._window_waiting.discard(key)
+            self._outbox.wake()
 
     async def _claim_inbox(self, limit: int) -> list[InboxEntry]:
         return await self.store.inbox.claim_ready(limit, lease=self._lease)
@@ -829,6 +833,8 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         )
         if not changed:
             return
+        if reason == "reply_window":
+            self._window_waiting.add((entry.channel_id, entry.peer_id))
         if parked:
             queue = self._parked.setdefault(entry.channel_id, collections.deque())
             if front:

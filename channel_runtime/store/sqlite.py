@@ -228,7 +228,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             )
         ),
         "CREATE INDEX outbox_created ON outbox (created_at, id)",
-        "CREATE INDEX outbox_deferred ON outbox (channel_id, peer_id, defer_reason) WHERE defer_reason IS NOT NULL",
+        "CREATE INDEX outbox_deferred ON outbox (channel_id, defer_reason, peer_id) WHERE defer_reason IS NOT NULL",
         # one row per peer that wrote: when, replies sent since, and whether the platform closed the window
         """CREATE TABLE peers (
             channel_id TEXT NOT NULL,
@@ -593,6 +593,9 @@ class _Queue:
 
     def claim(self, limit: int, lease: float | None) -> list[sqlite3.Row]:
         now = self.clock.time()
+        due = self.next_due()
+        if due is None or due > now:
+            return []  # two index reads instead of a write transaction when nothing is due
         until = now + (self.lease if lease is None else lease)
         with self.db.write() as conn:
             rows = conn.execute(self._claim_lapsed, (until, now, limit)).fetchall()
