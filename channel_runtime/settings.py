@@ -14,6 +14,7 @@ ADMIN_TOKEN_ENV = "CHANNEL_RUNTIME_ADMIN_TOKEN"
 BRIDGE_TOKEN_ENV = "CHANNEL_RUNTIME_BRIDGE_TOKEN"
 PUBLIC_URL_ENV = "CHANNEL_RUNTIME_PUBLIC_URL"
 METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
+DEFER_TTL_ENV = "CHANNEL_RUNTIME_DEFER_TTL_SECONDS"  # SPEC 6.4 deferTtlSeconds (default 86,400)
 
 DEFAULT_HOME = "./.channel-runtime"
 DEFAULT_HOST = "127.0.0.1"
@@ -63,6 +64,18 @@ def load_or_create_admin_token(home: Path) -> tuple[str, bool]:
     return token, True
 
 
+def _seconds(value: str | None, name: str, default: float) -> float:
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -81,6 +94,8 @@ class Settings:
     bridge_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
     metrics_open: bool = False
+    # how long a deferred delivery waits (for its peer, its connection, a budget) before it dies
+    defer_ttl_seconds: float = 86_400.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -113,6 +128,7 @@ class Settings:
             bridge_token=(env.get(BRIDGE_TOKEN_ENV) or "").strip() or None,
             public_url=(env.get(PUBLIC_URL_ENV) or "").strip().rstrip("/") or None,
             metrics_open=_flag(env.get(METRICS_OPEN_ENV)),
+            defer_ttl_seconds=_seconds(env.get(DEFER_TTL_ENV), DEFER_TTL_ENV, 86_400.0),
             env=env,
         )
 

@@ -61,6 +61,7 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
         plugin_host=host,
         home=settings.home,
         secret_key=settings.secret_key(),
+        defer_ttl=settings.defer_ttl_seconds,
     )
 
     async def first_start(host: PluginHost) -> None:

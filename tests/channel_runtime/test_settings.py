@@ -61,3 +61,14 @@ def test_secret_key_is_left_to_crypto(tmp_path: Path) -> None:
     key = s.secret_key()
     assert key and s.secret_key() == key
     assert stat.S_IMODE((tmp_path / "secret-key").stat().st_mode) == 0o600
+
+
+def test_defer_ttl_from_the_environment(tmp_path: Path) -> None:
+    import pytest
+
+    base = {"CHANNEL_RUNTIME_ADMIN_TOKEN": "t"}
+    assert Settings.load(base, home=tmp_path).defer_ttl_seconds == 86_400.0  # SPEC 6.4 default
+    assert Settings.load({**base, "CHANNEL_RUNTIME_DEFER_TTL_SECONDS": "3600"}, home=tmp_path).defer_ttl_seconds == 3600
+    for bad in ("0", "-5", "soon", "inf", "nan"):
+        with pytest.raises(ValueError, match="CHANNEL_RUNTIME_DEFER_TTL_SECONDS"):
+            Settings.load({**base, "CHANNEL_RUNTIME_DEFER_TTL_SECONDS": bad}, home=tmp_path)
