@@ -366,7 +366,7 @@ class PluginHost:
             "health": snap.get("health"),
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
-            "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+            "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
         }
         if detail:
             view["counters"] = snap.get(
@@ -395,7 +395,7 @@ class PluginHost:
             descriptors: list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
-                else self._manifest(record.id, record.active_version).connectors
+                else [c.descriptor() for c in self._manifest(record.id, record.active_version).connectors]
             )
             for d in descriptors:
                 item = msgspec.to_builtins(d)

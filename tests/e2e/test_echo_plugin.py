@@ -110,7 +110,7 @@ async def test_webhook_turns_a_post_into_an_event(tmp_path: Path) -> None:
 
 
 async def test_logout_revokes_and_resume_comes_from_initialize(tmp_path: Path) -> None:
-    resumed = ConnectionInfo(connection_id="conn_1", channel_id="chan_1", kind="echo", credentials={"token": "t"})
+    resumed = ConnectionInfo("conn_1", "chan_1", "echo", "acc", "Echo", options={}, credentials={"token": "t"})
     async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path, connections=[resumed]) as h:
         assert (await h.call("health"))["connections"] == {"conn_1": "connected"}
         assert (await h.call("message.send", send_params("out_3")))["duplicate"] is False
