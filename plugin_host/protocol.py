@@ -45,9 +45,7 @@ PeerType = Literal["dm", "group", "channel", "unknown"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 # [0-9], not \d: the same pattern must mean the same in msgspec, jsonschema and ECMA regexes
-RFC3339_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 _RFC3339 = re.compile(RFC3339_PATTERN)
 
 Id = Annotated[str, msgspec.Meta(min_length=1)]

@@ -171,7 +171,9 @@ def generated_schemas() -> dict[str, dict[str, Any]]:
             for part, struct in (("params", params), ("result", result)):
                 if struct is not None:
                     rel = schema_file(method, part)  # type: ignore[arg-type]
-                    files[rel] = _file(rel, f"{method} {part}", **{"$ref": f"defs.schema.json#/$defs/{struct.__name__}"})
+                    files[rel] = _file(
+                        rel, f"{method} {part}", **{"$ref": f"defs.schema.json#/$defs/{struct.__name__}"}
+                    )
     return dict(sorted(files.items()))
 
 
@@ -379,7 +381,12 @@ def _message_target(
         name = message["method"]
         table = methods(direction)
         if name not in table:
-            return [{"path": "/method", "message": f"{name!r} is not a {direction.replace('_', ' ')} method"}], None, None, ""
+            return (
+                [{"path": "/method", "message": f"{name!r} is not a {direction.replace('_', ' ')} method"}],
+                None,
+                None,
+                "",
+            )
         is_notification = table[name][1] is None
         if is_notification and "id" in message:
             return [{"path": "/id", "message": f"{name!r} is a notification and must not carry an id"}], None, None, ""

@@ -81,8 +81,11 @@ class ServedConnections:
             await plugin.state.pin(connection_id)  # the epoch of this handover, sent with every put
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:  # a host without state.*: nothing to pin
-                plugin.log.warning("connection %s: its state epoch is unknown (%s); asked again at the first write",
-                                   connection_id, exc.message)
+                plugin.log.warning(
+                    "connection %s: its state epoch is unknown (%s); asked again at the first write",
+                    connection_id,
+                    exc.message,
+                )
         self._served[connection_id] = info
         ctx = Context(plugin)
         try:
@@ -105,6 +108,7 @@ class ServedConnections:
                 with anyio.move_on_after(plugin.shutdown_grace):
                     await hook(ctx, connection_id)
             except Exception:
-                plugin.log.exception("connection %s: on_disconnect hook %s failed", connection_id,
-                                     getattr(hook, "__name__", hook))
+                plugin.log.exception(
+                    "connection %s: on_disconnect hook %s failed", connection_id, getattr(hook, "__name__", hook)
+                )
         return True

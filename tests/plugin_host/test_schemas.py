@@ -363,7 +363,9 @@ def test_a_missing_optional_field_is_named_and_forgiven_by_receivers_only():
 def test_receivers_decode_a_missing_optional_field_as_null_and_refuse_a_missing_required_one():
     assert msgspec.json.decode(b'{"status": "ok"}', type=p.HealthResult) == p.HealthResult("ok", None, None)
     with pytest.raises(msgspec.ValidationError, match="instructions"):
-        msgspec.json.decode(b'{"sessionId": "s", "kind": "k", "status": "pending", "metadata": {}}', type=p.ConnectorSessionView)
+        msgspec.json.decode(
+            b'{"sessionId": "s", "kind": "k", "status": "pending", "metadata": {}}', type=p.ConnectorSessionView
+        )
     with pytest.raises(msgspec.ValidationError, match="peerType"):
         msgspec.convert({"peerId": "p"}, p.Target)
 
