@@ -70,9 +70,9 @@ import secrets
 import anyio
 
 from plugin_host.errors import INVALID_PARAMS, UNKNOWN_CONNECTION
-from plugin_host.protocol import ConnectionRef, SessionRef, SessionStartParams
 from plugin_host.sdk import (
     ConnectionInfo,
+    ConnectionRef,
     ConnectorSessionView,
     Context,
     HealthResult,
@@ -80,6 +80,8 @@ from plugin_host.sdk import (
     RpcError,
     SendRequest,
     SendResult,
+    SessionRef,
+    SessionStartParams,
     SessionUpdate,
 )
 
@@ -185,8 +187,15 @@ import anyio
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PLUGIN_DIR))
 
-from plugin_host.sdk import ConnectionInfo, ConnectorSessionView, PluginHarness, SendRequest, SendResult  # noqa: E402
-from plugin_host.protocol import SessionStartParams, Target  # noqa: E402
+from plugin_host.sdk import (  # noqa: E402
+    ConnectionInfo,
+    ConnectorSessionView,
+    PluginHarness,
+    SendRequest,
+    SendResult,
+    SessionStartParams,
+    Target,
+)
 
 
 def test_connect_and_send_in_process() -> None:
