@@ -704,7 +704,14 @@ def test_a_manifest_connector_is_announced_as_the_wire_descriptor():
     assert sorted(item["authType"]["enum"]) == sorted(wire_schema["authType"]["enum"])
     declared = msgspec.convert({"kind": "k", "displayName": "K", "authType": "qr"}, ManifestConnector)
     assert declared.descriptor() == p.ConnectorDescriptor("k", "K", "qr", [], None)
-    assert issues("initialize", "result", {**wire(POSITIVE[("initialize", "result")][1]), "connectors": [wire(declared.descriptor())]}) == []
+    assert (
+        issues(
+            "initialize",
+            "result",
+            {**wire(POSITIVE[("initialize", "result")][1]), "connectors": [wire(declared.descriptor())]},
+        )
+        == []
+    )
 
 
 def test_the_openapi_document_carries_the_generated_wire_shapes():
@@ -716,4 +723,6 @@ def test_the_openapi_document_carries_the_generated_wire_shapes():
     assert components["BridgeEvent"] == defs["BridgeEvent"]
     assert components["InboundAck"] == defs["InboundAck"]
     assert components["Connector"] == defs["ConnectorDescriptor"]
-    assert components["BridgeEvent"]["required"] == [f.encode_name for f in msgspec.inspect.type_info(p.BridgeEvent).fields]
+    assert components["BridgeEvent"]["required"] == [
+        f.encode_name for f in msgspec.inspect.type_info(p.BridgeEvent).fields
+    ]
