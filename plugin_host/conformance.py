@@ -184,7 +184,10 @@ class _Peer:
         await self.send_raw(json.dumps(message, separators=(",", ":")).encode())
 
     async def send_raw(self, line: bytes) -> None:
-        await self.stdin.send(line + b"\n")
+        try:
+            await self.stdin.send(line + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the plugin is gone or closed its stdin: the missing answer tells the check why
 
     async def request(self, id_: Any, method: str, params: Any, timeout: float) -> dict[str, Any] | None:
         """Send a request; its response, or None when none came within `timeout`."""
