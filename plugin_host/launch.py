@@ -30,6 +30,7 @@ from pathlib import Path
 
 import plugin_host
 
+from .errors import Refusal
 from .manifest import Manifest, Runtime
 from .process_group import LaunchPlan
 
@@ -40,18 +41,19 @@ FIXED_ENV = frozenset({"HOME", "TMPDIR", "PLUGIN_DIR", "PYTHONPATH"})
 TMP_DIRNAME = "tmp"  # TMPDIR, inside the data folder
 
 
-class LaunchError(Exception):
-    """The plugin cannot be started as its manifest says; `field` names the manifest field, `code` the rule.
+class LaunchError(Refusal):
+    """The plugin cannot be started as its manifest says; `code` names the rule, `details["field"]` the field.
 
     Codes: `runtime_unsafe_path`, `runtime_program_missing`, `runtime_not_executable`,
     `runtime_module_missing`, `spawn_failed`.
     """
 
     def __init__(self, message: str, *, field: str | None = None, code: str = "spawn_failed") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.code = code
+        super().__init__(code, message, {"field": field} if field else None)
+
+    @property
+    def field(self) -> str | None:
+        return self.details.get("field")
 
 
 @dataclass(frozen=True)
