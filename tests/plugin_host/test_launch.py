@@ -230,9 +230,10 @@ async def test_the_host_runs_a_plugin_through_bin_run(tmp_path: Path, program: s
     async with PluginHost(tmp_path / "home", host_env=host_env) as host:
         await host.install(_bin_run_plugin(tmp_path, program))
         await host.enable("binrun")
-        assert host.supervisor("binrun").state == "running"
-        env = await host.call("binrun", "env", {})
-        where = await host.call("binrun", "cwd", {})
+        supervisor = host.supervisor("binrun")
+        assert supervisor is not None and supervisor.state == "running"
+        env = await supervisor.call("env", {})
+        where = await supervisor.call("cwd", {})
     version_dir = (tmp_path / "home" / "plugins" / "binrun" / "1.0.0").resolve()
     data_dir = tmp_path / "home" / "plugin-data" / "binrun"
     assert env["PLUGIN_DIR"] == str(tmp_path / "home" / "plugins" / "binrun" / "1.0.0")
