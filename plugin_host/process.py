@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ import anyio.lowlevel
 
 from .errors import UNAVAILABLE, RpcError
 from .launch import LaunchError, LaunchSpec, prepare_launch
+from .lifetime import owned_task_group
 from .process_group import GroupProcess, LaunchPlan, spawn
 from .redact import Redactor
 from .rpc import Connection, NotificationHandler, RequestHandler, ViolationHook
@@ -90,7 +93,7 @@ class _LogBudget:
         return False
 
 
-class PluginProcess:
+class PluginProcess(anyio.AsyncContextManagerMixin):
     """One running plugin process and its JSON-RPC connection.
 
     Use as an async context manager: entering spawns the process and starts the
@@ -189,27 +192,34 @@ class PluginProcess:
         assert self._child is not None and self._child.returncode is not None
         return self._child.returncode
 
-    async def __aenter__(self) -> PluginProcess:
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[PluginProcess]:
+        """The process's life: spawned on entry; on exit the stop sequence of SPEC 3.2, then reaped."""
         await self._spawn()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        # start_soon, not start: `TaskGroup.start` cancelled by the owner would wait for a
-        # shielded reader to end, which only happens at teardown (a deadlock)
-        tg.start_soon(self._shielded, self._serve_connection)
-        tg.start_soon(self._shielded, self._drain_stderr)
-        tg.start_soon(self._shielded, self._watch_exit)
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         try:
-            with anyio.CancelScope(shield=True):
-                await self.stop()
-        except Exception:
-            log.exception("plugin %s: stop failed", self.spec.plugin_id)
-        # the readers are ours: the owner's exception propagates as is, not inside a group
-        await self._close_tasks()
-        return None
+            async with owned_task_group() as tg:
+                self._tg = tg
+                # start_soon, not start: `TaskGroup.start` cancelled by the owner would wait for a
+                # shielded reader to end, which only happens at teardown (a deadlock)
+                tg.start_soon(self._shielded, self._serve_connection)
+                tg.start_soon(self._shielded, self._drain_stderr)
+                tg.start_soon(self._shielded, self._watch_exit)
+                try:
+                    yield self
+                finally:
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await self.stop()
+                    except Exception:
+                        log.exception("plugin %s: stop failed", self.spec.plugin_id)
+                    self._readers_cancelled = True
+                    for scope in self._reader_scopes:
+                        scope.cancel()
+        finally:
+            self._tg = None
+            if self._child is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._child.aclose()
 
     async def stop(self, *, graceful: bool = True) -> int | None:
         """The stop sequence of SPEC 3.2 step 5; never hangs, always reaps.
@@ -367,15 +377,3 @@ class PluginProcess:
             log.error("plugin %s: pid %s could not be reaped", self.spec.plugin_id, child.pid)
         if conn is not None:
             conn.fail_pending(RpcError(UNAVAILABLE, self._gone_message()))
-
-    async def _close_tasks(self) -> None:
-        self._readers_cancelled = True
-        for scope in self._reader_scopes:
-            scope.cancel()
-        try:
-            if self._tg is not None:
-                await self._tg.__aexit__(None, None, None)
-        finally:
-            self._tg = None
-            if self._child is not None:
-                await self._child.aclose()
