@@ -359,8 +359,11 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                 if result and result.connectors
                 else [c.descriptor() for c in self._manifest(record.id, record.active_version).connectors]
             )
+            redactor = running.supervisor.redactor if running else None
             for d in descriptors:
                 item = msgspec.to_builtins(d)
+                if redactor is not None:  # the plugin's own words: its known secrets never show
+                    item = redactor.value(item)
                 item["pluginId"] = record.id
                 item["available"] = state in ("running", "degraded")
                 out.append(item)
