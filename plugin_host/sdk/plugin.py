@@ -37,6 +37,7 @@ from ..protocol import (
     InitializeResult,
     NameVersion,
     SendRequest,
+    encode_checked,
 )
 from ..rpc import DEFAULT_MAX_MESSAGE_BYTES, Connection, RequestContext
 from .connections import ConnectHook, DisconnectHook, ServedConnections
@@ -93,16 +94,21 @@ class _Handler:
         return decoder.decode(params)
 
     def check_result(self, method: str, result: Any) -> Any:
-        """A result of a SPEC 3.3 method as its Struct: complete on the wire, or refused here."""
+        """A result of a SPEC 3.3 method as the host will read it: complete (every field, optional
+        ones as null) and valid against its Struct, or refused here with the reason in the log."""
         result_type = self.result_type
-        if result_type is None or type(result) is result_type:
+        if result_type is None:
             return result
-        if result is None and result_type is Empty:
-            return Empty()
         try:
+            if type(result) is result_type:
+                return encode_checked(result)  # built by the author: its constraints are checked once, here
+            if result is None and result_type is Empty:
+                return Empty()
             return msgspec.convert(result, result_type, from_attributes=True)
-        except msgspec.ValidationError as exc:
-            raise RpcError(INTERNAL_ERROR, f"the plugin's {method} handler returned an invalid result: {exc}") from None
+        except (ValueError, msgspec.ValidationError) as exc:
+            reason = f"the plugin's {method} handler returned an invalid result: {exc}"
+            logging.getLogger("plugin").error("%s", reason)
+            raise RpcError(INTERNAL_ERROR, reason) from None
 
 
 class Plugin:
