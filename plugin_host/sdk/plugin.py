@@ -37,6 +37,7 @@ from ..protocol import (
     InitializeResult,
     NameVersion,
     SendRequest,
+    Wire,
     encode_checked,
 )
 from ..rpc import DEFAULT_MAX_MESSAGE_BYTES, Connection, RequestContext
@@ -100,7 +101,7 @@ class _Handler:
         if result_type is None:
             return result
         try:
-            if type(result) is result_type:
+            if type(result) is result_type and isinstance(result, Wire):
                 return encode_checked(result)  # built by the author: its constraints are checked once, here
             if result is None and result_type is Empty:
                 return Empty()
