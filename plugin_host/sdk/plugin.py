@@ -54,6 +54,7 @@ InitializeHook = Callable[[Context, InitializeParams], Awaitable[None]]
 ShutdownHook = Callable[[Context], Awaitable[None]]
 
 DEFAULT_MAX_CONCURRENCY = 64
+COMPLETE_TIMEOUT = 10.0  # seconds to record a delivered send before giving up (it may then go out again)
 # Built-ins that answer even when every handler slot is busy.
 _UNLIMITED = frozenset({"initialize", "health", "shutdown", "connection.resume", "connection.release"})
 _RESERVED = frozenset(
@@ -261,7 +262,8 @@ class Plugin:
             except Exception:
                 self.log.exception("message.send %s returned an unusable result", params.request_id)
                 stored = {"duplicate": False}
-            with anyio.CancelScope(shield=True):  # the host giving up must not leave the record processing
+            # the host giving up must not leave the record processing; a host that hangs is not waited for forever
+            with anyio.CancelScope(shield=True), anyio.move_on_after(COMPLETE_TIMEOUT) as scope:
                 try:
                     await store.complete(params.connection_id, params.request_id, stored)
                 except Exception:
@@ -270,6 +272,8 @@ class Plugin:
                         await store.complete(params.connection_id, params.request_id, {})
                     except Exception:
                         self.log.exception("message.send %s could not be marked completed", params.request_id)
+            if scope.cancelled_caught:
+                self.log.error("message.send %s: the host did not record its completion in time", params.request_id)
             return stored
 
         send.__name__ = getattr(fn, "__name__", "send")
