@@ -166,7 +166,8 @@
     const live = $("live");
     if (!token()) { setText(live, ""); setClass(live, "live"); return; }
     if (S.lost) { setText(live, "Reconnecting…"); setClass(live, "live lost"); return; }
-    setText(live, S.mode === "events" ? "Live" : S.mode === "polling" ? `Live (refreshing every ${POLL_MS / 1000} s)` : "Connecting…");
+    setText(live, S.mode ? "Live" : "Connecting…");
+    setAttr(live, "title", S.mode === "polling" ? `Refreshed every ${POLL_MS / 1000} s` : S.mode === "events" ? "Following the server's events" : null);
     setClass(live, S.mode ? "live on" : "live");
   }
 
@@ -1178,7 +1179,7 @@
     saveSessions();
     const focusWasInside = document.activeElement && document.activeElement.closest && document.activeElement.closest(`[data-key="${CSS.escape(id)}"]`);
     renderSessions();
-    if (focusWasInside) $("accounts-title").focus?.();
+    if (focusWasInside) $("main").focus();
   }
 
   // ------------------------------------------------------------------ connections (accounts)
@@ -1489,9 +1490,9 @@
     const r = {};
     const titleId = `chart-title-${c.channelId}`;
     r.title = h("h3", { id: titleId });
-    r.svg = svg("svg", { viewBox: "0 0 300 110", role: "img", "aria-labelledby": titleId });
+    r.svg = svg("svg", { viewBox: "0 0 300 110", role: "img" });
     r.totals = h("ul", { class: "legend" });
-    r.card = h("figure", { class: "card chart", style: undefined }, r.title, r.svg, r.totals);
+    r.card = h("figure", { class: "card chart", "aria-labelledby": titleId }, r.title, r.svg, r.totals);
     r.card.style.margin = "0";
     r.card._r = r;
     return r.card;
