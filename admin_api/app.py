@@ -12,11 +12,11 @@ from starlette.routing import BaseRoute, Route
 
 from plugin_host.host import PluginHost
 
+from . import page
 from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from .metrics import metrics_endpoint, metrics_registry
 from .openapi import openapi_json
-from . import page
 from .routes import bridge, channels, connectors, health, onboarding, overview, plugins
 
 if TYPE_CHECKING:

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .errors import ApiError
+
 PAGE_PATH = Path(__file__).with_name("admin.html")
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = frozenset({"admin.js", "admin.css"})
@@ -52,7 +54,7 @@ async def static_file(request: Request) -> Response:
     name = request.path_params["name"]
     content = _static(name)
     if content is None:
-        return Response("not found", status_code=404, media_type="text/plain")
+        raise ApiError(404, "not_found", f"the admin page has no file {name!r}")
     return Response(content, media_type=_STATIC_TYPES[Path(name).suffix], headers=_HEADERS)
 
 

@@ -54,7 +54,9 @@ class Server:
         self.api = httpx.Client(base_url=proc.base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
 
     def install(self, archive: Path, *, enable: bool = True) -> dict[str, Any]:
-        answer = self.api.post("/api/plugins", content=archive.read_bytes(), headers={"Content-Type": "application/zip"})
+        answer = self.api.post(
+            "/api/plugins", content=archive.read_bytes(), headers={"Content-Type": "application/zip"}
+        )
         assert answer.status_code in (200, 201), answer.text
         body = answer.json()
         if enable:

@@ -85,7 +85,9 @@ def test_typed_input_open_dialogs_and_focus_survive_live_updates(page: Any, serv
 
     details.click()  # an opened <details> stays open across updates
     refreshes(page, 2)
-    expect(page.get_by_role("article", name="Echo", exact=True).get_by_role("columnheader", name="p99 ms")).to_be_visible()
+    expect(
+        page.get_by_role("article", name="Echo", exact=True).get_by_role("columnheader", name="p99 ms")
+    ).to_be_visible()
 
 
 def test_a_lost_connection_is_shown_and_the_page_reconnects(page: Any, page_errors: PageErrors) -> None:
@@ -134,7 +136,9 @@ def test_dead_deliveries_are_listed_with_their_reason(page: Any, server: Server)
 def test_dead_deliveries_filter_retry_and_discard(page: Any, server: Server) -> None:
     paths = server.api.get("/openapi.json").json()["paths"]
     if not any(p.endswith("/retry") and p.startswith("/api/deliveries") for p in paths):
-        pytest.xfail("waits for POST /api/deliveries/{id}/retry, DELETE /api/deliveries/{id} and the filters (issue 10)")
+        pytest.xfail(
+            "waits for POST /api/deliveries/{id}/retry, DELETE /api/deliveries/{id} and the filters (issue 10)"
+        )
     connection_id, peer = _failing_delivery(server)
     _, other_peer = _failing_delivery(server)
     page.get_by_role("link", name="Deliveries").click()
@@ -185,10 +189,14 @@ def test_overview_charts_messages_per_connection(page: Any, server: Server) -> N
     name = f"Chatty {uuid.uuid4().hex[:6]}"
     connection_id = server.connect_qrdemo(name)
     for n in range(3):
-        server.phone(connection_id, "message", peerId="peer_chart", text=f"hello {n}", messageId=f"chart_{connection_id}_{n}")
+        server.phone(
+            connection_id, "message", peerId="peer_chart", text=f"hello {n}", messageId=f"chart_{connection_id}_{n}"
+        )
     page.get_by_role("link", name="Overview").click()
     chart = page.get_by_role("figure", name=f"{name} (qrdemo)")
-    expect(chart.get_by_role("img")).to_have_accessible_name(re.compile("3 messages received, 3 sent, 0 deferred, 0 dead"))
+    expect(chart.get_by_role("img")).to_have_accessible_name(
+        re.compile("3 messages received, 3 sent, 0 deferred, 0 dead")
+    )
     expect(chart.get_by_role("listitem").filter(has_text="received")).to_have_text("3 received")
     expect(page.get_by_text("plugins running")).to_be_visible()
 

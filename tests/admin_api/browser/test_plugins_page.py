@@ -102,14 +102,18 @@ def test_config_form_from_the_schema_with_server_errors_at_their_fields(page: An
     expect(dialog).to_be_visible()
     # one field per schema type, each labelled, descriptions as help text
     expect(dialog.get_by_label("Greeting")).to_have_attribute("type", "text")
-    expect(dialog.get_by_label("Greeting")).to_have_accessible_description(re.compile("logged when an account connects"))
+    expect(dialog.get_by_label("Greeting")).to_have_accessible_description(
+        re.compile("logged when an account connects")
+    )
     expect(dialog.get_by_label("Max sessions")).to_have_attribute("type", "number")
     expect(dialog.get_by_label("Max sessions")).to_have_accessible_description(re.compile("From 1 to 10"))
     expect(dialog.get_by_label("Verbose")).to_have_attribute("type", "checkbox")
     expect(dialog.get_by_label("Region")).to_have_js_property("tagName", "SELECT")
     expect(dialog.get_by_label("Allowed peers")).to_have_js_property("tagName", "TEXTAREA")
     expect(dialog.get_by_label("API key")).to_have_attribute("type", "password")
-    expect(dialog.get_by_role("group", name="Advanced").get_by_label("Poll interval (s)")).to_have_attribute("type", "number")
+    expect(dialog.get_by_role("group", name="Advanced").get_by_label("Poll interval (s)")).to_have_attribute(
+        "type", "number"
+    )
 
     dialog.get_by_label("Greeting").fill("hello from the browser")
     dialog.get_by_label("Max sessions").fill("99")

@@ -71,7 +71,9 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
     sessions[params.session_id] = view
     session_of_connection[params.connection_id] = params.session_id
     pairing[params.session_id] = params
-    plugin.log.info("session %s started for %s (region %s)", params.session_id, params.connection_id, params.options.get("region"))
+    plugin.log.info(
+        "session %s started for %s (region %s)", params.session_id, params.connection_id, params.options.get("region")
+    )
     return view
 
 
@@ -154,7 +156,9 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
         if action == "scan":
             view = _set(view, status="scanned", instructions=["Confirm the login on your phone."])
         else:
-            view = _set(view, status="waiting_for_user", instructions=[f"Enter the code {VERIFY_CODE} shown on your phone."])
+            view = _set(
+                view, status="waiting_for_user", instructions=[f"Enter the code {VERIFY_CODE} shown on your phone."]
+            )
         await ctx.host.session_update(SessionUpdate(**msgspec.structs.asdict(view), connection_id=connection_id))
     elif action == "expire":
         await ctx.host.connection_status(connection_id, "error", "session_expired")
