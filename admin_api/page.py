@@ -54,7 +54,7 @@ async def static_file(request: Request) -> Response:
     name = request.path_params["name"]
     content = _static(name)
     if content is None:
-        raise ApiError(404, "not_found", f"the admin page has no file {name!r}")
+        raise ApiError("not_found", f"the admin page has no file {name!r}", status=404)
     return Response(content, media_type=_STATIC_TYPES[Path(name).suffix], headers=_HEADERS)
 
 

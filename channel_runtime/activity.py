@@ -55,7 +55,7 @@ class ActivityCounts:
         first = now - self.minutes + 1
         channels: dict[str, dict[str, list[int]]] = {}
         for channel_id, minutes in self._channels.items():
-            series = {name: [0] * self.minutes for name in SERIES}
+            series: dict[str, list[int]] = {name: [0] * self.minutes for name in SERIES}
             seen = False
             for minute, bucket in minutes.items():
                 if minute < first:

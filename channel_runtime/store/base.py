@@ -97,7 +97,7 @@ def dedupe_key(connection_id: str, event_id: str) -> str:
     return f"{connection_id}:{event_id}"
 
 
-class DedupeRecord(_Record):
+class DedupeRecord(_Record, frozen=True):
     dedupe_key: str
     connection_id: str
     event_id: str
@@ -109,7 +109,7 @@ class DedupeRecord(_Record):
     last_error: str | None = None
 
 
-class BeginResult(_Record):
+class BeginResult(_Record, frozen=True):
     """What to do with a delivery: `should_process` for new/stale/retry."""
 
     outcome: BeginOutcome
@@ -211,7 +211,7 @@ class MessageDedupeStore(abc.ABC):
 # ---------------------------------------------------------------- inbox
 
 
-class InboxEntry(_Record):
+class InboxEntry(_Record, frozen=True):
     id: int
     channel_id: str
     session_id: str
@@ -277,7 +277,7 @@ def outbox_conversation(request_id: str) -> str:
     return head if sep else request_id
 
 
-class OutboxEntry(_Record):
+class OutboxEntry(_Record, frozen=True):
     id: int
     channel_id: str
     request_id: str
@@ -402,7 +402,7 @@ def new_session_id() -> str:
     return "cs_" + secrets.token_urlsafe(18)
 
 
-class ConnectionRecord(_Record):
+class ConnectionRecord(_Record, frozen=True):
     """A connection as stored; never carries credentials (see `ConnectionStore.get_credentials`)."""
 
     connection_id: str
@@ -481,7 +481,7 @@ class ConnectionStore(abc.ABC):
 # ---------------------------------------------------------------- connector sessions
 
 
-class ConnectorSessionRecord(_Record):
+class ConnectorSessionRecord(_Record, frozen=True):
     session_id: str
     connection_id: str
     kind: str
@@ -543,6 +543,40 @@ class KeyValueStore(abc.ABC):
     async def delete(self, key: str) -> bool: ...
 
 
+# ---------------------------------------------------------------- host-kept plugin state (SPEC 3.4)
+
+
+class StateLimitError(StoreError):
+    """A `state.put` beyond SPEC 3.4's limits (value size, keys per scope); `limit` is the bound."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class PluginStateStore(abc.ABC):
+    """JSON values a plugin keeps in the host, by plugin, scope and key.
+
+    The scope is a connection id, or None for plugin-wide values. Keyed by plugin
+    id (not version), so state follows a plugin across restarts and hot swaps.
+    """
+
+    value_max_bytes: int
+    keys_per_scope: int
+
+    @abc.abstractmethod
+    async def get(self, plugin_id: str, connection_id: str | None, key: str) -> Any:
+        """The value, or None when unset."""
+
+    @abc.abstractmethod
+    async def put(self, plugin_id: str, connection_id: str | None, key: str, value: Any) -> None:
+        """Set (None deletes); StateLimitError beyond the limits, changing nothing."""
+
+    @abc.abstractmethod
+    async def drop(self, plugin_id: str, connection_id: str | None = None) -> int:
+        """Forget every value of one scope (or of the whole plugin when `connection_id` is None); count."""
+
+
 # ---------------------------------------------------------------- facade
 
 
@@ -561,6 +595,7 @@ class Store:
         sessions: ConnectorSessionStore,
         kv: KeyValueStore,
         pipeline: PipelineStore,
+        plugin_state: PluginStateStore,
         close: Callable[[], Awaitable[None]],
     ) -> None:
         self.url = url
@@ -572,6 +607,7 @@ class Store:
         self.sessions = sessions
         self.kv = kv
         self.pipeline = pipeline
+        self.plugin_state = plugin_state
         self._close = close
         self._closed = False
 

@@ -1,8 +1,8 @@
 """Fixtures of the admin page's browser tests: one real `channel-runtime serve`, one Chromium.
 
 Playwright drives Debian's Chromium (`/usr/bin/chromium`, installed by
-`scripts/install`); no browser is ever downloaded. The server, the browser and
-the installed test plugins are shared by the whole session (a test leaves what
+`scripts/install`); no browser is ever downloaded. The server and the
+installed test plugins are shared by the whole session, the browser by a module (a test leaves what
 it made behind, so each one uses names of its own); every test gets a fresh
 browser context (its own sessionStorage) and checks that the page logged no error.
 """
@@ -118,7 +118,9 @@ def zips(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make
 
 
-@pytest.fixture(scope="session")
+# per module, not per session: the sync API keeps its event loop registered as running in
+# this thread until it exits, which would break the anyio tests collected after these
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install (it installs Debian's chromium)")

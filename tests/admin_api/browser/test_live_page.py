@@ -129,6 +129,9 @@ def test_dead_deliveries_are_listed_with_their_reason(page: Any, server: Server)
     delivery = page.get_by_role("article").filter(has_text=peer)
     expect(delivery).to_contain_text("Reason: ")
     expect(delivery).to_contain_text("the demo platform refuses sends right now")
+    # its SPEC 6.4 request id reads as it is, not masked as a token
+    expect(delivery.get_by_role("heading")).to_have_text(re.compile(r"^out_[^\s]+:qrdemo:dm:" + peer))
+    expect(delivery).not_to_contain_text("[REDACTED]")
     expect(delivery.get_by_role("button", name=re.compile("^Retry delivery"))).to_be_visible()
     expect(delivery.get_by_role("button", name=re.compile("^Discard delivery"))).to_be_visible()
 
