@@ -482,7 +482,7 @@
     const versions = p.versions || [];
     setText(r.versionsSummary, `Versions (${versions.length})`);
     reconcile(r.versionRows, versions, (v) => v.version, (v) => {
-      const row = h("tr", {}, h("td"), h("td", { class: "mono wrap" }), h("td", { class: "wrap" }), h("td", {}, h("time")), h("td"));
+      const row = h("tr", {}, h("td"), h("td", { class: "mono wrap" }), h("td"), h("td", {}, h("time")), h("td"));
       row._del = h("button", { type: "button", class: "danger", onclick: () => uninstallVersion(p.id, v.version) }, "Uninstall");
       row.lastElementChild.append(row._del);
       return row;
@@ -734,30 +734,52 @@
           if (!field) { unplaced.push(path && path !== "/" ? `${path.slice(1)}: ${err.message}` : err.message); continue; }
           setText(field.error, field.error.textContent ? field.error.textContent + " " + err.message : err.message);
           setAttr(field.input, "aria-invalid", "true");
-          first = first || field.input;
         }
-        if (first) first.focus();
+        // the focus goes to the first field in the form's order that the server refused
+        for (const f of fields.values()) if (f.input.getAttribute("aria-invalid") === "true") { first = f.input; break; }
+        if (first && typeof first.focus === "function") first.focus();
         return unplaced;
       },
     };
   }
 
+  /** `allOf`/`if`-`then` entries of the form {if: {properties: {k: {const | enum}}}, then: {required, properties}}. */
+  function conditionsOf(schema) {
+    const out = [];
+    for (const part of [schema, ...(Array.isArray(schema.allOf) ? schema.allOf : [])]) {
+      const cond = part && part.if, then = part && part.then;
+      if (!cond || !then || !cond.properties) continue;
+      const tests = Object.entries(cond.properties).map(([key, t]) => [key, t && "const" in t ? [t.const] : t && Array.isArray(t.enum) ? t.enum : null]);
+      if (tests.some(([, values]) => values === null)) continue;  // only equality tests are understood
+      out.push({ tests, keys: new Set([...(then.required || []), ...Object.keys(then.properties || {})]), required: new Set(then.required || []) });
+    }
+    return out;
+  }
+
   function buildObject(container, schema, value, path, prefix, fields) {
     const props = schema.properties || {};
     const required = new Set(schema.required || []);
-    const readers = [];
+    const conditions = conditionsOf(schema);
+    const built = new Map();
     for (const [key, sub] of Object.entries(props)) {
       const fieldPath = `${path}/${key}`;
       const current = value && Object.prototype.hasOwnProperty.call(value, key) ? value[key] : undefined;
-      readers.push([key, buildField(container, key, sub || {}, current, fieldPath, required.has(key), prefix, fields)]);
+      const when = conditions.filter((c) => c.keys.has(key));
+      const note = when.length ? "Needed when " + when.map((c) => c.tests.map(([k, v]) => `${(props[k] && props[k].title) || k} is ${v.join(" or ")}`).join(" and ")).join("; or when ") + "." : "";
+      built.set(key, { field: buildField(container, key, sub || {}, current, fieldPath, required.has(key), prefix, fields, note), when });
     }
+    // a field that only some choices need (the Feishu link mode's app id and secret) shows with them
+    const visible = (entry) => !entry.when.length || entry.when.some((c) => c.tests.every(([k, values]) => built.has(k) && values.includes(built.get(k).field.peek())));
+    const applyConditions = () => { for (const entry of built.values()) show(entry.field.wrap, visible(entry)); };
+    if (conditions.length) { container.addEventListener("input", applyConditions); container.addEventListener("change", applyConditions); applyConditions(); }
     return {
       read() {
         const out = {};
         // keys the form has no field for are kept as they are
         if (value && typeof value === "object") for (const [k, v] of Object.entries(value)) if (!(k in props)) out[k] = v;
-        for (const [key, reader] of readers) {
-          const v = reader();
+        for (const [key, entry] of built) {
+          if (!visible(entry)) continue;
+          const v = entry.field.read();
           if (v !== undefined) out[key] = v;
         }
         return out;
@@ -773,7 +795,12 @@
     return "string";
   }
 
-  function buildField(container, key, s, current, path, required, prefix, fields) {
+  /**
+   * One field: {wrap, read, peek}. `read()` is what to send: a field the admin left alone that
+   * was not in the config and is not required sends nothing (the plugin's default applies);
+   * `peek()` is the value in force, for conditions.
+   */
+  function buildField(container, key, s, current, path, required, prefix, fields, note) {
     const id = `${prefix}-${++fieldSeq}`;
     const label = s.title || key;
     const type = typeOf(s);
@@ -784,10 +811,14 @@
       const obj = buildObject(set, s, current && typeof current === "object" ? current : {}, path, prefix, fields);
       fields.set(path, { input: set, error: set.appendChild(h("p", { class: "field-error error", role: "alert" })) });
       // an object left empty that was not in the config stays out of it
-      return () => { const v = obj.read(); return Object.keys(v).length || current !== undefined ? v : undefined; };
+      const read = () => { const v = obj.read(); return Object.keys(v).length || current !== undefined ? v : undefined; };
+      return { wrap: set, read, peek: read };
     }
+    const has = current !== undefined && current !== null;
+    const hasDefault = s.default !== undefined;
     const help = [];
     if (s.description) help.push(s.description);
+    if (note) help.push(note);
     if (type === "integer" || type === "number") {
       const lo = s.minimum ?? s.exclusiveMinimum, hi = s.maximum ?? s.exclusiveMaximum;
       if (lo !== undefined && hi !== undefined) help.push(`From ${lo} to ${hi}.`);
@@ -795,69 +826,83 @@
       else if (hi !== undefined) help.push(`At most ${hi}.`);
     }
     const secret = type === "string" && isSecret(key, s);
-    const stored = current !== undefined && current !== null && current !== "";
+    const stored = has && current !== "";
     if (secret) help.push(stored ? "A value is stored: leave empty to keep it." : "No value is stored.");
     if (type === "array") help.push("One per line.");
+    if (hasDefault && !secret && type !== "boolean" && !s.enum) help.push(`Default: ${Array.isArray(s.default) ? s.default.join(", ") : s.default}.`);
     const helpId = `${id}-help`, errorId = `${id}-error`;
     const describedBy = [help.length ? helpId : null, errorId].filter(Boolean).join(" ");
     const wrap = h("div", { class: "field" });
     const labelEl = h("label", { for: id }, label, required ? h("span", { class: "muted" }, " (required)") : null);
-    let input, read;
+    let dirty = false;
+    const keep = () => required || has || dirty;  // otherwise the plugin's default applies
+    let input, value, peek;
     if (type === "boolean") {
       input = h("input", { id, type: "checkbox", "aria-describedby": describedBy });
-      input.checked = current === undefined ? s.default === true : current === true;
-      read = () => input.checked;
+      input.checked = has ? current === true : s.default === true;
+      value = () => input.checked;
       wrap.classList.add("bool");
       wrap.append(input, labelEl);
     } else {
-      if (s.enum) {
+      const choices = Array.isArray(s.enum) ? s.enum : null;
+      if (choices) {
+        const unset = hasDefault ? `— default (${s.default}) —` : "— not set —";
         input = h("select", { id, "aria-describedby": describedBy },
-          required ? null : h("option", { value: "" }, "— not set —"),
-          s.enum.map((v, i) => h("option", { value: String(i) }, String(v))));
-        const pickedIndex = s.enum.findIndex((v) => v === (current === undefined ? s.default : current));
-        input.value = pickedIndex >= 0 ? String(pickedIndex) : (required ? "0" : "");
-        read = () => (input.value === "" ? undefined : s.enum[Number(input.value)]);
+          required ? null : h("option", { value: "" }, unset),
+          choices.map((v, i) => h("option", { value: String(i) }, String(v))));
+        const picked = choices.findIndex((v) => v === (has ? current : required ? s.default : undefined));
+        input.value = picked >= 0 ? String(picked) : required ? "0" : "";
+        value = () => (input.value === "" ? undefined : choices[Number(input.value)]);
+        peek = () => (input.value === "" ? s.default : choices[Number(input.value)]);
       } else if (type === "array" && (!s.items || typeOf(s.items) === "string")) {
         input = h("textarea", { id, rows: 3, "aria-describedby": describedBy, spellcheck: "false" });
-        input.value = Array.isArray(current) ? current.join("\n") : Array.isArray(s.default) ? s.default.join("\n") : "";
-        read = () => { const items = input.value.split("\n").map((x) => x.trim()).filter(Boolean); return items.length || current !== undefined ? items : undefined; };
+        input.value = Array.isArray(current) ? current.join("\n") : "";
+        value = () => input.value.split("\n").map((x) => x.trim()).filter(Boolean);
       } else if (type === "integer" || type === "number") {
         input = h("input", { id, type: "number", step: type === "integer" ? "1" : "any", inputmode: type === "integer" ? "numeric" : "decimal",
-          min: s.minimum, max: s.maximum, "aria-describedby": describedBy });
-        input.value = current !== undefined && current !== null ? String(current) : s.default !== undefined ? String(s.default) : "";
-        read = () => {
+          min: s.minimum, max: s.maximum, placeholder: hasDefault ? String(s.default) : undefined, "aria-describedby": describedBy });
+        input.value = has ? String(current) : "";
+        value = () => {
           const raw = input.value.trim();
           if (raw === "") return input.validity.badInput ? "not a number" : undefined;
           const n = Number(raw);
           return Number.isFinite(n) ? n : raw;  // the server says what is wrong with it
         };
+      } else if (type === "string" && secret) {
+        input = h("input", { id, type: "password", autocomplete: "new-password", "aria-describedby": describedBy,
+          placeholder: stored ? "•••••• (stored)" : "" });
+        // the stored value is never shown: empty sends back the mask, which keeps it
+        value = () => (input.value !== "" ? input.value : stored ? MASK : undefined);
       } else if (type === "string") {
-        if (secret) {
-          input = h("input", { id, type: "password", autocomplete: "new-password", "aria-describedby": describedBy,
-            placeholder: stored ? "•••••• (stored)" : "" });
-          // the stored value is never shown: empty sends back the mask, which keeps it
-          read = () => (input.value !== "" ? input.value : stored ? MASK : undefined);
-        } else {
-          input = h("input", { id, type: s.format === "uri" ? "url" : s.format === "email" ? "email" : "text",
-            autocomplete: "off", "aria-describedby": describedBy, spellcheck: "false" });
-          input.value = current !== undefined && current !== null ? String(current) : s.default !== undefined ? String(s.default) : "";
-          read = () => (input.value === "" && !required && current === undefined ? undefined : input.value);
+        input = h("input", { id, type: s.format === "uri" ? "url" : s.format === "email" ? "email" : "text",
+          autocomplete: "off", "aria-describedby": describedBy, spellcheck: "false", placeholder: hasDefault ? String(s.default) : undefined });
+        input.value = has ? String(current) : "";
+        // suggestions from `anyOf: [{enum: [...]}, ...]` (Feishu's domain: feishu, lark or a URL)
+        const suggested = (s.anyOf || []).flatMap((a) => (a && Array.isArray(a.enum) ? a.enum : []));
+        if (suggested.length) {
+          const list = h("datalist", { id: `${id}-list` }, suggested.map((v) => h("option", { value: String(v) })));
+          input.setAttribute("list", list.id);
+          wrap.append(list);
         }
+        value = () => (input.value === "" && !required ? undefined : input.value);
       } else {
         // anything else (arrays of objects, unions): JSON text
         input = h("textarea", { id, rows: 3, class: "mono", "aria-describedby": describedBy, spellcheck: "false" });
-        input.value = current !== undefined ? JSON.stringify(current, null, 2) : "";
-        read = () => { if (input.value.trim() === "") return undefined; try { return JSON.parse(input.value); } catch { return input.value; } };
+        input.value = has ? JSON.stringify(current, null, 2) : "";
+        value = () => { if (input.value.trim() === "") return undefined; try { return JSON.parse(input.value); } catch { return input.value; } };
         help.push("JSON.");
       }
-      wrap.append(labelEl, input);
+      wrap.prepend(labelEl, input);
     }
+    input.addEventListener("input", () => { dirty = true; });
+    input.addEventListener("change", () => { dirty = true; });
     if (help.length) wrap.append(h("p", { class: "help", id: helpId }, help.join(" ")));
     const error = h("p", { class: "field-error", id: errorId });
     wrap.append(error);
     container.append(wrap);
     fields.set(path, { input, error });
-    return read;
+    const read = () => (secret ? value() : keep() ? value() : undefined);
+    return { wrap, read, peek: peek || (() => { const v = value(); return v === undefined ? s.default : v; }) };
   }
 
   // ------------------------------------------------------------------ config dialog

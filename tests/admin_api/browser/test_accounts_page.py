@@ -103,6 +103,8 @@ def test_the_connect_form_comes_from_the_options_schema(page: Any, server: Serve
         pytest.xfail("waits for optionsSchema on connector descriptors (SPEC 3.5, branch wt/protocol)")
     connector = open_wizard(page, "Dana phone")
     expect(connector.get_by_label("Region")).to_have_js_property("tagName", "SELECT")
+    expect(connector.get_by_label("App secret")).to_be_hidden()  # only the link choice needs it
+    connector.get_by_label("How").select_option("link")
     expect(connector.get_by_label("App secret")).to_have_attribute("type", "password")
     connector.get_by_label("Region").select_option("eu")
     connector.get_by_label("App secret").fill("dana-App-Secret-0123456789")
@@ -110,7 +112,7 @@ def test_the_connect_form_comes_from_the_options_schema(page: Any, server: Serve
     session = session_card(page, "Dana phone")
     expect(session.get_by_role("status").first).to_have_text("Waiting for you to scan the QR code")
     connection = server.connection(connection_id_of(server, "Dana phone"))
-    assert connection["options"] == {"region": "eu"}  # the secret went to the plugin only
+    assert connection["options"] == {"mode": "link", "region": "eu"}  # the secret went to the plugin only
     assert "dana-App-Secret" not in page.content()
     session.get_by_role("button", name="Cancel connecting Dana phone").click()
 

@@ -115,6 +115,13 @@ def test_config_form_from_the_schema_with_server_errors_at_their_fields(page: An
         "type", "number"
     )
 
+    # a field that only one choice needs shows with it (an if/then of the schema)
+    expect(dialog.get_by_label("Hosting")).to_have_value("")  # left alone: the plugin's default
+    expect(dialog.get_by_role("option", name="— default (cloud) —")).to_be_attached()
+    expect(dialog.get_by_label("Self-hosted URL")).to_be_hidden()
+    dialog.get_by_label("Hosting").select_option("selfhosted")
+    expect(dialog.get_by_label("Self-hosted URL")).to_be_visible()
+
     dialog.get_by_label("Greeting").fill("hello from the browser")
     dialog.get_by_label("Max sessions").fill("99")
     dialog.get_by_label("Verbose").check()
@@ -127,10 +134,14 @@ def test_config_form_from_the_schema_with_server_errors_at_their_fields(page: An
     expect(max_sessions).to_have_attribute("aria-invalid", "true")
     expect(max_sessions).to_have_accessible_description(re.compile("99 is greater than the maximum of 10"))
     expect(max_sessions).to_be_focused()
+    url = dialog.get_by_label("Self-hosted URL")  # required by the if/then: the server says so at the field
+    expect(url).to_have_attribute("aria-invalid", "true")
+    expect(url).to_have_accessible_description(re.compile("'selfHostedUrl' is a required property"))
     assert server.plugin("qrdemo")["config"].get("greeting") != "hello from the browser"
 
     pid = server.plugin("qrdemo")["pid"]
     max_sessions.fill("5")
+    url.fill("https://demo.example.org")
     dialog.get_by_role("button", name="Save and restart").click()
     expect(dialog).to_be_hidden()
     expect(plugin.get_by_role("status")).to_contain_text("Configuration saved: qrdemo restarts with it")
@@ -140,6 +151,8 @@ def test_config_form_from_the_schema_with_server_errors_at_their_fields(page: An
         "maxSessions": 5,
         "verbose": True,
         "region": "us",
+        "hosting": "selfhosted",
+        "selfHostedUrl": "https://demo.example.org",
         "allowedPeers": ["alice", "bob"],
         "apiKey": "[REDACTED]",
     }
