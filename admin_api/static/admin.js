@@ -229,6 +229,7 @@
     scheduleRefresh("all");
   }
   window.addEventListener("hashchange", selectTab);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && token()) scheduleRefresh("all"); });
 
   // ------------------------------------------------------------------ live updates
 
@@ -276,7 +277,7 @@
     renderLive();
     let delay = POLL_MS;
     while (gen === S.gen) {
-      await refreshAll();
+      if (!document.hidden) await refreshAll();  // a tab in the background asks for nothing
       delay = S.lost ? Math.min(delay * 2, 10000) : POLL_MS;
       await sleep(delay);
     }
@@ -473,6 +474,9 @@
       ["Restarts", String(p.restarts ?? 0)],
     ];
     if (d.pid) facts.push(["Process", String(d.pid)]);
+    // what the manifest asks for (SPEC 5.3), shown before the admin enables it
+    const permissions = d.permissions ?? p.permissions;
+    if (permissions !== undefined && permissions !== null) facts.push(["Permissions", describePermissions(permissions)]);
     reconcile(r.facts, facts, (f) => f[0], (f) => {
       const wrap = h("div", { style: undefined }, h("dt", {}, f[0]), h("dd"));
       wrap.style.display = "contents";
@@ -543,6 +547,15 @@
     setDisabled(r.activate, busy || !r.pick.value || r.pick.value === p.activeVersion);
 
     renderResult(r.result, "plugin:" + p.id);
+  }
+
+  function describePermissions(value) {
+    if (Array.isArray(value)) return value.length ? value.map(String).join(", ") : "none asked";
+    if (value && typeof value === "object") {
+      const parts = Object.entries(value).map(([k, v]) => (v === true ? k : v === false ? `no ${k}` : `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`));
+      return parts.length ? parts.join(", ") : "none asked";
+    }
+    return String(value);
   }
 
   function authWords(type) {
@@ -1508,9 +1521,7 @@
     const channels = data.channels || [];
     reconcile($("charts"), channels, (c) => c.channelId, createChart, (node, c) => updateChart(node, c, data));
     show($("charts-empty"), channels.length === 0);
-    if (S.deadCount === undefined) {
-      try { S.deadCount = (await api("GET", "api/deliveries?status=dead")).length; } catch { /* shown as — */ }
-    }
+    try { S.deadCount = (await api("GET", "api/deliveries?status=dead")).length; } catch { /* shown as — */ }
     renderSummary();
   }
 
