@@ -63,7 +63,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         home: Path | str | None = None,
         secret_key: str | None = None,
         command_timeout: float | None = None,
-        forward_concurrency: int = 16,
+        forward_concurrency: int = 32,
         forward_retry_base: float = 0.5,
         forward_retry_cap: float = 30.0,
         forward_lease: float = 60.0,
