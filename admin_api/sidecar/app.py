@@ -24,11 +24,11 @@ from starlette.routing import BaseRoute, Route
 from channel_runtime.sidecar import Sidecar
 from plugin_host.host import PluginHost
 
+from .. import page
 from ..app import HostSetup, owned_lifespan, plugin_snapshots
 from ..auth import TokenAuth
 from ..errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from ..metrics import metrics_registry
-from ..page import admin_page
 from ..routes import bridge, connectors, health, onboarding, plugins
 from . import routes as connector_routes
 from .auth import ConnectorAuth
@@ -110,7 +110,7 @@ def create_sidecar_app(
         *watching,
         *health.routes,
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/admin", admin_page, methods=["GET"]),
+        *page.routes,
     ]
     service = settings.service
     app = Starlette(

@@ -44,7 +44,7 @@ class Pair:
         self.sidecar = ServeProcess(
             self.sidecar_home,
             cwd=self.tmp,
-            command="sidecar",
+            subcommand="sidecar",
             port=self.sidecar_port,
             env={
                 "CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN,

@@ -63,21 +63,22 @@ class ServeProcess:
         cwd: Path,
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
-        command: str = "serve",
+        command: Sequence[str] | None = None,  # default: this environment's `channel-runtime`
+        subcommand: str = "serve",
         port: int | None = None,
     ) -> None:
-        """`command` is `serve` or `sidecar` (then on 127.0.0.1); `port` reuses a port (a restart)."""
+        """`subcommand` is `serve` or `sidecar` (then on 127.0.0.1); `port` reuses a port (a restart)."""
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("CHANNEL_RUNTIME_", "CONNECTOR_", "BEAVER_"))
         }
         environ.update(env or {})
-        self._out = open(home.parent / f"{command}-{self.port}.out", "a+")
-        self._err = open(home.parent / f"{command}-{self.port}.err", "a+")
-        bind = ["--host", "127.0.0.1"] if command == "sidecar" else []
+        self._out = open(home.parent / f"{subcommand}-{self.port}.out", "a+")
+        self._err = open(home.parent / f"{subcommand}-{self.port}.err", "a+")
+        bind = ["--host", "127.0.0.1"] if subcommand == "sidecar" else []
         self.proc = subprocess.Popen(
-            [*serve_command(), command, "--home", str(home), "--port", str(self.port), *bind, *args],
+            [*(command or serve_command()), subcommand, "--home", str(home), "--port", str(self.port), *bind, *args],
             cwd=cwd,
             env=environ,
             stdout=self._out,
