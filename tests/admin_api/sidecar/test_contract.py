@@ -336,3 +336,27 @@ async def test_no_secret_in_any_answer_or_log(tmp_path: Path, caplog: pytest.Log
     for secret in (CONNECTOR_TOKEN, APP_BRIDGE_TOKEN, ADMIN_TOKEN, *credentials.values()):
         assert secret not in text
     assert "channel_runtime_sidecar_forwarded_total 1.0" in metrics
+
+
+async def test_the_command_timeout_bounds_the_plugin_call_of_a_send(tmp_path: Path) -> None:
+    """CONNECTOR_COMMAND_TIMEOUT_SECONDS: a plugin that does not answer in time is a 504, sent again next time."""
+    import io
+
+    from plugin_host.package import pack_directory
+    from tests.support import REPO
+
+    async with running_sidecar(tmp_path / "home", command_timeout=0.5) as (sidecar, http):
+        host = sidecar.plugin_host
+        archive = pack_directory(REPO / "tests" / "plugins" / "sidecho", tmp_path / "sidecho.zip")
+        await host.install(io.BytesIO(archive.read_bytes()))
+        await host.enable("sidecho")
+        await eventually(lambda: host.supervisor("sidecho") is not None)
+        await eventually(lambda: host.supervisor("sidecho").state == "running")
+        assert (await http.post("/connector-sessions", json={**SESSION_BODY, "kind": "sidecho"})).status_code == 200
+        body = {**send_body("req-slow"), "kind": "sidecho"}
+        slow = await http.post("/send", json={**body, "metadata": {"hang": True}})
+        assert slow.status_code == 504, slow.text
+        assert assert_error_shape(slow)["details"]["rpcCode"] == -32001
+        again = await http.post("/send", json=body)  # the timed-out try was recorded failed: sent now
+        assert again.status_code == 200 and again.json()["duplicate"] is False
+        assert host.supervisor("sidecho").snapshot()["counters"]["timeouts"] == 1

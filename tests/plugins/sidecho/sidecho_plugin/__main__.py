@@ -4,7 +4,8 @@
 - `initialize.connections` and `connection.resume` are recorded in `<stateDir>/resumed.jsonl`
   (one line per connection handed over), so a test can see an account resumed without a login.
 - `message.send` appends each try to `<stateDir>/attempts.jsonl`; with SIDECHO_FLAKY=1 the
-  first try of each requestId fails (-32603), the next succeeds; sends land in `sent.jsonl`.
+  first try of each requestId fails (-32603), the next succeeds; sends land in `sent.jsonl`;
+  metadata `{"hang": true}` never answers (until the host cancels the call).
 - `webhook.handle`: `{peerId, text, messageId}` is one event; `{burst: N, peers: K, prefix}`
   answers 202 at once and emits N `event.inbound` calls (K conversations) in the background.
 """
@@ -100,6 +101,8 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
     if params.connection_id not in connections:
         raise RpcError(UNKNOWN_CONNECTION, f"unknown connection {params.connection_id}")
     _append("attempts.jsonl", {"requestId": params.request_id, "content": params.content})
+    if params.metadata.get("hang"):
+        await anyio.sleep_forever()
     if os.environ.get("SIDECHO_FLAKY") == "1" and params.request_id not in failed_once:
         failed_once.add(params.request_id)
         raise RpcError(INTERNAL_ERROR, "sidecho: the first try of every send fails (SIDECHO_FLAKY=1)")
