@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# delivered events are kept this long, so that a plugin's repeat of one is still known (the
+# application's own bridge dedupe covers the rest); far shorter than the dedupe's 7 days
+FORWARDED_RETENTION = 24 * 3600.0
+
 
 class SendInProgress(Exception):
     """The same `connectionId + requestId` is being sent (updated under 60 s ago): retry after a while."""
@@ -231,7 +235,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         while True:
             await anyio.sleep(self._retention_interval)
             try:
-                await self.store.forward.prune()
+                await self.store.forward.prune(FORWARDED_RETENTION)
                 await self.store.send_dedupe.prune()
             except Exception:
                 log.exception("retention clean-up failed")
