@@ -84,15 +84,21 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         # request (session.start/cancel, connection.logout, message.send); None: the manifest's
         self.command_timeout = command_timeout
         self._retention_interval = retention_interval
-        self._forwarder_options = {
-            "bridge_base_url": bridge_base_url,
-            "bridge_token": bridge_token,
-            "concurrency": forward_concurrency,
-            "retry_base": forward_retry_base,
-            "retry_cap": forward_retry_cap,
-            "lease": forward_lease,
-            "transport": transport,
-        }
+
+        def forwarder(store: Store) -> Forwarder:
+            return Forwarder(
+                store,
+                bridge_base_url=bridge_base_url,
+                bridge_token=bridge_token,
+                clock=self.clock,
+                concurrency=forward_concurrency,
+                retry_base=forward_retry_base,
+                retry_cap=forward_retry_cap,
+                lease=forward_lease,
+                transport=transport,
+            )
+
+        self._make_forwarder = forwarder
         self._forwarder: Forwarder | None = None
         self._started = False
         self.sends: Counter[str] = Counter()  # outcome -> count, for the metrics
@@ -132,7 +138,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         try:
             # the one consumer of its queue: work claimed before a crash is handed out again at once
             await self._store.forward.release_claims()
-            self._forwarder = Forwarder(self._store, clock=self.clock, **self._forwarder_options)  # type: ignore[arg-type]
+            self._forwarder = self._make_forwarder(self._store)
             async with owned_task_group() as tg:
                 self._started = True
                 try:
