@@ -194,9 +194,9 @@ class Sidecar(anyio.AsyncContextManagerMixin):
                 account_id=event.account_id or connection.account_id,
             )
         if not await store.forward.enqueue(event):
-            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True, pending=False))
         self.forwarder.wake()
-        return IngestResult(200, InboundAck(accepted=True, pending=True))
+        return IngestResult(200, InboundAck(accepted=True, duplicate=False, pending=True))
 
     # ---------------------------------------------------------------- outbound: /send
 

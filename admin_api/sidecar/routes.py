@@ -223,6 +223,9 @@ async def send(request: Request) -> Response:
     try:
         send_request = msgspec.json.decode(body, type=SendRequest)
     except msgspec.ValidationError as exc:
+        field = _field_of(exc)
+        if field in ("requestId", "connectionId"):  # a required id, empty: name it
+            raise ApiError("invalid_field", f"{field} is required", {"field": field}, status=422) from None
         raise ApiError("invalid_request", f"the body is not a valid send request: {exc}", status=422) from None
     except msgspec.DecodeError:
         raise ApiError("invalid_json", "the body is not valid JSON", status=400) from None
@@ -271,3 +274,9 @@ routes = [
     Route("/connector-sessions/{session_id}/cancel", cancel_session, methods=["POST"]),
     Route("/connections/{connection_id}/logout", logout, methods=["POST"]),
 ]
+
+
+def _field_of(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field a msgspec error names (`... - at `$.requestId``), if any."""
+    _, sep, path = str(exc).rpartition("at `$.")
+    return path.split("`")[0].split(".")[0].split("[")[0] if sep else None

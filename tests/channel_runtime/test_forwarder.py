@@ -30,7 +30,12 @@ def event(n: int, peer: str = "p1", connection_id: str = "conn_a") -> BridgeEven
         peer_type="dm",
         message_id=f"m{n}",
         timestamp="2026-06-02T09:30:00Z",
+        delivery_attempt=1,
+        channel_id=connection_id,
+        account_id="",
+        message_type="text",
         content=f"text {n}",
+        metadata={},
     )
 
 

@@ -352,11 +352,12 @@ async def test_the_command_timeout_bounds_the_plugin_call_of_a_send(tmp_path: Pa
         await host.enable("sidecho")
         await eventually(lambda: host.supervisor("sidecho") is not None)
         await eventually(lambda: host.supervisor("sidecho").state == "running")
-        assert (await http.post("/connector-sessions", json={**SESSION_BODY, "kind": "sidecho"})).status_code == 200
+        started = await http.post("/connector-sessions", json={**SESSION_BODY, "kind": "sidecho"})
+        assert started.status_code == 200, started.text
         body = {**send_body("req-slow"), "kind": "sidecho"}
         slow = await http.post("/send", json={**body, "metadata": {"hang": True}})
         assert slow.status_code == 504, slow.text
         assert assert_error_shape(slow)["details"]["rpcCode"] == -32001
         again = await http.post("/send", json=body)  # the timed-out try was recorded failed: sent now
-        assert again.status_code == 200 and again.json()["duplicate"] is False
+        assert again.status_code == 200 and again.json()["duplicate"] is False, again.text
         assert host.supervisor("sidecho").snapshot()["counters"]["timeouts"] == 1

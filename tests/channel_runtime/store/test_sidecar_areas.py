@@ -20,12 +20,18 @@ pytestmark = pytest.mark.anyio
 def event(event_id: str, peer: str = "p1", thread: str | None = None, connection_id: str = "conn_a") -> BridgeEvent:
     return BridgeEvent(
         event_id=event_id,
+        timestamp="2026-06-02T09:30:00Z",
+        delivery_attempt=1,
         connection_id=connection_id,
+        channel_id=connection_id,
         kind="echo",
+        account_id="",
         peer_id=peer,
         peer_type="dm",
         thread_id=thread,
         message_id=f"m_{event_id}",
+        message_type="text",
+        content="",
         metadata={"n": event_id},
     )
 

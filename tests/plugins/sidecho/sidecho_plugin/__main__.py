@@ -60,10 +60,10 @@ async def initialize(ctx: Context, params: InitializeParams) -> None:
         _take(info, "initialize")
 
 
-@plugin.method("connection.resume")
-async def resume(ctx: Context, params: ConnectionInfo) -> dict:
-    _take(params, "resume")
-    return {}
+@plugin.on_connect
+async def connect(ctx: Context, info: ConnectionInfo) -> None:
+    # every hand-over (initialize's connections, then each connection.resume); initialize's are also recorded above
+    _take(info, "connect")
 
 
 @plugin.method("session.start")
@@ -72,6 +72,8 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         session_id=params.session_id,
         kind=params.kind,
         status="connected",
+        instructions=[],
+        metadata={},
         account_id=f"acct_{params.connection_id}",
         display_name=params.display_name or "Sidecar echo",
     )
@@ -82,6 +84,7 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         kind=params.kind,
         account_id=view.account_id or "",
         display_name=view.display_name or "",
+        options={},
         credentials=credentials,
     )
     await ctx.host.session_update(
@@ -108,13 +111,14 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
         raise RpcError(INTERNAL_ERROR, "sidecho: the first try of every send fails (SIDECHO_FLAKY=1)")
     message_id = f"sc_{os.urandom(6).hex()}"
     _append("sent.jsonl", {"providerMessageId": message_id, "request": params})
-    return SendResult(provider_message_id=message_id)
+    return SendResult(duplicate=False, provider_message_id=message_id)
 
 
 def _event(connection: ConnectionInfo, peer_id: str, message_id: str, text: str) -> BridgeEvent:
     return BridgeEvent(
         event_id=f"evt_{message_id}",
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        delivery_attempt=1,
         connection_id=connection.connection_id,
         channel_id=connection.channel_id,
         kind=connection.kind,
@@ -122,7 +126,11 @@ def _event(connection: ConnectionInfo, peer_id: str, message_id: str, text: str)
         peer_id=peer_id,
         peer_type="dm",
         message_id=message_id,
+        message_type="text",
         content=text,
+        metadata={},
+        user_id=None,
+        thread_id=None,
     )
 
 
@@ -147,14 +155,14 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
     if "burst" in body:
         count, peers = int(body["burst"]), max(int(body.get("peers", 1)), 1)
         plugin.start_background(_burst, connection, count, peers, str(body.get("prefix", "b")))
-        return WebhookResult(response=WebhookResponse(status=202, body="burst started"))
+        return WebhookResult(response=WebhookResponse(status=202, headers={}, body="burst started"), events=[])
     event = _event(connection, str(body["peerId"]), str(body["messageId"]), str(body["text"]))
-    return WebhookResult(response=WebhookResponse(status=200, body="ok"), events=[event])
+    return WebhookResult(response=WebhookResponse(status=200, headers={}, body="ok"), events=[event])
 
 
 @plugin.method("health")
 async def health(ctx: Context, params: object) -> HealthResult:
-    return HealthResult("ok", connections={cid: "connected" for cid in connections})
+    return HealthResult("ok", detail=None, connections={cid: "connected" for cid in connections})
 
 
 if __name__ == "__main__":
