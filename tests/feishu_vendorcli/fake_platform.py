@@ -238,7 +238,7 @@ class FakeOpenPlatform:
         call = await self._record(request)
         app_id, secret = call.body.get("AppID"), call.body.get("AppSecret")
         if self.apps.get(app_id) != secret:
-            return JSONResponse({"code": 1000040343, "msg": "app credentials are invalid"})
+            return JSONResponse({"code": 10014, "msg": "app secret invalid"})
         url = f"ws://127.0.0.1:{self.port}/ws?device_id=dev{self.ws_connects + 1}&service_id=7&access_key=k-{secrets.token_hex(8)}"
         return JSONResponse({"code": 0, "msg": "ok", "data": {"URL": url, "ClientConfig": self.ws_client_config}})
 

@@ -110,6 +110,7 @@ class LongConnection:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            env=child_environment(),
         )
         outcome = "exited"
         try:
@@ -155,6 +156,8 @@ class LongConnection:
             return None
         if message.type == "missing":
             return "missing"
+        if message.type == "error":
+            return self.redact(message.message or "the client failed")
         if message.type == "status" and message.status:
             await self.on_status("connected" if message.status == "connected" else "disconnected", None)
             return None
@@ -192,6 +195,16 @@ def _strip_queries(text: str) -> str:
             word = word.split("?", 1)[0] + "?[REDACTED]"
         out.append(word)
     return " ".join(out)
+
+
+def child_environment() -> dict[str, str]:
+    """The plugin's own environment, with this package importable however the plugin was started."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    return env
 
 
 def _kill_group(pgid: int) -> None:

@@ -11,7 +11,8 @@ Protocol with the plugin (JSON lines):
   then `{"ack": seq}` for each event the host accepted.
 - stdout: `{"type": "event", "seq", "payload"}` (payload: the event's JSON text),
   `{"type": "status", "status": "connected" | "reconnecting"}`,
-  `{"type": "missing", "message"}` when lark-oapi is not installed.
+  `{"type": "missing", "message"}` when lark-oapi is not installed,
+  `{"type": "error", "message"}` before it exits on a refusal lark-oapi does not retry.
 The event handler answers the platform once the plugin acknowledges (or fails the
 frame after `ackTimeout`, so the platform delivers the event again).
 """
@@ -75,12 +76,24 @@ class AckReader:
             self._acked.clear()
 
 
+class _Out:
+    protocol: Any = None  # a private copy of fd 1; fd 1 itself goes to stderr
+
+
 def emit(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    _Out.protocol.write(json.dumps(message, separators=(",", ":")) + "\n")
+    _Out.protocol.flush()
+
+
+def claim_stdout() -> None:
+    """lark-oapi logs to stdout: move the protocol to a private fd and send fd 1 to stderr."""
+    _Out.protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
 
 def main() -> None:
+    claim_stdout()
     reader = AckReader()
     settings = json.loads(reader.first_line() or b"{}")
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
@@ -124,7 +137,11 @@ def main() -> None:
     client.on_reconnecting = lambda: emit({"type": "status", "status": "reconnecting"})
     # between frames, the loop watches stdin so that the child ends with the plugin
     ws_client.loop.add_reader(_STDIN, reader.read_available)
-    client.start()
+    try:
+        client.start()
+    except Exception as exc:  # a refusal lark-oapi does not retry (bad credentials, too many connections)
+        emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"[:500]})
+        sys.exit(2)
 
 
 if __name__ == "__main__":
