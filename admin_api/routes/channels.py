@@ -42,7 +42,9 @@ async def list_deliveries(request: Request) -> Response:
     runtime = runtime_of(request)
     status = request.query_params.get("status", "failed")
     if status not in ("failed", "dead"):
-        raise ApiError(400, "invalid_parameter", "status must be 'failed' (dead letters)", {"parameter": "status"})
+        raise ApiError(
+            "invalid_parameter", "status must be 'failed' (dead letters)", {"parameter": "status"}, status=400
+        )
     store = runtime.store
     out: list[dict[str, Any]] = []
     for entry in await store.outbox.list_dead(DELIVERIES_LIMIT):
