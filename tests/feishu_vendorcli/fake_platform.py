@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class SentMessage:
     receive_id_type: str | None
     body: dict[str, Any]
     token: str
+    at: float = field(default_factory=time.monotonic)
 
 
 class FakeOpenPlatform:
