@@ -128,6 +128,7 @@ class FakeOpenPlatform:
                 Route("/open-apis/im/v1/messages/{message_id}/reply", self._reply, methods=["POST"]),
                 Route("/callback/ws/endpoint", self._ws_endpoint, methods=["POST"]),
                 WebSocketRoute("/ws", self._ws),
+                Route("/_stats", self._stats, methods=["GET"]),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
@@ -234,6 +235,9 @@ class FakeOpenPlatform:
         self.messages.append(attempt)
         return JSONResponse({"code": 0, "msg": "ok", "data": {"message_id": message_id, "chat_id": "oc_x"}})
 
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse({"messages": len(self.messages), "attempts": len(self.send_attempts)})
+
     # ---------------------------------------------------------------- long connection
 
     async def _ws_endpoint(self, request: Request) -> Response:
@@ -302,3 +306,23 @@ class FakeOpenPlatform:
 
 def _answer(answer: Answer) -> Response:
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+def main() -> None:
+    """Run the fake on its own (the benchmark): `python -m tests.feishu_vendorcli.fake_platform PORT APP_ID SECRET`."""
+    import sys
+
+    port, app_id, secret = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    async def serve() -> None:
+        fake = FakeOpenPlatform()
+        fake.port, fake.base_url = port, f"http://127.0.0.1:{port}"
+        fake.add_app(app_id, secret)
+        async with fake.running():
+            await anyio.sleep_forever()
+
+    anyio.run(serve)
+
+
+if __name__ == "__main__":
+    main()
