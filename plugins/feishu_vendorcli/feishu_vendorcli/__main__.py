@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
 import msgspec
 
 from plugin_host.errors import INVALID_PARAMS
@@ -42,6 +41,8 @@ from .outbound import plan, receive_id_type, rpc_error
 
 log = logging.getLogger("feishu_vendorcli")
 
+SESSIONS_KEPT = 200
+
 plugin = Plugin()
 feishu = Feishu(plugin)
 sessions: dict[str, Session] = {}
@@ -51,7 +52,10 @@ sessions: dict[str, Session] = {}
 async def initialize(ctx: Context, params: InitializeParams) -> None:
     feishu.configure(params.config)
     for info in params.connections:
-        await feishu.serve(info)
+        try:
+            await feishu.serve(info)
+        except RpcError as exc:  # one broken connection must not keep the plugin from starting
+            log.warning("connection %s is not served: %s", info.connection_id, exc.message)
 
 
 @plugin.method("connection.resume")
@@ -78,7 +82,12 @@ async def shutdown(ctx: Context) -> None:
 async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSessionView:
     options = onboarding.options_for(params)
     session = Session(feishu, params)
+    if len(sessions) >= SESSIONS_KEPT:  # finished sessions are kept a while for session.get, not forever
+        for session_id in [sid for sid, s in sessions.items() if s.finished][: SESSIONS_KEPT // 2]:
+            del sessions[session_id]
     sessions[params.session_id] = session
+    flow: Callable[..., Awaitable[None]]
+    args: tuple[Any, ...]
     if isinstance(options, LinkOptions):
         flow, args = onboarding.link, (session, options)
     elif isinstance(options, CreateOptions):
@@ -142,7 +151,7 @@ async def logout(ctx: Context, params: ConnectionRef) -> dict:
 async def health(ctx: Context, params: object) -> HealthResult:
     statuses = {cid: app.status for cid, app in feishu.apps.items()}
     degraded = any(status != "connected" for status in statuses.values())
-    return HealthResult("degraded" if degraded else "ok", None, statuses)
+    return HealthResult(status="degraded" if degraded else "ok", detail=None, connections=statuses)
 
 
 # ---------------------------------------------------------------- inbound and outbound
@@ -196,7 +205,6 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
                     body=body,
                 )
             first = first or message_id
-            await anyio.lowlevel.checkpoint()
     except PlatformError as exc:
         error = rpc_error(exc)
         log.warning("send %s failed: %s", params.request_id, feishu.redact(error.message))

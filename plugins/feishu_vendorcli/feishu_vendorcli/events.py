@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from plugin_host.protocol import PeerType
 from plugin_host.sdk import BridgeEvent
 
 MEDIA_TYPES = ("image", "file", "audio", "media", "sticker")
@@ -79,7 +80,9 @@ def envelope(payload: Any) -> Envelope:
         event_id, event_type = header.get("event_id"), header.get("event_type")
         if not _text(event_id) or not _text(event_type):
             raise UnknownSchema("a schema 2.0 event needs header.event_id and header.event_type")
-        return Envelope("2.0", event_id, event_type, _str(header.get("token")), _int(header.get("create_time")), event)
+        return Envelope(
+            "2.0", str(event_id), str(event_type), _str(header.get("token")), _int(header.get("create_time")), event
+        )
     if "schema" in payload:
         raise UnknownSchema(f"unknown event schema {str(payload.get('schema'))[:20]!r}")
     if payload.get("type") == "event_callback" and isinstance(event, dict):
@@ -88,7 +91,7 @@ def envelope(payload: Any) -> Envelope:
             raise UnknownSchema("a schema 1.0 event needs uuid and event.type")
         ts = payload.get("ts")
         millis = round(float(ts) * 1000) if isinstance(ts, (int, float, str)) and _is_number(ts) else None
-        return Envelope("1.0", uuid, event_type, _str(payload.get("token")), millis, event)
+        return Envelope("1.0", str(uuid), str(event_type), _str(payload.get("token")), millis, event)
     raise UnknownSchema("the body is neither a schema 2.0 event nor a schema 1.0 event callback")
 
 
@@ -110,14 +113,14 @@ def _message_v2(env: Envelope, route: Route) -> Mapped:
     sender = env.event.get("sender")
     if not isinstance(message, dict) or not _text(message.get("message_id")):
         return Mapped(ignored="im.message.receive_v1 without a message id")
-    sender = sender if isinstance(sender, dict) else {}
-    ids = sender.get("sender_id") if isinstance(sender.get("sender_id"), dict) else {}
+    sender = _dict(sender)
+    ids = _dict(sender.get("sender_id"))
     open_id = _str(ids.get("open_id"))
     if sender.get("sender_type") == "app" and open_id and open_id == route.bot_open_id:
         return Mapped(ignored="the bot's own message")
     chat_id = _str(message.get("chat_id")) or ""
     chat_type = _str(message.get("chat_type")) or ""
-    peer_type = "dm" if chat_type == "p2p" else "group" if chat_type == "group" else "unknown"
+    peer_type: PeerType = "dm" if chat_type == "p2p" else "group" if chat_type == "group" else "unknown"
     peer_id = (open_id or chat_id) if peer_type == "dm" else chat_id
     if not peer_id:
         return Mapped(ignored="a message without a chat or sender")
@@ -163,11 +166,11 @@ def _message_v2(env: Envelope, route: Route) -> Mapped:
 
 
 def _mentions(raw: Any, bot_open_id: str | None) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for item in raw if isinstance(raw, list) else []:
         if not isinstance(item, dict) or len(out) >= _MAX_MENTIONS:
             continue
-        ids = item.get("id") if isinstance(item.get("id"), dict) else {}
+        ids = _dict(item.get("id"))
         open_id = _str(ids.get("open_id"))
         is_bot = bool(bot_open_id) and open_id == bot_open_id
         public = {"key": _str(item.get("key")), "name": _str(item.get("name")), "openId": open_id, "isBot": is_bot}
@@ -192,7 +195,7 @@ def _content(message_type: str, raw: Any, mentions: list[dict[str, Any]]) -> tup
     if message_type == "image":
         return "", "image", {"imageKey": _str(body.get("image_key"))}
     if message_type in ("file", "audio", "media", "sticker"):
-        extra = {"fileKey": _str(body.get("file_key"))}
+        extra: dict[str, Any] = {"fileKey": _str(body.get("file_key"))}
         if message_type in ("file", "media"):
             extra["fileName"] = _str(body.get("file_name"))
         if message_type == "media":
@@ -202,8 +205,8 @@ def _content(message_type: str, raw: Any, mentions: list[dict[str, Any]]) -> tup
         return "", message_type, extra
     # never dropped: typed with its own name, its (bounded) content in metadata
     encoded = msgspec.json.encode(body)
-    extra = {"content": body} if len(encoded) <= _MAX_RAW_CONTENT_BYTES else {"contentTruncated": True}
-    return "", message_type, extra
+    kept: dict[str, Any] = {"content": body} if len(encoded) <= _MAX_RAW_CONTENT_BYTES else {"contentTruncated": True}
+    return "", message_type, kept
 
 
 def _with_mentions(text: str, mentions: list[dict[str, Any]]) -> str:
@@ -260,7 +263,7 @@ def _message_v1(env: Envelope, route: Route) -> Mapped:
     chat_id = _str(event.get("open_chat_id")) or ""
     chat_type = _str(event.get("chat_type")) or ""
     open_id = _str(event.get("open_id"))
-    peer_type = "dm" if chat_type == "private" else "group" if chat_type == "group" else "unknown"
+    peer_type: PeerType = "dm" if chat_type == "private" else "group" if chat_type == "group" else "unknown"
     peer_id = (open_id or chat_id) if peer_type == "dm" else chat_id
     if not peer_id:
         return Mapped(ignored="a message without a chat or sender")
@@ -315,7 +318,7 @@ def _membership(env: Envelope) -> Mapped:
     event = env.event
     what = "bot_added" if env.event_type in BOT_ADDED else "bot_removed"
     chat_id = _str(event.get("chat_id")) or _str(event.get("open_chat_id")) or ""
-    operator = event.get("operator_id") if isinstance(event.get("operator_id"), dict) else {}
+    operator = _dict(event.get("operator_id"))
     detail = {
         "chatName": _str(event.get("name")) or _str(event.get("chat_name")),
         "operatorOpenId": _str(operator.get("open_id")) or _str(event.get("operator_open_id")),
@@ -344,6 +347,10 @@ def _rfc3339(millis: int | None) -> str:
         millis = int(time.time() * 1000)
     whole, fraction = divmod(millis, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:03d}Z"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _str(value: Any) -> str | None:

@@ -64,7 +64,7 @@ def decide(body: Any, *, brand: str, switched: bool) -> Decision:
     """The next step after one `poll` answer (pure, so every answer is tested on its own)."""
     if not isinstance(body, dict):
         return Decision("failed", "the registration server answered something that is not a JSON object")
-    user_info = body.get("user_info") if isinstance(body.get("user_info"), dict) else {}
+    user_info: dict[str, Any] = body["user_info"] if isinstance(body.get("user_info"), dict) else {}
     app_id, secret = body.get("client_id"), body.get("client_secret")
     if isinstance(app_id, str) and app_id and isinstance(secret, str) and secret:
         owner = user_info.get("open_id") if isinstance(user_info.get("open_id"), str) else None
