@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import IO, Any
 
 from starlette.datastructures import UploadFile
@@ -32,7 +32,7 @@ def _too_large(what: str, limit: int) -> ApiError:
     return ApiError("payload_too_large", f"the {what} is larger than {limit} bytes", {"limit": limit}, status=413)
 
 
-async def limited_stream(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+async def limited_stream(request: Request, limit: int, what: str) -> AsyncGenerator[bytes, None]:
     """The request body in chunks; raises 413 as soon as more than `limit` bytes arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 import segno
+from anyio.streams.memory import MemoryObjectSendStream
 
 from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, Refusal, RpcError
 from plugin_host.protocol import (
@@ -70,7 +71,7 @@ class ConnectionManager:
     def __init__(self, runtime: ChannelRuntime, host: PluginHost) -> None:
         self.runtime = runtime
         self.host = host
-        self._subscribers: dict[str, set[anyio.abc.ObjectSendStream[dict[str, Any]]]] = {}
+        self._subscribers: dict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = {}
         self._session_locks: dict[str, anyio.Lock] = {}
 
     # ---------------------------------------------------------------- lifecycle

@@ -37,7 +37,7 @@ def load_handler(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CliError(f"cannot import handler module {module_name!r}: {exc}") from None
-    handler = module
+    handler: Any = module
     for part in attr.split("."):
         handler = getattr(handler, part, None)
         if handler is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import anyio
 import anyio.abc
@@ -135,7 +136,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
 
     # ---------------------------------------------------------------- install / uninstall
 
-    async def install(self, source: BinaryIO | Path, *, source_label: str = "upload") -> InstallOutcome:
+    async def install(self, source: BinaryIO | IO[bytes] | Path, *, source_label: str = "upload") -> InstallOutcome:
         async with self._install_lock:
             package: InstalledPackage = await anyio.to_thread.run_sync(install_package, source, self.plugins_dir)
             self.registry.add_version(package.manifest, package.sha256, source_label)
@@ -345,27 +346,30 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         versions = self.registry.all_versions()
         return [self.describe(r.id, record=r, versions=versions.get(r.id, [])) for r in self.registry.list()]
 
-    def connectors(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def connectors(self) -> builtins.list[dict[str, Any]]:
+        out: builtins.list[dict[str, Any]] = []
         for record in self.registry.list():
             if not record.enabled or not record.active_version:
                 continue
             running = self._running.get(record.id)
             state = running.supervisor.state if running else "stopped"
             result = running.supervisor.initialize_result if running else None
-            descriptors: list[ConnectorDescriptor] = (
+            descriptors: builtins.list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
                 else self._manifest(record.id, record.active_version).connectors
             )
+            redactor = running.supervisor.redactor if running else None
             for d in descriptors:
                 item = msgspec.to_builtins(d)
+                if redactor is not None:  # the plugin's own words: its known secrets never show
+                    item = redactor.value(item)
                 item["pluginId"] = record.id
                 item["available"] = state in ("running", "degraded")
                 out.append(item)
         return out
 
-    def logs(self, plugin_id: str, tail: int = 200) -> list[str]:
+    def logs(self, plugin_id: str, tail: int = 200) -> builtins.list[str]:
         self._record(plugin_id)
         running = self._running.get(plugin_id)
         return running.supervisor.logs(tail) if running else []

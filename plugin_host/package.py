@@ -69,7 +69,7 @@ _SKIP_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
-Source = BinaryIO | Path | bytes
+Source = BinaryIO | IO[bytes] | Path | bytes
 
 
 class PackageError(Refusal):
@@ -255,7 +255,7 @@ def _spool(source: Source, max_upload: int, directory: Path | None) -> Iterator[
 
 
 @contextmanager
-def _reader(source: Source) -> Iterator[BinaryIO]:
+def _reader(source: Source) -> Iterator[IO[bytes]]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(source)
     elif isinstance(source, (str, Path)):
@@ -509,7 +509,7 @@ def _stream_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, 
     # CRC ourselves, since zipfile's check would fire before we could count the excess.
     probe = copy.copy(info)
     probe.file_size = info.file_size + 1
-    probe.CRC = None
+    probe.CRC = None  # type: ignore[assignment]  # None: zipfile skips its own CRC check
     crc = 0
     count = 0
     try:
