@@ -245,3 +245,24 @@ async def test_vendor_cli_mode_not_configured(stack: Stack, monkeypatch: pytest.
     session_id, _ = await s.start_session({"mode": "vendor_cli"})
     view = await s.wait_session(session_id, "error")
     assert "FEISHU_VENDOR_INSTALL_COMMAND" in view["session"]["error"]
+
+
+async def test_the_connect_form_is_described_with_secrets_write_only(stack: Stack) -> None:
+    import jsonschema
+
+    r = await stack.api("GET", "/api/connectors")
+    [feishu] = [c for c in r.json() if c["kind"] == "feishu"]
+    schema = feishu["optionsSchema"]
+    properties = schema["properties"]
+    assert {name for name, field in properties.items() if field.get("writeOnly")} == {
+        "appSecret",
+        "encryptKey",
+        "verificationToken",
+    }
+    assert properties["mode"]["enum"] == ["create", "link", "vendor_cli"]
+    assert properties["connection"]["enum"] == ["websocket", "webhook"]
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"mode": "create"})
+    assert validator.is_valid({"mode": "link", "appId": "cli_1", "appSecret": "s", "domain": "https://open.example"})
+    assert not validator.is_valid({"mode": "link", "appId": "cli_1"})  # link needs the secret
+    assert not validator.is_valid({"mode": "link", "appId": "cli_1", "appSecret": "s", "domain": "elsewhere"})

@@ -51,23 +51,16 @@ sessions: dict[str, Session] = {}
 @plugin.on_initialize
 async def initialize(ctx: Context, params: InitializeParams) -> None:
     feishu.configure(params.config)
-    for info in params.connections:
-        try:
-            await feishu.serve(info)
-        except RpcError as exc:  # one broken connection must not keep the plugin from starting
-            log.warning("connection %s is not served: %s", info.connection_id, exc.message)
 
 
-@plugin.method("connection.resume")
-async def resume(ctx: Context, params: ConnectionInfo) -> dict:
-    await feishu.serve(params)
-    return {}
+@plugin.on_connect
+async def connect(ctx: Context, info: ConnectionInfo) -> None:
+    await feishu.serve(info)
 
 
-@plugin.method("connection.release")
-async def release(ctx: Context, params: ConnectionRef) -> dict:
-    await feishu.stop_serving(params.connection_id)
-    return {}
+@plugin.on_disconnect
+async def disconnect(ctx: Context, connection_id: str) -> None:
+    await feishu.stop_serving(connection_id)
 
 
 @plugin.on_shutdown

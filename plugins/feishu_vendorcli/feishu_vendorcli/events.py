@@ -147,6 +147,7 @@ def _message_v2(env: Envelope, route: Route) -> Mapped:
         events=[
             BridgeEvent(
                 event_id=env.event_id,
+                delivery_attempt=1,
                 timestamp=_rfc3339(created),
                 connection_id=route.connection_id,
                 channel_id=route.channel_id,
@@ -294,6 +295,7 @@ def _message_v1(env: Envelope, route: Route) -> Mapped:
         events=[
             BridgeEvent(
                 event_id=env.event_id,
+                delivery_attempt=1,
                 timestamp=_rfc3339(env.create_time_ms),
                 connection_id=route.connection_id,
                 channel_id=route.channel_id,

@@ -120,7 +120,7 @@ def main() -> None:
 
         do_without_validation = _do_without_validation  # the name older lark-oapi versions call
 
-    class Client(lark.ws.Client):  # type: ignore[misc]
+    class Client(lark.ws.Client):
         async def _connect(self) -> None:
             await super()._connect()
             if getattr(self, "_conn", None) is not None:
