@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from feishu_vendorcli.longconn import LongConnection, child_environment
+from feishu_vendorcli.longconn import MISSING_MESSAGE, LongConnection, child_environment
 
 from plugin_host.clock import SystemClock
 from tests.feishu_vendorcli import samples
@@ -119,6 +119,25 @@ async def test_a_dead_client_process_is_restarted_with_backoff(fake: FakeOpenPla
         assert all("app secret invalid" in (e or "") for e in disconnected)
         assert recorder.connected() == 0
         tg.cancel_scope.cancel()
+
+
+async def test_a_missing_lark_oapi_is_reported_once_without_restarts(fake: FakeOpenPlatform) -> None:
+    recorder = Recorder()
+    app_id, secret = fake.add_app()
+    connection = LongConnection(
+        app_id=app_id,
+        app_secret=secret,
+        base_url=fake.base_url,
+        clock=SystemClock(),
+        on_event=recorder.on_event,
+        on_status=recorder.on_status,
+        redact=str,
+        python=[sys.executable, "-S"],  # an interpreter without site-packages: no lark-oapi
+    )
+    with anyio.fail_after(30):
+        await connection.run()  # returns: nothing to retry
+    assert recorder.statuses == [("error", MISSING_MESSAGE)] and connection.restarts == 0
+    assert "pip install 'channel-runtime[feishu]'" in MISSING_MESSAGE
 
 
 def test_the_child_reports_a_missing_lark_oapi() -> None:

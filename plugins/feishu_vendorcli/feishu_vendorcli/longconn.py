@@ -16,7 +16,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
@@ -64,6 +64,7 @@ class LongConnection:
         max_backoff: float = 60.0,
         ack_timeout: float = 2.5,
         name: str = "",
+        python: Sequence[str] = (),
     ) -> None:
         self.app_id = app_id
         self._app_secret = app_secret
@@ -76,6 +77,7 @@ class LongConnection:
         self.max_backoff = max_backoff
         self.ack_timeout = ack_timeout
         self.name = name or app_id
+        self.python = list(python) or [sys.executable]  # the interpreter (and its flags) of the child
         self.restarts = 0
 
     async def run(self) -> None:
@@ -105,7 +107,7 @@ class LongConnection:
             "ackTimeout": self.ack_timeout,
         }
         process = await anyio.open_process(
-            [sys.executable, "-m", "feishu_vendorcli.longconn_child"],
+            [*self.python, "-m", "feishu_vendorcli.longconn_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
