@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import msgspec
 
 from plugin_host.errors import INVALID_PARAMS
@@ -95,12 +96,13 @@ async def _drive(flow: Callable[..., Awaitable[None]], args: tuple[Any, ...]) ->
     session: Session = args[0]
     try:
         await flow(*args)
+    except anyio.get_cancelled_exc_class():
+        raise  # cancelled or shutting down: the host knows what it asked for
     except Exception as exc:
         log.exception("session %s failed", session.params.session_id)
         await session.fail(f"the session failed: {type(exc).__name__}")
-    finally:
-        if not session.finished:
-            await session.fail("the session ended without a result")
+    if not session.finished:
+        await session.fail("the session ended without a result")
 
 
 @plugin.method("session.get")
