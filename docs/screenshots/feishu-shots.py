@@ -26,11 +26,15 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "docs" / "screenshots").resolve()
     root = Path(tempfile.mkdtemp(prefix="feishu-shot-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_RUNTIME_")}
-    env.update(PYTHONPATH=str(REPO), CHANNEL_RUNTIME_ADMIN_TOKEN=ADMIN, CHANNEL_RUNTIME_PUBLIC_URL="https://bots.example.com")
+    env.update(
+        PYTHONPATH=str(REPO), CHANNEL_RUNTIME_ADMIN_TOKEN=ADMIN, CHANNEL_RUNTIME_PUBLIC_URL="https://bots.example.com"
+    )
     fake_port, port = 18931, 18932
     fake_url, base = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{port}"
     fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.feishu_vendorcli.fake_platform", str(fake_port), APP_ID, APP_SECRET], cwd=REPO, env=env
+        [sys.executable, "-m", "tests.feishu_vendorcli.fake_platform", str(fake_port), APP_ID, APP_SECRET],
+        cwd=REPO,
+        env=env,
     )
     serve = subprocess.Popen(
         [sys.executable, "-m", "channel_runtime_cli.main", "serve", "--home", str(root / "home"), "--port", str(port)],
@@ -46,16 +50,31 @@ def main() -> None:
                 pass
             time.sleep(0.2)
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=20)
-        config = {"feishuBaseUrl": fake_url, "larkBaseUrl": fake_url, "accountsBaseUrl": fake_url, "larkAccountsBaseUrl": fake_url + "/lark"}
+        config = {
+            "feishuBaseUrl": fake_url,
+            "larkBaseUrl": fake_url,
+            "accountsBaseUrl": fake_url,
+            "larkAccountsBaseUrl": fake_url + "/lark",
+        }
         api.put("/api/plugins/feishu_vendorcli/config", json=config).raise_for_status()
         for _ in range(100):
             if api.get("/api/plugins/feishu_vendorcli").json().get("state") == "running":
                 break
             time.sleep(0.2)
-        options = {"mode": "link", "appId": APP_ID, "appSecret": APP_SECRET, "connection": "webhook", "verificationToken": "shot-verify"}
-        api.post("/api/connector-sessions", json={"kind": "feishu", "displayName": "Support bot", "options": options}).raise_for_status()
+        options = {
+            "mode": "link",
+            "appId": APP_ID,
+            "appSecret": APP_SECRET,
+            "connection": "webhook",
+            "verificationToken": "shot-verify",
+        }
+        api.post(
+            "/api/connector-sessions", json={"kind": "feishu", "displayName": "Support bot", "options": options}
+        ).raise_for_status()
         time.sleep(1)
-        subprocess.run(["node", str(Path(__file__).with_name("feishu-shots.mjs")), base, ADMIN, str(out)], cwd="/tmp", check=True)
+        subprocess.run(
+            ["node", str(Path(__file__).with_name("feishu-shots.mjs")), base, ADMIN, str(out)], cwd="/tmp", check=True
+        )
     finally:
         serve.terminate()
         fake.terminate()
