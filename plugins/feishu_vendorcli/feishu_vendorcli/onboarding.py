@@ -21,7 +21,7 @@ from plugin_host.sdk import ConnectorSessionView, SessionUpdate
 
 from .config import Account
 from .connector import Feishu
-from .openapi import PlatformError
+from .openapi import BotInfo, PlatformError
 from .registration import AppRegistration, Prompt, RegistrationError
 
 log = logging.getLogger("feishu_vendorcli")
@@ -99,8 +99,6 @@ class Session:
             return
         try:
             # the bot's own open_id tells mentions of the bot apart; a send works without it
-            from .openapi import BotInfo
-
             bot: BotInfo = await feishu.api.bot_info(self.params.connection_id, base_url, account)
             account = msgspec.structs.replace(account, bot_open_id=bot.open_id, bot_name=bot.name)
         except PlatformError as exc:
