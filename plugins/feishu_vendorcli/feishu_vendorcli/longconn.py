@@ -13,16 +13,15 @@ import importlib.util
 import logging
 import os
 import random
-import signal
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import anyio
 import msgspec
-from anyio.abc import Process
 
 from plugin_host.clock import Clock
+from plugin_host.process_group import GroupProcess, LaunchPlan, spawn
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
 STABLE_AFTER_SECONDS = 60.0
@@ -106,14 +105,8 @@ class LongConnection:
             "domain": self.base_url,
             "ackTimeout": self.ack_timeout,
         }
-        process = await anyio.open_process(
-            [*self.python, "-m", "feishu_vendorcli.longconn_child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=child_environment(),
-        )
+        plan = LaunchPlan((*self.python, "-m", "feishu_vendorcli.longconn_child"), child_environment(), Path.cwd())
+        process = await spawn(plan)
         outcome = "exited"
         try:
             assert process.stdin is not None
@@ -123,14 +116,14 @@ class LongConnection:
                 outcome = await self._read_events(process)
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                _kill_group(process.pid)
-                with anyio.move_on_after(5):
-                    await process.aclose()
+            try:
+                await process.kill_group()  # the client never exits by itself; shielded inside
+            finally:
+                await process.aclose()
         code = process.returncode
         return outcome if outcome != "exited" else f"exit code {code}"
 
-    async def _read_events(self, process: Process) -> str:
+    async def _read_events(self, process: GroupProcess) -> str:
         assert process.stdout is not None and process.stdin is not None
         buffer = b""
         async for chunk in process.stdout:
@@ -146,7 +139,7 @@ class LongConnection:
                     return outcome
         return "exited"
 
-    async def _on_line(self, process: Process, line: bytes) -> str | None:
+    async def _on_line(self, process: GroupProcess, line: bytes) -> str | None:
         try:
             message = msgspec.json.decode(line, type=_ChildMessage)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -177,7 +170,7 @@ class LongConnection:
                     return "exited"
         return None
 
-    async def _forward_stderr(self, process: Process) -> None:
+    async def _forward_stderr(self, process: GroupProcess) -> None:
         assert process.stderr is not None
         buffer = b""
         async for chunk in process.stderr:
@@ -207,10 +200,3 @@ def child_environment() -> dict[str, str]:
     if here not in paths:
         env["PYTHONPATH"] = os.pathsep.join([here, *paths])
     return env
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
