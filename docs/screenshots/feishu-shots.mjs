@@ -21,7 +21,7 @@ await page.screenshot({ path: `${out}/feishu-create.png` });
 // 2. link an existing app: the form with the link-only fields, secrets as password fields
 await card.getByRole("button", { name: "Connect a Feishu/Lark account" }).click();
 await card.getByLabel("Account name (shown here)").fill("Support bot");
-await card.getByLabel("How", { exact: true }).selectOption("link");
+await card.getByLabel("Mode", { exact: true }).selectOption("link");
 await card.getByLabel("App ID", { exact: true }).fill("cli_a1b2c3d4e5");
 await card.getByLabel("App Secret", { exact: true }).fill("shot-secret-000");
 await card.getByLabel("Receive events by", { exact: true }).selectOption("webhook");

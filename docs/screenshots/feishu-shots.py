@@ -9,6 +9,7 @@ chromium at /usr/bin/chromium (no browser download). Not a test.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,9 +73,10 @@ def main() -> None:
             "/api/connector-sessions", json={"kind": "feishu", "displayName": "Support bot", "options": options}
         ).raise_for_status()
         time.sleep(1)
-        subprocess.run(
-            ["node", str(Path(__file__).with_name("feishu-shots.mjs")), base, ADMIN, str(out)], cwd="/tmp", check=True
-        )
+        # ES modules resolve packages next to the script: run a copy where playwright-core is installed
+        script = Path("/tmp/feishu-shots.mjs")
+        shutil.copy(Path(__file__).with_name("feishu-shots.mjs"), script)
+        subprocess.run(["node", str(script), base, ADMIN, str(out)], cwd="/tmp", check=True)
     finally:
         serve.terminate()
         fake.terminate()
