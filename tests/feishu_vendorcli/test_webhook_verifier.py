@@ -6,13 +6,16 @@ import base64
 import json
 import time
 
+import msgspec
 import pytest
 from feishu_vendorcli.config import Account
 from feishu_vendorcli.crypto import EventCipher, signature
 from feishu_vendorcli.events import Route
 from feishu_vendorcli.webhook import WebhookVerifier
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from plugin_host.sdk import WebhookParams
+from plugin_host.sdk import BridgeEvent, WebhookParams
 from tests.feishu_vendorcli import samples
 from tests.feishu_vendorcli.platform_requests import platform_request
 
@@ -189,3 +192,61 @@ def test_the_window_is_configurable() -> None:
     body, headers = platform_request(samples.message_event(), encrypt_key=KEY, timestamp=time.time() - 30)
     assert handle(verifier(window=10), body, headers).refusal is not None
     assert handle(verifier(window=60), body, headers).refusal is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode())),
+    headers=st.dictionaries(
+        st.sampled_from(["x-lark-request-timestamp", "x-lark-request-nonce", "x-lark-signature", "content-type"]),
+        st.text(max_size=70),
+        max_size=4,
+    ),
+    key=st.sampled_from([KEY, None]),
+)
+def test_any_request_is_answered_and_only_a_proven_one_yields_events(
+    body: bytes, headers: dict[str, str], key: str | None
+) -> None:
+    outcome = handle(verifier(key=key), body, headers)
+    assert 200 <= outcome.response.status < 500
+    if outcome.response.status != 200:
+        assert outcome.refusal and outcome.events == []
+    else:  # random bytes are never a signed, encrypted event, nor a token-bearing one
+        assert outcome.events == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=json_values)
+def test_the_mapping_survives_any_json(payload: object) -> None:
+    from feishu_vendorcli.events import UnknownSchema, envelope, map_event
+
+    try:
+        env = envelope(payload)
+    except UnknownSchema:
+        return
+    for bridge in map_event(env, ROUTE).events:
+        msgspec.json.decode(msgspec.json.encode(bridge), type=BridgeEvent)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    event=json_values.filter(lambda v: isinstance(v, dict)), message=json_values.filter(lambda v: isinstance(v, dict))
+)
+def test_message_events_with_random_fields_map_or_are_ignored(event: dict, message: dict) -> None:
+    from feishu_vendorcli.events import envelope, map_event
+
+    payload = samples.message_event()
+    payload["event"].update(event)
+    if isinstance(payload["event"].get("message"), dict):
+        payload["event"]["message"].update(message)
+    mapped = map_event(envelope(payload), ROUTE)
+    for bridge in mapped.events:
+        # what the host decodes, with every constraint of the wire shape checked
+        msgspec.json.decode(msgspec.json.encode(bridge), type=BridgeEvent)
