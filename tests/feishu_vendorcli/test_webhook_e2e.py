@@ -256,3 +256,14 @@ async def test_schema_1_events_and_bot_added(stack: Stack, caplog: pytest.LogCap
     [message] = await s.wait_seen(1)
     assert (message.message_id, message.peer_type, message.content) == ("om_v1_0001", "group", "hi there")
     await eventually(lambda: any("bot_added chat oc_new" in r.getMessage() for r in caplog.records))
+
+
+async def test_a_released_connection_answers_503_and_takes_no_event(stack: Stack) -> None:
+    s = stack
+    connection_id = await s.link()
+    await s.host.client("feishu_vendorcli").release(connection_id)  # SPEC 10: another host took it over
+    r = await post_event(s, connection_id, samples.message_event(event_id="ev_away", message_id="om_away"))
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    r = await post_event(s, connection_id, samples.message_event(event_id="ev_away", message_id="om_away"))
+    assert r.status_code == 503
+    assert s.seen == []

@@ -43,6 +43,7 @@ from .outbound import plan, receive_id_type, rpc_error
 log = logging.getLogger("feishu_vendorcli")
 
 SESSIONS_KEPT = 200
+_JSON = {"content-type": "application/json; charset=utf-8"}
 
 plugin = Plugin()
 feishu = Feishu(plugin)
@@ -156,8 +157,10 @@ async def health(ctx: Context, params: object) -> HealthResult:
 async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
     app = feishu.apps.get(params.connection_id)
     if app is None:
-        log.warning("webhook refused for %s: the connection is not served here", params.connection_id)
-        return WebhookResult(WebhookResponse(404, {}, '{"error":"unknown connection"}'), [])
+        # not (yet) handed to this process, e.g. just after a restart: the platform delivers again
+        log.warning("webhook refused for %s: the connection is not served here (yet)", params.connection_id)
+        body = '{"error":"the connection is not served here yet"}'
+        return WebhookResult(WebhookResponse(503, {"retry-after": "5", **_JSON}, body), [])
     outcome = app.verifier.handle(params, app.route, feishu.clock.time())
     if outcome.refusal is not None:
         log.warning("webhook refused for %s: %s", params.connection_id, feishu.redact(outcome.refusal))
