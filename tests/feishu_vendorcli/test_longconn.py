@@ -167,3 +167,27 @@ def test_the_child_exits_when_its_stdin_closes() -> None:
     proc.stdin.close()  # before the settings line
     assert proc.wait(timeout=30) == 0
     assert os.environ.get("PYTHONPATH", "") in child_environment()["PYTHONPATH"]
+
+
+async def test_a_connected_client_exits_when_the_plugin_goes_away(fake: FakeOpenPlatform) -> None:
+    # the child has its own session, so a plugin killed outright cannot take it down by group:
+    # the end of its stdin must
+    app_id, secret = fake.add_app()
+    process = await anyio.open_process(
+        [sys.executable, "-m", "feishu_vendorcli.longconn_child"],
+        env=child_environment(),
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    async with process:
+        assert process.stdin is not None and process.stdout is not None
+        settings = {"appId": app_id, "appSecret": secret, "domain": fake.base_url}
+        await process.stdin.send((json.dumps(settings) + "\n").encode())
+        received = b""
+        with anyio.fail_after(30):
+            while b"\n" not in received:
+                received += await process.stdout.receive()
+        assert json.loads(received.split(b"\n")[0]) == {"type": "status", "status": "connected"}
+        await process.stdin.aclose()
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
