@@ -12,7 +12,7 @@ import msgspec
 
 from plugin_host.clock import Clock
 from plugin_host.errors import UNKNOWN_CONNECTION, RpcError
-from plugin_host.redact import Redactor
+from plugin_host.redact import Redactor, redact
 from plugin_host.sdk import BridgeEvent, ConnectionInfo, Plugin
 
 from .config import Account, FeishuConfig
@@ -99,12 +99,7 @@ class Feishu:
     @property
     def api(self) -> OpenApi:
         if self._api is None:
-            self._api = OpenApi(
-                self.http,
-                self.clock,
-                refresh_margin=self.config.token_refresh_margin_seconds,
-                on_token=self.redactor.add,
-            )
+            self._api = OpenApi(self.http, self.clock, refresh_margin=self.config.token_refresh_margin_seconds)
         return self._api
 
     async def aclose(self) -> None:
@@ -113,7 +108,8 @@ class Feishu:
             self._http = None
 
     def redact(self, text: str) -> str:
-        return self.redactor(text)
+        """Known app secrets, the tokens in use, and anything token-shaped (older tokens) masked."""
+        return redact(self.redactor(text), self.api.current_tokens() if self._api is not None else ())
 
     # ---------------------------------------------------------------- linked apps
 

@@ -77,13 +77,10 @@ class BotInfo(msgspec.Struct, frozen=True):
 class OpenApi:
     """Open Platform calls for every linked app of this plugin process."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, clock: Clock, *, refresh_margin: float = 600.0, on_token: Any = None
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, clock: Clock, *, refresh_margin: float = 600.0) -> None:
         self.http = http
         self.clock = clock
         self.refresh_margin = refresh_margin
-        self.on_token = on_token  # called with each new token (the plugin registers it as a secret)
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -102,8 +99,6 @@ class OpenApi:
                 status=response.status_code,
                 retry_after=_retry_after(response),
             )
-        if self.on_token is not None:
-            self.on_token(answer.tenant_access_token)
         return answer.tenant_access_token, int(answer.expire or 7200)
 
     async def token(self, key: str, base_url: str, account: Account) -> str:
@@ -119,6 +114,10 @@ class OpenApi:
             value, lifetime = await self.fetch_token(base_url, account.app_id, account.app_secret)
             self._tokens[key] = _Token(value, self.clock.monotonic() + lifetime - self.refresh_margin)
             return value
+
+    def current_tokens(self) -> list[str]:
+        """The tokens in use: secrets to mask in logs (only these, so the set stays small)."""
+        return [token.value for token in self._tokens.values()]
 
     def forget(self, key: str) -> None:
         self._tokens.pop(key, None)
