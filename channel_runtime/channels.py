@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import msgspec
 
-from plugin_host.errors import IN_PROGRESS, UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import IN_PROGRESS, RATE_LIMITED, REFUSED, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import SendRequest, SendResult
 
 from .config import ChannelConfig
@@ -201,11 +201,11 @@ def _retry_after(response: httpx.Response, default: float | None = 5) -> float |
 
 def rpc_delivery_error(exc: RpcError) -> DeliveryError:
     """How a plugin's answer to `message.send` maps onto a retry decision."""
-    if exc.code == IN_PROGRESS:
+    if exc.code in (IN_PROGRESS, RATE_LIMITED):
         data = exc.data if isinstance(exc.data, dict) else {}
         return DeliveryError(exc.message, retry_after=float(data.get("retryAfterSeconds", 5)))
-    # -32602 invalid params, -32011 unknown connection, -32012 unsupported: retrying cannot help
-    permanent = exc.code in (-32602, -32601, UNKNOWN_CONNECTION, -32012)
+    # -32602 invalid params, -32011 unknown connection, -32012 unsupported, -32019 refused: retrying cannot help
+    permanent = exc.code in (-32602, -32601, UNKNOWN_CONNECTION, -32012, REFUSED)
     return DeliveryError(f"{exc.name}: {exc.message}", permanent=permanent)
 
 
