@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from channel_runtime.deliveries import DeliveryView
+from plugin_host.wire_schemas import wire_components
 
 _REF = "#/components/schemas/"
 
@@ -52,7 +56,58 @@ _TAIL = {
     "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
 }
 
+_TIMESTAMPS = {
+    "name": "timestamps",
+    "in": "query",
+    "required": False,
+    "description": "true: each line as {seq, at, line} (arrival time, sequence number for `after`)",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "only lines whose sequence number is greater (a live tail)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_SERIES = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
 _SCHEMAS: dict[str, Any] = {
+    "LogLine": {
+        "type": "object",
+        "required": ["seq", "at", "line"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "line": {"type": "string"},
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": ["start", "minutes", "channels"],
+        "properties": {
+            "start": {"type": "integer", "description": "epoch second the first minute begins at"},
+            "minutes": {"type": "integer"},
+            "channels": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["channelId", "series"],
+                    "properties": {
+                        "channelId": {"type": "string"},
+                        "connectionId": {"type": ["string", "null"]},
+                        "kind": {"type": ["string", "null"]},
+                        "displayName": {"type": "string"},
+                        "series": {
+                            "type": "object",
+                            "description": "counts per minute, oldest first: messages in, deliveries sent, deferred, dead",
+                            "properties": {"in": _SERIES, "sent": _SERIES, "deferred": _SERIES, "dead": _SERIES},
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -66,16 +121,6 @@ _SCHEMAS: dict[str, Any] = {
                     "details": {"type": "object"},
                 },
             }
-        },
-    },
-    "Connector": {
-        "type": "object",
-        "required": ["kind", "displayName", "authType"],
-        "properties": {
-            "kind": {"type": "string"},
-            "displayName": {"type": "string"},
-            "authType": {"type": "string", "enum": ["qr", "plugin_install", "credentials"]},
-            "capabilities": {"type": "array", "items": {"type": "string"}},
         },
     },
     "AvailableConnector": {
@@ -226,37 +271,6 @@ _SCHEMAS: dict[str, Any] = {
             "startedAt": {},
         },
     },
-    "BridgeEvent": {
-        "type": "object",
-        "required": ["eventId", "connectionId", "kind", "peerId", "messageId"],
-        "properties": {
-            "eventId": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "deliveryAttempt": {"type": "integer", "minimum": 1},
-            "connectionId": {"type": "string"},
-            "channelId": {"type": "string"},
-            "kind": {"type": "string"},
-            "accountId": {"type": "string"},
-            "peerId": {"type": "string"},
-            "peerType": {"type": "string", "enum": ["dm", "group", "channel", "unknown"]},
-            "userId": {"type": "string"},
-            "threadId": {"type": "string"},
-            "messageId": {"type": "string"},
-            "messageType": {"type": "string"},
-            "content": {"type": "string"},
-            "metadata": {"type": "object"},
-        },
-    },
-    "InboundAck": {
-        "type": "object",
-        "required": ["accepted", "duplicate", "pending"],
-        "properties": {
-            "accepted": {"type": "boolean"},
-            "duplicate": {"type": "boolean"},
-            "pending": {"type": "boolean"},
-            "retryAfterSeconds": {"type": ["integer", "null"]},
-        },
-    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -267,6 +281,13 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+# Wire shapes are not written here: they are generated from the protocol Structs (plugin_host.protocol),
+# the one definition that schemas/ is generated from too.
+_WIRE = wire_components(_REF + "{name}")
+_SCHEMAS.update(
+    {"Connector": _WIRE["ConnectorDescriptor"], "BridgeEvent": _WIRE["BridgeEvent"], "InboundAck": _WIRE["InboundAck"]}
+)
 
 
 def _plugin_action(summary: str, op_id: str) -> dict[str, Any]:
@@ -296,64 +317,8 @@ _DELIVERY_ID = {
     "description": "out-{n} (outbox) or in-{n} (inbox dead letter)",
     "schema": {"type": "string", "pattern": "^(out|in)-[0-9]{1,18}$"},
 }
-_NULLABLE_NUMBER = {"type": ["number", "null"]}
-_NULLABLE_STRING = {"type": ["string", "null"]}
-# a delivery as the API shows it (channel_runtime.deliveries.DeliveryView); times are epoch seconds
-_DELIVERY: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "id",
-        "direction",
-        "state",
-        "reason",
-        "channelId",
-        "peerId",
-        "conversation",
-        "requestId",
-        "messageId",
-        "content",
-        "target",
-        "attempts",
-        "lastError",
-        "createdAt",
-        "updatedAt",
-        "nextAttemptAt",
-        "deferredAt",
-        "expiresAt",
-        "firstAttemptAt",
-        "lastAttemptAt",
-        "sentAt",
-        "providerMessageId",
-    ],
-    "properties": {
-        "id": {"type": "string", "pattern": "^(out|in)-[0-9]+$"},
-        "direction": {"type": "string", "enum": ["outbound", "inbound"]},
-        "state": {"type": "string", "enum": _DELIVERY_STATES},
-        "reason": {
-            "type": ["string", "null"],
-            "description": "deferred: rate_budget, reply_window, not_connected, retry_after;"
-            " dead: failed, undeliverable, refused, expired",
-        },
-        "channelId": {"type": "string"},
-        "peerId": {"type": "string"},
-        "conversation": {"type": "string"},
-        "requestId": {**_NULLABLE_STRING, "description": "outbound: the stable requestId (SPEC 6.4)"},
-        "messageId": {**_NULLABLE_STRING, "description": "inbound: the platform's message id"},
-        "content": {"type": "string"},
-        "target": {"type": ["object", "null"]},
-        "attempts": {"type": "integer", "minimum": 0},
-        "lastError": _NULLABLE_STRING,
-        "createdAt": {"type": "number"},
-        "updatedAt": {"type": "number"},
-        "nextAttemptAt": _NULLABLE_NUMBER,
-        "deferredAt": _NULLABLE_NUMBER,
-        "expiresAt": _NULLABLE_NUMBER,
-        "firstAttemptAt": _NULLABLE_NUMBER,
-        "lastAttemptAt": _NULLABLE_NUMBER,
-        "sentAt": _NULLABLE_NUMBER,
-        "providerMessageId": _NULLABLE_STRING,
-    },
-}
+# a delivery as the library and the API show it: generated from its Struct, the one definition
+_DELIVERY: dict[str, Any] = msgspec.json.schema_components([DeliveryView])[1]["DeliveryView"]
 
 _PATHS: dict[str, Any] = {
     "/api/plugins": {
@@ -452,9 +417,17 @@ _PATHS: dict[str, Any] = {
             "summary": "Last stderr lines of the plugin, redacted",
             "operationId": "pluginLogs",
             "tags": ["plugins"],
-            "parameters": [_PLUGIN_ID, _TAIL],
+            "parameters": [_PLUGIN_ID, _TAIL, _TIMESTAMPS, _AFTER],
             "responses": {
-                "200": _json({"type": "array", "items": {"type": "string"}}, "Log lines"),
+                "200": _json(
+                    {
+                        "oneOf": [
+                            {"type": "array", "items": {"type": "string"}},
+                            {"type": "array", "items": _ref("LogLine")},
+                        ]
+                    },
+                    "Log lines: text, or {seq, at, line} with timestamps=true",
+                ),
                 "400": _error("Bad tail"),
                 **_ERRORS,
             },
@@ -757,6 +730,33 @@ _PATHS: dict[str, Any] = {
             },
         }
         for method in ("get", "post", "put", "patch", "delete", "options")
+    },
+    "/api/overview": {
+        "get": {
+            "summary": "Messages and delivery outcomes per minute over the last hour, per connection (this server's)",
+            "operationId": "overview",
+            "tags": ["channels"],
+            "responses": {"200": _json(_ref("Overview"), "Per-minute counts"), "401": _ERRORS["401"]},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "Redirect to the admin page",
+            "operationId": "root",
+            "tags": ["page"],
+            "security": [],
+            "responses": {"307": {"description": "To /admin"}},
+        }
+    },
+    "/admin/static/{name}": {
+        "get": {
+            "summary": "The admin page's script and style",
+            "operationId": "adminStatic",
+            "tags": ["page"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "admin.js or admin.css"}, "404": {"description": "No such file"}},
+        }
     },
     "/healthz": {
         "get": {

@@ -34,7 +34,7 @@ class DeliveryRefusal(Refusal):
 class DeliveryView(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     """One delivery as the library (`runtime.delivery(id)`) and the admin API show it.
 
-    `state`: `queued, sending, sent, deferred, dead` (an inbox dead letter is `dead`).
+    `status`: `queued, sending, sent, deferred, dead` (an inbox dead letter is `dead`).
     `reason`: while deferred, why (`rate_budget, reply_window, not_connected,
     retry_after`); when dead, why (`failed` after the last attempt, `undeliverable`
     for an error no retry can fix, `refused` by the platform for good, `expired`
@@ -43,11 +43,11 @@ class DeliveryView(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
 
     id: str
     direction: Direction
-    state: DeliveryState
+    status: DeliveryState
     reason: str | None
     channel_id: str
     peer_id: str
-    conversation: str
+    session_id: str  # the conversation reference of SPEC 6.3, `{kind}:{peerType}:{peerId}[:{threadId}]`
     request_id: str | None  # outbound: the stable requestId of SPEC 6.4
     message_id: str | None  # inbound: the platform's message id
     content: str
@@ -86,11 +86,11 @@ def outbound_view(entry: OutboxEntry, *, defer_ttl: float) -> DeliveryView:
     return DeliveryView(
         id=delivery_id("outbound", entry.id),
         direction="outbound",
-        state=state,
+        status=state,
         reason=entry.defer_reason if state == "deferred" else entry.reason if state == "dead" else None,
         channel_id=entry.channel_id,
         peer_id=entry.peer_id,
-        conversation=entry.conversation,
+        session_id=entry.conversation.removeprefix(f"{entry.channel_id}:"),
         request_id=entry.request_id,
         message_id=None,
         content=content if isinstance(content, str) else "",
@@ -114,11 +114,11 @@ def inbound_view(entry: InboxEntry) -> DeliveryView:
     return DeliveryView(
         id=delivery_id("inbound", entry.id),
         direction="inbound",
-        state=state,
+        status=state,
         reason=entry.reason if state == "dead" else None,
         channel_id=entry.channel_id,
         peer_id=entry.message.peer_id,
-        conversation=entry.session_id,
+        session_id=entry.session_id,
         request_id=None,
         message_id=entry.message.message_id,
         content=entry.message.content,

@@ -32,6 +32,7 @@ from plugin_host.lifetime import owned_task_group
 from plugin_host.manifest import OutboundLimits
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
 
+from .activity import ActivityCounts
 from .budget import (
     DEFAULT_DEFER_TTL,
     NO_LIMITS,
@@ -154,6 +155,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._channels: dict[str, Channel] = {}
         self._configs: dict[str, ChannelConfig] = {}
         self._states: dict[str, ChannelState] = {}
+        self.activity = ActivityCounts(self.clock)  # the admin page's overview
         self._lifecycle = anyio.Lock()
         self._handler_attempts = handler_attempts
         self._delivery_attempts = delivery_attempts
@@ -425,9 +427,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
             )
         if entry is None:  # a completed duplicate, or a message id this channel has seen
-            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True, pending=False))
         self._committed(entry)
-        return IngestResult(200, InboundAck(accepted=True, pending=True))
+        return IngestResult(200, InboundAck(accepted=True, duplicate=False, pending=True))
 
     async def accept(self, message: InboundMessage) -> bool:
         """Commit a message from a local channel (runtime dedupe + inbox); False when already seen."""
@@ -437,6 +439,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         return entry is not None
 
     def _committed(self, entry: InboxEntry) -> None:
+        self.activity.count(entry.channel_id, "in")
         self._inbox.wake()
         # the commit opened the peer's reply window and released the deliveries deferred for it
         key = (entry.channel_id, entry.message.peer_id)
@@ -539,7 +542,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 view = await self._view(direction, entry_id)
                 if view is None:
                     raise DeliveryRefusal("delivery_not_found", f"no delivery {delivery_id_}", status=404)
-                if view.state in ("sent", "dead") or direction == "inbound":
+                if view.status in ("sent", "dead") or direction == "inbound":
                     return view
                 event = self._waiters.setdefault(entry_id, anyio.Event())
                 # the store is the truth: look again now and then, also when no event comes
@@ -616,8 +619,8 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             raise DeliveryRefusal("delivery_not_found", f"no delivery {delivery_id(direction, entry_id)}", status=404)
         raise DeliveryRefusal(
             "delivery_not_dead",
-            f"delivery {view.id} is {view.state}; only a dead delivery can be {action}",
-            {"state": view.state},
+            f"delivery {view.id} is {view.status}; only a dead delivery can be {action}",
+            {"status": view.status},
             status=409,
         )
 
@@ -768,6 +771,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             if not self._in_flight[key]:
                 del self._in_flight[key]
         self.counters.sent += 1
+        self.activity.count(entry.channel_id, "sent")
         self._finished(entry.id)
 
     async def _failed(self, entry: OutboxEntry, exc: Exception, attempted_at: float | None) -> None:
@@ -809,6 +813,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             else backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
         )
         await store.outbox.retry(entry.id, error, delay, attempted_at=attempted_at)
+        self.activity.count(entry.channel_id, "deferred")
 
     def _bounded_retry_after(self, value: float | None) -> float | None:
         """A plugin's or sidecar's number, bounded (inf would block forever, nan is no number)."""
@@ -847,6 +852,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             self._outbox.wake()
         if entry.defer_reason != reason:  # one event when it starts waiting (or for another reason)
             self.counters.deferred[reason] = self.counters.deferred.get(reason, 0) + 1
+            self.activity.count(entry.channel_id, "deferred")
             self.events.publish(
                 "delivery.deferred",
                 {
@@ -864,6 +870,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         if not await self.store.outbox.dead_letter(entry.id, error, reason=reason, attempted_at=attempted_at):
             return
         self.counters.dead[reason] = self.counters.dead.get(reason, 0) + 1
+        self.activity.count(entry.channel_id, "dead")
         self.events.publish(
             "delivery.dead",
             {

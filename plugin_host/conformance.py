@@ -5,18 +5,21 @@ package rules of SPEC 5.1, spawned with the isolation of SPEC 5.3, and driven
 over raw stdio, so that malformed input can be sent and every stdout line seen:
 
     package, spawn, initialize, initialized, health, unknown method,
-    malformed input, stdout, shutdown, exit on EOF
+    malformed input, shutdown, stdout, every field, exit on EOF
 
 Each check prints one line (PASS/FAIL/SKIP + reason); the run fails when any
-check fails. Every message the plugin writes is validated against `schemas/`.
+check fails. Every message the plugin writes is validated against `schemas/`;
+`every field` names each field the plugin leaves out of a message (SPEC 3.1:
+optional ones go out as null, never missing). The plugin's `state.get` /
+`state.put` requests are answered from memory, as a host would.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,16 +30,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
-import anyio.abc
+import msgspec
 
-from .errors import METHOD_NOT_FOUND
+from .errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from .launch import LaunchError, LaunchSpec, prepare_launch
 from .manifest import Manifest
 from .package import PackageError, install_package, pack_directory
-from .process import LaunchError, LaunchSpec, build_command, build_env
-from .protocol import PROTOCOL_VERSION
+from .process_group import GroupProcess, spawn
+from .protocol import PROTOCOL_VERSION, StateGetParams, StatePutParams
 from .redact import redact
+from .sdk.testing import MemoryState
 from .streams import FdReceiveStream, FdSendStream
-from .wire_schemas import message_errors
+from .wire_schemas import message_errors, missing_fields
 
 HOST_INFO = {"name": "channel-runtime-check", "version": "1"}
 SHUTDOWN_TIMEOUT = 2.0
@@ -97,6 +102,7 @@ CHECKS = [
     "malformed input",
     "shutdown",
     "stdout",
+    "every field",
     "exit on EOF",
 ]
 
@@ -112,6 +118,8 @@ class _Peer:
         self.responses: dict[Any, dict[str, Any]] = {}
         self.null_id_errors: list[dict[str, Any]] = []
         self.violations: list[str] = []
+        self.missing: dict[str, list[str]] = {}  # message -> fields it left out
+        self.state = MemoryState()
         self.eof = anyio.Event()
         self._arrived = anyio.Event()
 
@@ -158,21 +166,18 @@ class _Peer:
             )
             return
         method = self.sent_methods.get(message.get("id")) if "method" not in message else None
-        for issue in message_errors("plugin_to_host", message, method=method)[:3]:
-            what = message.get("method") or f"answer to {method or message.get('id')!r}"
+        what = message.get("method") or f"answer to {method or message.get('id')!r}"
+        # missing fields are reported by name in their own check; here what a host would refuse
+        for issue in message_errors("plugin_to_host", message, method=method, complete=False)[:3]:
             self.violations.append(f"{what}: {issue['path'] or '/'}: {issue['message']}")
+        if "result" in message or "method" in message:
+            missing = missing_fields("plugin_to_host", message, method=method)
+            if missing:
+                self.missing.setdefault(what, [])
+                self.missing[what] += [f for f in missing if f not in self.missing[what]]
         if "method" in message:
-            if "id" in message:  # a request of the plugin: this stand-in host serves none
-                await self.send(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": message["id"],
-                        "error": {
-                            "code": METHOD_NOT_FOUND,
-                            "message": "the conformance check does not serve host methods",
-                        },
-                    }
-                )
+            if "id" in message:  # a request of the plugin
+                await self.send(self._answer(message))
             return
         if message.get("id") is None:
             self.null_id_errors.append(message)
@@ -180,11 +185,30 @@ class _Peer:
             self.responses[message["id"]] = message
         self._notify()
 
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A host's answer to a plugin request: state.* from memory, nothing else."""
+        method, params = request["method"], request.get("params", {})
+        try:
+            if method == "state.get":
+                result: Any = self.state.get(msgspec.convert(params, StateGetParams))
+            elif method == "state.put":
+                result = self.state.put(msgspec.convert(params, StatePutParams))
+            else:
+                raise RpcError(METHOD_NOT_FOUND, f"the conformance check does not serve {method}")
+        except msgspec.ValidationError as exc:
+            return _error(request["id"], INVALID_PARAMS, f"invalid {method} params: {exc}")
+        except RpcError as exc:
+            return _error(request["id"], exc.code, exc.message)
+        return {"jsonrpc": "2.0", "id": request["id"], "result": msgspec.json.decode(msgspec.json.encode(result))}
+
     async def send(self, message: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(message, separators=(",", ":")).encode())
 
     async def send_raw(self, line: bytes) -> None:
-        await self.stdin.send(line + b"\n")
+        try:
+            await self.stdin.send(line + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the plugin is gone or closed its stdin: the missing answer tells the check why
 
     async def request(self, id_: Any, method: str, params: Any, timeout: float) -> dict[str, Any] | None:
         """Send a request; its response, or None when none came within `timeout`."""
@@ -197,6 +221,10 @@ class _Peer:
             while id_ not in self.responses and not self.eof.is_set():
                 await self._arrived.wait()
         return self.responses.get(id_)
+
+
+def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
 @contextmanager
@@ -241,61 +269,40 @@ async def run_checks(source: Path, *, host_env: dict[str, str] | None = None) ->
 
 async def _run_process(spec: LaunchSpec, report: Report) -> None:
     try:
-        command = build_command(spec)
+        plan = prepare_launch(spec)
     except LaunchError as exc:
         report.add("spawn", False, str(exc))
         return
-    env = build_env(spec)
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    spec.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (spec.data_dir / "tmp").mkdir(exist_ok=True, mode=0o700)
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    plan = dataclasses.replace(plan, env={"PYTHONDONTWRITEBYTECODE": "1", **(plan.env or {})})
     try:
-        process = await anyio.open_process(
-            command,
-            stdin=stdin_r,
-            stdout=stdout_w,
-            stderr=stderr_w,
-            cwd=str(spec.data_dir),
-            env=env,
-            start_new_session=True,
-        )
+        process = await spawn(plan)
     except OSError as exc:
-        for fd in (stdin_w, stdout_r, stderr_r):
-            os.close(fd)
-        report.add("spawn", False, f"cannot start {command[0]!r}: {exc}")
+        report.add("spawn", False, f"cannot start {plan.argv[0]!r}: {exc}")
         return
-    finally:
-        for fd in (stdin_r, stdout_w, stderr_w):
-            os.close(fd)
-    report.add("spawn", True, f"pid {process.pid}: {' '.join(command)}")
-    stdin, stdout, stderr = FdSendStream(stdin_w), FdReceiveStream(stdout_r), FdReceiveStream(stderr_r)
-    peer = _Peer(stdin, stdout, spec.manifest.limits.max_message_bytes)
+    report.add("spawn", True, f"pid {process.pid}: {' '.join(plan.argv)}")
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    peer = _Peer(process.stdin, process.stdout, spec.manifest.limits.max_message_bytes)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_KEEP)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.read_loop)
-            tg.start_soon(_drain, stderr, stderr_tail)
+            tg.start_soon(_drain, process.stderr, stderr_tail)
             try:
                 await _converse(peer, process, spec, report)
             finally:
+                # whatever state the plugin is in: kill its group and reap it
+                await process.kill_group()
                 with anyio.CancelScope(shield=True):
-                    await _kill(process)
                     # the group is gone: the pipes reach EOF unless a grandchild escaped the group
                     with anyio.move_on_after(1.0):
                         await peer.eof.wait()
                 tg.cancel_scope.cancel()
     finally:
-        for stream in (stdin, stdout, stderr):
-            if not stream._closed:
-                anyio.notify_closing(stream._fd)
-                await stream.aclose()
+        await process.aclose()
         report.stderr_tail = [redact(line) for line in stderr_tail]
 
 
-async def _converse(peer: _Peer, process: anyio.abc.Process, spec: LaunchSpec, report: Report) -> None:
+async def _converse(peer: _Peer, process: GroupProcess, spec: LaunchSpec, report: Report) -> None:
     manifest = spec.manifest
     handshake = manifest.timeouts.handshake_ms / 1000.0
     health_timeout = manifest.timeouts.health_ms / 1000.0
@@ -374,6 +381,13 @@ async def _converse(peer: _Peer, process: anyio.abc.Process, spec: LaunchSpec, r
     else:
         report.add("stdout", True, "only valid JSON-RPC messages")
 
+    # -- every field (SPEC 3.1): judged on everything written so far
+    if peer.missing:
+        left_out = "; ".join(f"{what} leaves out {', '.join(fields)}" for what, fields in peer.missing.items())
+        report.add("every field", False, left_out + " (send optional fields as null)")
+    else:
+        report.add("every field", True, "no message leaves a field out")
+
     # -- exit on EOF
     await peer.stdin.aclose()
     started = time.monotonic()
@@ -391,7 +405,7 @@ def _check_answer(
     name: str,
     answer: dict[str, Any] | None,
     peer: _Peer,
-    process: anyio.abc.Process,
+    process: GroupProcess,
     timeout: float,
     started: float,
 ) -> bool:
@@ -402,14 +416,14 @@ def _check_answer(
         err = answer["error"]
         report.add(name, False, f"answered error {err.get('code')}: {redact(str(err.get('message')))}")
         return False
-    issues = message_errors("plugin_to_host", answer, method=name)
+    issues = message_errors("plugin_to_host", answer, method=name, complete=False)
     if issues:
         report.add(name, False, f"result does not match the schema: {issues[0]['path']}: {issues[0]['message']}")
         return False
     return True
 
 
-def _silence(peer: _Peer, process: anyio.abc.Process, what: str) -> str:
+def _silence(peer: _Peer, process: GroupProcess, what: str) -> str:
     if process.returncode is not None:
         return f"no answer {what}: the plugin exited with code {process.returncode}"
     if peer.eof.is_set():
@@ -433,16 +447,6 @@ async def _drain(stream: FdReceiveStream, tail: collections.deque[str]) -> None:
         tail.extend(line.decode("utf-8", "replace")[:500] for line in lines)
     if partial:
         tail.append(partial.decode("utf-8", "replace")[:500])
-
-
-async def _kill(process: anyio.abc.Process) -> None:
-    """Whatever state the plugin is in: kill its process group and reap it."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    with anyio.move_on_after(5.0):
-        await process.wait()
 
 
 def check_plugin(source: str | os.PathLike[str], *, out: TextIO | None = None) -> int:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import string
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ..errors import VENDOR_COMMAND_FAILED, RpcError
+from ..process_group import LaunchPlan, spawn
 from ..redact import redact
 
 MAX_OUTPUT_BYTES = 1024 * 1024  # per stream; the tail is kept
@@ -146,9 +146,12 @@ class VendorRunner:
         secrets: Iterable[str] = (),
         input: bytes | None = None,
         check: bool = True,
+        on_stdout_line: Callable[[str], Awaitable[None]] | None = None,
     ) -> VendorResult:
         """Run to completion within `timeout` seconds.
 
+        `on_stdout_line` sees each stdout line as it arrives (for progress: an
+        installer's QR URL), unredacted: the caller must not log or store it.
         Raises -32014 (`data.exitCode`, `data.stderr` redacted) on a timeout
         (`exitCode` null) and, when `check`, on a non-zero exit.
         """
@@ -157,14 +160,9 @@ class VendorRunner:
         argv = command.format(args or {})
         known = (*self.secrets, *secrets)
         out, err = _Tail(self.max_output_bytes), _Tail(self.max_output_bytes)
+        plan = LaunchPlan(tuple(argv), self.env, Path(self.cwd))
         try:
-            process = await anyio.open_process(
-                argv,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-            )
+            process = await spawn(plan, stdin=input is not None)
         except OSError as exc:  # not installed, not executable, bad cwd
             raise RpcError(
                 VENDOR_COMMAND_FAILED,
@@ -176,7 +174,7 @@ class VendorRunner:
 
         async def read_output() -> None:
             async with anyio.create_task_group() as readers:
-                readers.start_soon(out.read_from, process.stdout)
+                readers.start_soon(out.read_from, process.stdout, on_stdout_line)
                 readers.start_soon(err.read_from, process.stderr)
             drained.set()
 
@@ -195,9 +193,9 @@ class VendorRunner:
                 tg.cancel_scope.cancel()
         finally:
             # always: no child of the command outlives the call (timed out, cancelled or exited)
-            _kill_group(process.pid)
-            # aclose closes our pipe ends first, so a straggler holding them cannot stall the reap
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_REAP_GRACE):
+            try:
+                await process.kill_group(kill_timeout=_REAP_GRACE)
+            finally:
                 await process.aclose()
         timed_out = not finished
         result = VendorResult(
@@ -234,13 +232,6 @@ async def _feed(stream: ByteSendStream | None, data: bytes) -> None:
             pass  # the command exited without reading all of it
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 class _Tail:
     """The last `limit` bytes of a stream."""
 
@@ -249,14 +240,25 @@ class _Tail:
         self.buf = bytearray()
         self.truncated = False
 
-    async def read_from(self, stream: ByteReceiveStream | None) -> None:
+    async def read_from(
+        self, stream: ByteReceiveStream | None, on_line: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         if stream is None:
             return
+        pending = b""
         async for chunk in stream:
+            if on_line is not None:
+                # bounded like the tail: a line longer than the limit is cut
+                *lines, pending = (pending + chunk).split(b"\n")
+                pending = pending[-self.limit :]
+                for line in lines:
+                    await on_line(line.decode("utf-8", "replace"))
             self.buf += chunk
             if len(self.buf) > self.limit:
                 del self.buf[: len(self.buf) - self.limit]
                 self.truncated = True
+        if on_line is not None and pending:
+            await on_line(pending.decode("utf-8", "replace"))
 
     def text(self) -> str:
         return self.buf.decode("utf-8", "replace")

@@ -42,7 +42,7 @@ class Api:
     async def settled(self, delivery_id: str, state: str) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             view = (await self.http.get(f"/api/deliveries/{delivery_id}")).json()
-            return view if view["state"] == state else None
+            return view if view["status"] == state else None
 
         result: dict[str, Any] = await eventually(check)
         return result
@@ -144,7 +144,7 @@ async def test_inbox_dead_letters_are_listed_retried_and_discarded(api: Api) -> 
     assert letter["id"] in [d["id"] for d in (await api.http.get("/api/deliveries")).json()]
     assert (await api.http.get("/api/deliveries?status=queued&direction=inbound")).json() == []
     r = await api.http.post(f"/api/deliveries/{letter['id']}/retry")
-    assert r.status_code == 200 and r.json()["state"] == "queued"
+    assert r.status_code == 200 and r.json()["status"] == "queued"
     await eventually(lambda: _non_empty(api, "/api/deliveries?status=dead&direction=inbound"))
     assert attempts == ["im1", "im1"]
     r = await api.http.delete(f"/api/deliveries/{letter['id']}")
@@ -163,7 +163,7 @@ async def test_retry_of_a_dead_delivery_reuses_its_request_id(api: Api) -> None:
     api.refuse.clear()  # the user unblocked the bot
     r = await api.http.post(f"/api/deliveries/{delivery_id}/retry")
     assert r.status_code == 200, r.text
-    assert r.json()["state"] in ("queued", "sending", "sent") and r.json()["attempts"] in (0, 1)
+    assert r.json()["status"] in ("queued", "sending", "sent") and r.json()["attempts"] in (0, 1)
     sent = await api.settled(delivery_id, "sent")
     assert sent["requestId"] == dead["requestId"] and sent["id"] == delivery_id
     assert api.calls == [dead["requestId"], dead["requestId"]]
@@ -174,7 +174,7 @@ async def test_retry_of_a_dead_delivery_reuses_its_request_id(api: Api) -> None:
     ):
         assert r.status_code == 409
         assert assert_error_shape(r)["code"] == "delivery_not_dead"
-        assert r.json()["error"]["details"] == {"state": "sent"}
+        assert r.json()["error"]["details"] == {"status": "sent"}
 
 
 async def test_discard_forgets_a_dead_delivery(api: Api) -> None:

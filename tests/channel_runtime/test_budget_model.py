@@ -90,7 +90,7 @@ class Platform:
             self.refuse_next = False
             call.outcome = "refused"
             raise RpcError(REFUSED, "the user blocked the bot")
-        return SendResult(provider_message_id=f"pm_{call.order}")
+        return SendResult(duplicate=False, provider_message_id=f"pm_{call.order}")
 
 
 class BudgetMachine(RuleBasedStateMachine):

@@ -244,13 +244,13 @@ async def test_outbox_retries_with_the_same_request_id_and_honours_retry_after()
                 raise RpcError(IN_PROGRESS, "busy", {"retryAfterSeconds": 0})
             if len(attempts) == 2:
                 raise ConnectionError("network down")
-            return SendResult(provider_message_id="p1")
+            return SendResult(duplicate=False, provider_message_id="p1")
 
         channel.on_send = flaky
         delivery_id = await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1"))
         request_id = "out_a:memory:dm:u:x1"
         done = await rt.wait_delivery(delivery_id, timeout=10)
-        assert done.state == "sent" and done.provider_message_id == "p1" and done.request_id == request_id
+        assert done.status == "sent" and done.provider_message_id == "p1" and done.request_id == request_id
         assert attempts == [request_id] * 3
         # -32010 waits without counting an attempt; the network error counts
         assert done.attempts == 2 and done.sent_at is not None and done.first_attempt_at is not None
@@ -305,7 +305,12 @@ def event(connection_id: str, event_id: str = "e1", message_id: str = "m1", **kw
         peer_type="dm",
         message_id=message_id,
         timestamp="2026-06-02T09:30:00Z",
+        delivery_attempt=1,
+        channel_id="",
+        account_id="",
+        message_type="text",
         content="hi",
+        metadata={},
     )
     fields.update(kw)
     return BridgeEvent(**fields)
@@ -408,7 +413,7 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
             assert "sidecar-token-123" not in repr(rt.channel_configs["side"])
             delivery_id = await rt.send(OutboundMessage(channel_id="side", peer_id="u9", content="yo"))
             done = await rt.wait_delivery(delivery_id, timeout=15)
-            assert done.state == "sent" and done.provider_message_id == "side-1"
+            assert done.status == "sent" and done.provider_message_id == "side-1"
             assert done.attempts == 1  # the 409 waited without counting an attempt
             request_id = done.request_id
         server.should_exit = True
@@ -527,7 +532,7 @@ async def test_a_peer_chosen_retry_delay_is_bounded(retry_after: float):
             calls.append(1)
             if len(calls) == 1:
                 raise DeliveryError("busy", retry_after=retry_after)
-            return SendResult(provider_message_id="ok")
+            return SendResult(duplicate=False, provider_message_id="ok")
 
         channel.on_send = once_busy
         await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="x"))

@@ -87,7 +87,7 @@ class Stack:
 
     async def state_of(self, delivery_id: str, state: str, reason: str | None = None) -> dict[str, Any] | None:
         view = await self.delivery(delivery_id)
-        return view if view["state"] == state and (reason is None or view["reason"] == reason) else None
+        return view if view["status"] == state and (reason is None or view["reason"] == reason) else None
 
 
 @asynccontextmanager
@@ -160,7 +160,7 @@ async def test_a_closed_reply_window_defers_until_the_peer_writes_again(stack: S
     view = await eventually(lambda: stack.state_of(a1, "deferred", "reply_window"))
     assert view["attempts"] == 0 and view["sentAt"] is None and view["providerMessageId"] is None
     assert "reply_window_closed" in view["lastError"]
-    assert (await stack.delivery(a2))["state"] == "queued" and (await stack.delivery(a3))["state"] == "queued"
+    assert (await stack.delivery(a2))["status"] == "queued" and (await stack.delivery(a3))["status"] == "queued"
     listed = (await stack.client.get("/api/deliveries", params={"status": "deferred", "channelId": channel_id})).json()
     assert [d["id"] for d in listed] == [a1]
     for n, delivery_id in enumerate((a1, a2, a3), start=2):
@@ -190,9 +190,9 @@ async def test_a_rate_limit_waits_retry_after_without_counting_an_attempt(stack:
     waiting = await eventually(lambda: stack.state_of(b1, "deferred", "retry_after"))
     assert waiting["attempts"] == 0 and waiting["nextAttemptAt"] > waiting["lastAttemptAt"]
     done = await stack.runtime.wait_delivery(b2, timeout=30)
-    assert done.state == "sent"
+    assert done.status == "sent"
     first = await stack.delivery(b1)
-    assert first["state"] == "sent" and first["attempts"] == 1  # two -32015 answers did not count
+    assert first["status"] == "sent" and first["attempts"] == 1  # two -32015 answers did not count
     assert first["firstAttemptAt"] < first["lastAttemptAt"]
     calls = send_outcomes(assert_traffic_valid(stack))
     assert calls == [("b1", -32015), ("b1", -32015), ("b1", None), ("b2", None)]
@@ -235,7 +235,7 @@ async def test_an_expired_session_keeps_its_deliveries_until_relogin(stack: Stac
         connection = await eventually(lambda: stack.status(connection_id, "error"))
         assert connection["error"] == "session_expired" and connection["channelId"] == channel_id
         assert waiting["expiresAt"] == pytest.approx(waiting["deferredAt"] + 86_400)
-        assert (await stack.delivery(c3))["state"] == "queued"
+        assert (await stack.delivery(c3))["status"] == "queued"
         assert stack.runtime.states[channel_id]["state"] == "running"  # the channel stays
         metrics = (await stack.client.get("/metrics")).text
         assert "channel_runtime_connections_session_expired 1.0" in metrics
@@ -277,9 +277,9 @@ async def test_an_expiry_survives_a_restart_and_nothing_is_tried_meanwhile(tmp_p
         await eventually(lambda: s.state_of(d1, "deferred", "not_connected"))
     async with stack_at(home, tmp_path, install=False) as s:  # the same home: a restart
         assert s.runtime.states[channel_id]["state"] == "running"
-        assert (await s.delivery(d1))["state"] == "deferred" and (await s.delivery(d2))["state"] == "queued"
+        assert (await s.delivery(d1))["status"] == "deferred" and (await s.delivery(d2))["status"] == "queued"
         await anyio.sleep(0.3)
-        assert (await s.delivery(d1))["state"] == "deferred"
+        assert (await s.delivery(d1))["status"] == "deferred"
         r = await s.client.post(f"/api/connections/{connection_id}/relogin", json={"displayName": "again"})
         assert r.status_code == 201, r.text
         await s.runtime.wait_delivery(d2, timeout=30)
