@@ -192,3 +192,21 @@ def test_import_stays_light():
     code = "import sys, plugin_host.manifest; print('jsonschema' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_outbound_limits_are_parsed_and_null_means_no_limit() -> None:
+    weixin = {"perPeerPerMinute": 6, "minIntervalMs": 1000, "replyWindowSeconds": 86400, "maxRepliesPerInbound": 10}
+    limits = load({**FULL, "limits": {"outbound": {**weixin, "perConnectionPerMinute": None}}}).limits.outbound
+    assert (limits.per_peer_per_minute, limits.min_interval_ms) == (6, 1000)
+    assert (limits.reply_window_seconds, limits.max_replies_per_inbound) == (86400, 10)
+    assert limits.per_connection_per_minute is None
+    default = load(FULL).limits.outbound  # SPEC 4: absent = no limit at all
+    assert default == type(default)() and default.per_peer_per_minute is None
+
+
+@pytest.mark.parametrize(
+    "outbound", [{"perPeerPerMinute": 0}, {"minIntervalMs": -1}, {"replyWindowSeconds": "1d"}, {"burst": 3}]
+)
+def test_outbound_limits_out_of_range_are_refused(outbound: dict) -> None:
+    error = refused({**FULL, "limits": {"outbound": outbound}})
+    assert error.code == "manifest_schema" and any("/limits/outbound" in e["path"] for e in error.errors)
