@@ -16,6 +16,11 @@ in the outbox (the store file polled every 10 ms).
 Reference, measured in the same run and process: direct `message.send` calls to
 the same plugin process (`PluginHost.call`, 16 at a time), the plugin-side ceiling.
 
+Each repeat uses a fresh connection (a new connector session): the echo plugin keeps
+a send-idempotency record per request in host-kept state, per connection, and a
+connection that has taken tens of thousands of sends gets slower (also on main),
+which would blur the comparison of repeats.
+
 Platform budgets (SPEC 6.4): two such services run side by side, measured in turn
 within each repeat: "off" installs the echo plugin as it is, "on" the same plugin
 whose manifest declares generous `limits.outbound` (every rule is checked for every
@@ -222,6 +227,10 @@ class Service:
             (source / "plugin.json").write_text(json.dumps(manifest))
         await self.host.install(pack_directory(source, self.work / "echo.zip"), source_label="bench")
         await self.host.enable("echo")
+        await self.new_connection()
+
+    async def new_connection(self) -> None:
+        """A fresh connection (and channel): each repeat starts without the last one's send records."""
         assert self.runtime.connections is not None
         view = await self.runtime.connections.start_session("echo", "bench")
         self.connection_id = view["connection"]["connectionId"]
@@ -295,6 +304,8 @@ async def main_async(args: Any) -> Report:
                     )
                 for rep in range(repeats):
                     order = services if rep % 2 == 0 else list(reversed(services))
+                    for service in services:
+                        await service.new_connection()
                     for service in order:
                         progress(f"repeat {rep + 1}/{repeats}, budgets {service.name}: {count} messages ...")
                         runs[service.name].append(
