@@ -195,7 +195,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._parked: dict[str, collections.deque[int]] = {}  # waiting for the connection-wide budget
         self._released: dict[str, tuple[int, float]] = {}  # the parked delivery released last, and when
         self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()  # sends per peer
+        # changes of a peer's window while a dispatcher task reads it (kept only for peers being read)
         self._peer_versions: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._peer_reads: collections.Counter[tuple[str, str]] = collections.Counter()
         self._window_waiting: set[tuple[str, str]] = set()  # peers with deliveries deferred for their window
         self._waiters: dict[int, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -443,7 +445,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._inbox.wake()
         # the commit opened the peer's reply window and released the deliveries deferred for it
         key = (entry.channel_id, entry.message.peer_id)
-        self._peer_versions[key] += 1
+        self._peer_changed(key)
         if key in self._window_waiting:  # (after a restart the idle poll finds them, within idle_poll)
             self._window_waiting.discard(key)
             self._outbox.wake()
@@ -710,11 +712,22 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
     async def _peer_window(self, channel_id: str, peer_id: str) -> PeerWindow | None:
         """The peer's window as the store has it, read again if a send or an inbound changed it meanwhile."""
         key = (channel_id, peer_id)
-        while True:
-            version = self._peer_versions[key]
-            window = await self.store.outbox.peer_window(channel_id, peer_id)
-            if self._peer_versions[key] == version:
-                return window
+        self._peer_reads[key] += 1
+        try:
+            while True:
+                version = self._peer_versions[key]
+                window = await self.store.outbox.peer_window(channel_id, peer_id)
+                if self._peer_versions[key] == version:
+                    return window
+        finally:
+            self._peer_reads[key] -= 1
+            if not self._peer_reads[key]:
+                del self._peer_reads[key]
+                self._peer_versions.pop(key, None)
+
+    def _peer_changed(self, key: tuple[str, str]) -> None:
+        if key in self._peer_reads:
+            self._peer_versions[key] += 1
 
     async def _deliver_entry(self, entry: OutboxEntry) -> None:
         store = self.store
@@ -766,7 +779,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             await store.outbox.mark_sent(entry.id, msgspec.to_builtins(result), attempted_at=now)
         finally:
             # after mark_sent: a reader of the peer's window sees this send either in flight or in the store
-            self._peer_versions[key] += 1
+            self._peer_changed(key)
             self._in_flight[key] -= 1
             if not self._in_flight[key]:
                 del self._in_flight[key]
@@ -929,6 +942,8 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 await store.bridge_dedupe.prune()
                 await store.message_dedupe.prune()
                 await store.outbox.prune()
+                # peers that never wrote back: their deliveries died or the idle poll finds them (idle_poll)
+                self._window_waiting.clear()
             except Exception:
                 log.exception("retention clean-up failed")
 
