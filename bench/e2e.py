@@ -41,7 +41,7 @@ from channel_runtime.runtime import ChannelRuntime, echo_handler  # noqa: E402
 from channel_runtime.settings import Settings  # noqa: E402
 from plugin_host.host import PluginHost  # noqa: E402
 from plugin_host.package import pack_directory  # noqa: E402
-from plugin_host.protocol import SendRequest, SendResult, Target  # noqa: E402
+from plugin_host.protocol import SendRequest, Target  # noqa: E402
 
 BRIDGE_TOKEN = "bench-bridge-token-0123456789"
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -135,7 +135,7 @@ async def direct_sends(host: PluginHost, connection_id: str, channel_id: str, ca
                 content_type="text",
                 metadata={},
             )
-            await host.call("echo", "message.send", request, result_type=SendResult)
+            await host.client("echo").send(request)
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:

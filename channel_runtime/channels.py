@@ -55,9 +55,9 @@ class _BaseChannel:
         self.config = config
         self.identity = ChannelIdentity(
             channel_id=channel_id,
-            kind=str(config.config.get("connectorKind") or config.kind),
+            kind=config.connector_kind,
             account_id=config.account_id,
-            connection_id=config.config.get("connectionId"),
+            connection_id=config.connection_id,
             display_name=config.display_name,
         )
 
@@ -116,10 +116,10 @@ class PluginChannel(_BaseChannel):
 
     def __init__(self, runtime: ChannelRuntime, channel_id: str, config: ChannelConfig) -> None:
         super().__init__(runtime, channel_id, config)
-        self.plugin_id = str(config.config.get("pluginId") or "")
-        self.connection_id = str(config.config.get("connectionId") or "")
-        if not self.plugin_id or not self.connection_id:
+        if not config.plugin_id or not config.connection_id:
             raise ValueError("a plugin channel needs config.pluginId and config.connectionId")
+        self.plugin_id: str = config.plugin_id
+        self.connection_id: str = config.connection_id
 
     async def start(self) -> None:
         host = self.runtime.plugin_host
@@ -132,7 +132,7 @@ class PluginChannel(_BaseChannel):
         host = self.runtime.plugin_host
         assert host is not None
         try:
-            return await host.call(self.plugin_id, "message.send", request, result_type=SendResult)
+            return await host.client(self.plugin_id).send(request)
         except RpcError as exc:
             raise rpc_delivery_error(exc) from None
 

@@ -6,6 +6,9 @@ from typing import Any
 
 import msgspec
 
+# the keys of `ChannelConfig.config` that bind a `plugin` channel to its connection
+_PLUGIN_ID, _CONNECTION_ID, _CONNECTOR_KIND = "pluginId", "connectionId", "connectorKind"
+
 
 class ChannelConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=False):
     """How to build one channel.
@@ -27,6 +30,33 @@ class ChannelConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_
     def __post_init__(self) -> None:
         if not self.kind:
             raise ValueError("ChannelConfig needs a kind (for example 'plugin', 'http' or 'memory')")
+
+    @classmethod
+    def for_connection(
+        cls, *, plugin_id: str, connection_id: str, connector_kind: str, account_id: str = "", display_name: str = ""
+    ) -> ChannelConfig:
+        """The `plugin` channel of a connection served by `plugin_id` (SPEC 6.5)."""
+        return cls(
+            kind="plugin",
+            account_id=account_id,
+            display_name=display_name,
+            config={_PLUGIN_ID: plugin_id, _CONNECTION_ID: connection_id, _CONNECTOR_KIND: connector_kind},
+        )
+
+    @property
+    def connector_kind(self) -> str:
+        """The platform kind of the channel's messages (`weixin`, `feishu`...): the connector's, else `kind`."""
+        return str(self.config.get(_CONNECTOR_KIND) or self.kind)
+
+    @property
+    def connection_id(self) -> str | None:
+        value = self.config.get(_CONNECTION_ID)
+        return str(value) if value else None
+
+    @property
+    def plugin_id(self) -> str | None:
+        value = self.config.get(_PLUGIN_ID)
+        return str(value) if value else None
 
     def __repr__(self) -> str:
         masked = {name: "***" for name in self.secrets}

@@ -17,15 +17,11 @@ import anyio
 import msgspec
 import segno
 
-from plugin_host.errors import UNAVAILABLE, RpcError
+from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, RpcError
 from plugin_host.protocol import (
     TERMINAL_SESSION_STATUSES,
     ConnectionInfo,
-    ConnectionRef,
     ConnectionStatusParams,
-    ConnectorSessionView,
-    SessionInputParams,
-    SessionRef,
     SessionStartParams,
     SessionUpdate,
 )
@@ -82,10 +78,6 @@ class ConnectionManager:
         self.host = host
         self._subscribers: dict[str, set[anyio.abc.ObjectSendStream[dict[str, Any]]]] = {}
         self._session_locks: dict[str, anyio.Lock] = {}
-        host.hooks.on_request = runtime.on_plugin_request
-        host.hooks.on_notification = self.on_notification
-        host.hooks.connections = self.connection_infos
-        host.hooks.usage = self.usage
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -103,43 +95,32 @@ class ConnectionManager:
                 stream.close()
         self._subscribers.clear()
 
-    # ---------------------------------------------------------------- host hooks
+    # ---------------------------------------------------------------- what the plugin host asks
+
+    async def connection_info(self, record: ConnectionRecord) -> ConnectionInfo:
+        """What a plugin is handed to serve a connection (`initialize`, `connection.resume`), credentials included."""
+        return ConnectionInfo(
+            connection_id=record.connection_id,
+            channel_id=record.channel_id,
+            kind=record.kind,
+            account_id=record.account_id,
+            display_name=record.display_name,
+            options=dict(record.options),
+            credentials=await self.runtime.store.connections.get_credentials(record.connection_id),
+        )
 
     async def connection_infos(self, plugin_id: str) -> list[ConnectionInfo]:
         """Connections a (re)starting plugin resumes through `initialize`, with their credentials."""
         if not self.runtime.started:
             return []
-        store = self.runtime.store
-        infos = []
-        for record in await store.connections.list(plugin_id=plugin_id, status="connected"):
-            infos.append(
-                ConnectionInfo(
-                    connection_id=record.connection_id,
-                    channel_id=record.channel_id,
-                    kind=record.kind,
-                    account_id=record.account_id,
-                    display_name=record.display_name,
-                    options=dict(record.options),
-                    credentials=await store.connections.get_credentials(record.connection_id),
-                )
-            )
-        return infos
+        records = await self.runtime.store.connections.list(plugin_id=plugin_id, status="connected")
+        return [await self.connection_info(record) for record in records]
 
     async def usage(self, plugin_id: str) -> int:
         if not self.runtime.started:
             return 0
         records = await self.runtime.store.connections.list(plugin_id=plugin_id)
         return sum(1 for r in records if r.status in _LIVE_CONNECTION_STATUSES)
-
-    async def on_notification(self, plugin_id: str, method: str, params: msgspec.Raw | None) -> None:
-        if method == "session.update":
-            await self.on_session_update(plugin_id, msgspec.json.decode(params or b"{}", type=SessionUpdate))
-        elif method == "connection.status":
-            await self.on_connection_status(
-                plugin_id, msgspec.json.decode(params or b"{}", type=ConnectionStatusParams)
-            )
-        else:
-            log.debug("plugin %s sent an unknown notification %s", plugin_id, method)
 
     # ---------------------------------------------------------------- sessions
 
@@ -170,7 +151,7 @@ class ConnectionManager:
             options=options,
         )
         try:
-            view = await self.host.call(plugin_id, "session.start", params, result_type=ConnectorSessionView)
+            view = await self.host.client(plugin_id).session_start(params)
         except RpcError as exc:
             hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
             message = redact(exc.message, hidden)
@@ -203,12 +184,7 @@ class ConnectionManager:
     async def session_input(self, session_id: str, value: Any) -> dict[str, Any]:
         session = await self._live_session(session_id)
         try:
-            view = await self.host.call(
-                session.plugin_id,
-                "session.input",
-                SessionInputParams(session_id=session_id, input=value),
-                result_type=ConnectorSessionView,
-            )
+            view = await self.host.client(session.plugin_id).session_input(session_id, value)
         except RpcError as exc:
             raise OnboardingError(502, "session_input_failed", redact(exc.message)) from None
         await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
@@ -217,7 +193,7 @@ class ConnectionManager:
     async def cancel_session(self, session_id: str) -> dict[str, Any]:
         session = await self._live_session(session_id)
         try:
-            await self.host.call(session.plugin_id, "session.cancel", SessionRef(session_id=session_id))
+            await self.host.client(session.plugin_id).session_cancel(session_id)
         except RpcError as exc:
             log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, exc.message)
         view = dict(session.view) or {"sessionId": session_id, "kind": session.kind}
@@ -290,6 +266,7 @@ class ConnectionManager:
         current = await store.connections.get(connection_id)
         if current is None or current.status == "revoked":
             return  # logout is final: a late update cannot bring the connection back
+        first = current.status != "connected"
         if credentials:
             await store.connections.set_credentials(connection_id, credentials)
         record = await store.connections.update(
@@ -302,6 +279,22 @@ class ConnectionManager:
             await self.runtime.add_channel(record.channel_id, self._channel_config(record))
         except Exception as exc:
             await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
+            return
+        if first or credentials:
+            await self._hand_over(record)
+
+    async def _hand_over(self, record: ConnectionRecord) -> None:
+        """`connection.resume`: the plugin serves the connection from now on, with its stored credentials."""
+        try:
+            await self.host.client(record.plugin_id).resume(await self.connection_info(record))
+        except RpcError as exc:
+            if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+                log.warning(
+                    "plugin %s did not take over connection %s: %s; it gets it at its next start",
+                    record.plugin_id,
+                    record.connection_id,
+                    redact(exc.message),
+                )
 
     async def _publish(self, session_id: str) -> None:
         subscribers = self._subscribers.get(session_id)
@@ -341,7 +334,7 @@ class ConnectionManager:
             raise OnboardingError(404, "connection_not_found", f"no connection {connection_id}")
         if record.status != "revoked":
             try:
-                await self.host.call(record.plugin_id, "connection.logout", ConnectionRef(connection_id=connection_id))
+                await self.host.client(record.plugin_id).logout(connection_id)
             except RpcError as exc:
                 # revoking locally must not depend on the plugin being up
                 log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, exc.message)
@@ -364,14 +357,16 @@ class ConnectionManager:
         store = self.runtime.store
         await self.runtime.remove_channel(record.channel_id)
         await store.connections.set_credentials(record.connection_id, {})
+        await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
         await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
-        return ChannelConfig(
-            kind="plugin",
+        return ChannelConfig.for_connection(
+            plugin_id=record.plugin_id,
+            connection_id=record.connection_id,
+            connector_kind=record.kind,
             account_id=record.account_id,
             display_name=record.display_name,
-            config={"pluginId": record.plugin_id, "connectionId": record.connection_id, "connectorKind": record.kind},
         )
 
 

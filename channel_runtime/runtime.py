@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock, SystemClock
-from plugin_host.errors import INVALID_PARAMS, METHOD_NOT_FOUND, UNKNOWN_CONNECTION, RpcError
+from plugin_host.lifetime import owned_task_group
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
 
 from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
@@ -68,7 +69,7 @@ async def echo_handler(message: InboundMessage) -> OutboundMessage | None:
     return message.reply(f"echo: {message.content}")
 
 
-class ChannelRuntime:
+class ChannelRuntime(anyio.AsyncContextManagerMixin):
     def __init__(
         self,
         handler: Handler | None = None,
@@ -120,8 +121,11 @@ class ChannelRuntime:
         self.connections: ConnectionManager | None = None
         if plugin_host is not None:
             from .connections import ConnectionManager
+            from .plugin_services import RuntimeServices
 
             self.connections = ConnectionManager(self, plugin_host)
+            # the one place where the host learns who answers its plugins' requests
+            plugin_host.bind_services(RuntimeServices(self, self.connections))
 
     # ---------------------------------------------------------------- read-only views
 
@@ -158,55 +162,54 @@ class ChannelRuntime:
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        if self._started:
-            return
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[ChannelRuntime]:
+        """The runtime's whole life: store, channels, connections, inbox and outbox workers."""
         if self._store is None:
             self._store = await self._open_store()
-        await self._store.inbox.release_claims()
-        await self._store.outbox.release_claims()
-        self._tg = await anyio.create_task_group().__aenter__()
         try:
-            self._started = True
-            # channels first: work recovered from before a restart must find its channel
-            async with self._lifecycle:
-                for channel_id, config in list(self._configs.items()):
-                    if config.enabled and channel_id not in self._channels:
-                        await self._start_new(channel_id, config, raise_errors=False)
-            if self.connections is not None:
-                await self.connections.start()
-            await self._tg.start(self._inbox.run)
-            await self._tg.start(self._outbox.run)
-            self._tg.start_soon(self._retention_loop)
-        except BaseException:
-            await self.stop()
-            raise
+            await self._store.inbox.release_claims()
+            await self._store.outbox.release_claims()
+            async with owned_task_group() as tg:
+                self._tg = tg
+                self._started = True
+                try:
+                    # channels first: work recovered from before a restart must find its channel
+                    async with self._lifecycle:
+                        for channel_id, config in list(self._configs.items()):
+                            if config.enabled and channel_id not in self._channels:
+                                await self._start_new(channel_id, config, raise_errors=False)
+                    if self.connections is not None:
+                        await self.connections.start()
+                    await tg.start(self._inbox.run)
+                    await tg.start(self._outbox.run)
+                    tg.start_soon(self._retention_loop)
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        if self.connections is not None:
+                            await self.connections.stop()
+                        async with self._lifecycle:
+                            for channel_id in list(self._channels):
+                                await self._stop_channel(channel_id, "stopped")
+                    self._started = False
+        finally:
+            self._tg = None
+            self._started = False
+            if self._store is not None and not isinstance(self._store_spec, Store):
+                with anyio.CancelScope(shield=True):
+                    await self._store.aclose()
+                self._store = None
+
+    async def start(self) -> None:
+        """`async with runtime:` for owners that cannot nest; call `stop()` from the same task."""
+        if not self._started:
+            await self.__aenter__()
 
     async def stop(self) -> None:
         """Stop channels and background loops; call from the task that called `start()`."""
-        with anyio.CancelScope(shield=True):
-            if self.connections is not None:
-                await self.connections.stop()
-            async with self._lifecycle:
-                for channel_id in list(self._channels):
-                    await self._stop_channel(channel_id, "stopped")
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            # the task group is exited at the nesting level where start() entered it
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        self._started = False
-        if self._store is not None and not isinstance(self._store_spec, Store):
-            with anyio.CancelScope(shield=True):
-                await self._store.aclose()
-            self._store = None
-
-    async def __aenter__(self) -> ChannelRuntime:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        if self._tg is not None:
+            await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
         from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
@@ -385,11 +388,11 @@ class ChannelRuntime:
         config = self._configs.get(message.channel_id)
         if config is None:
             raise ChannelError(f"unknown channel {message.channel_id!r}")
-        kind = str(config.config.get("connectorKind") or config.kind)
+        kind = config.connector_kind
         request_id = message.request_id(kind)
         request = SendRequest(
             request_id=request_id,
-            connection_id=str(config.config.get("connectionId") or ""),
+            connection_id=config.connection_id or "",
             channel_id=message.channel_id,
             kind=kind,
             target=Target(
@@ -439,22 +442,6 @@ class ChannelRuntime:
         """Look for due work now (after moving a fake clock, or after an outside change)."""
         self._inbox.wake()
         self._outbox.wake()
-
-    # ---------------------------------------------------------------- plugin host hooks
-
-    async def on_plugin_request(self, plugin_id: str, method: str, params: msgspec.Raw | None) -> Any:
-        if method == "event.inbound":
-            from plugin_host.wire_schemas import decode_bridge_event  # jsonschema: host side only
-
-            event, problems = decode_bridge_event(bytes(params or b"{}"))
-            if event is None:
-                raise RpcError(INVALID_PARAMS, "event.inbound params are not a valid BridgeEvent", {"errors": problems})
-            try:
-                result = await self.ingest(event, plugin_id=plugin_id)
-            except IngestError as exc:
-                raise RpcError(UNKNOWN_CONNECTION, exc.message) from None
-            return result.ack
-        raise RpcError(METHOD_NOT_FOUND, f"the host does not serve {method}")
 
     # ---------------------------------------------------------------- housekeeping
 

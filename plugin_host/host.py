@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -13,22 +14,19 @@ import anyio
 import anyio.abc
 import msgspec
 
+from .client import PluginClient
 from .clock import Clock, SystemClock
-from .errors import UNAVAILABLE, RpcError
+from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
 from .process import LaunchSpec
-from .protocol import ConnectionInfo, ConnectorDescriptor
-from .redact import is_secret_name
+from .protocol import ConnectorDescriptor
+from .redact import secret_values
 from .registry import PluginRecord, PluginRegistry, VersionRecord
+from .services import HostServices
 from .supervisor import PluginSupervisor, StartError
 
 log = logging.getLogger(__name__)
-
-RequestCallback = Callable[[str, str, "msgspec.Raw | None"], Awaitable[Any]]
-NotificationCallback = Callable[[str, str, "msgspec.Raw | None"], Awaitable[None]]
-ConnectionsProvider = Callable[[str], Awaitable[list[ConnectionInfo]]]
-UsageProvider = Callable[[str], Awaitable[int]]
 
 
 class HostError(Exception):
@@ -56,58 +54,17 @@ class _Running:
     supervisor: PluginSupervisor
 
 
-@dataclass
-class HostHooks:
-    """How the host reaches the rest of the application (the channel runtime)."""
+class PluginHost(anyio.AsyncContextManagerMixin):
+    """Every installed plugin and its supervisor. Its life is one `async with PluginHost(...)`
+    (`start()`/`stop()` are thin wrappers for owners that cannot nest, called from one task)."""
 
-    on_request: RequestCallback | None = None
-    on_notification: NotificationCallback | None = None
-    connections: ConnectionsProvider | None = None
-    usage: UsageProvider | None = None
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string inside `value` (nested mappings and lists included)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [s for item in value.values() for s in _strings(item)]
-    if isinstance(value, (list, tuple)):
-        return [s for item in value for s in _strings(item)]
-    return []
-
-
-def _secret_config_values(config: Mapping[str, Any]) -> list[str]:
-    """The strings of `config` under a key that names a secret (appSecret, api_key, ...), at any depth."""
-    found: list[str] = []
-    for key, value in config.items():
-        if is_secret_name(str(key)):
-            found += _strings(value)
-        elif isinstance(value, Mapping):
-            found += _secret_config_values(value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, Mapping):
-                    found += _secret_config_values(item)
-    return found
-
-
-async def _no_connections(plugin_id: str) -> list[ConnectionInfo]:
-    return []
-
-
-async def _no_usage(plugin_id: str) -> int:
-    return 0
-
-
-class PluginHost:
     def __init__(
         self,
         home: Path,
         *,
+        services: HostServices | None = None,
         clock: Clock | None = None,
         host_env: Mapping[str, str] | None = None,
-        hooks: HostHooks | None = None,
         supervisor_options: dict[str, Any] | None = None,
     ) -> None:
         self.home = Path(home)
@@ -115,56 +72,72 @@ class PluginHost:
         self.data_dir = self.home / "plugin-data"
         self._clock = clock or SystemClock()
         self._host_env = host_env
-        self.hooks = hooks or HostHooks()
+        self._services = services
         self._supervisor_options = supervisor_options or {}
         self.registry = PluginRegistry(self.home / "state.db", clock=self._clock)
         self._running: dict[str, _Running] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._install_lock = anyio.Lock()
         self._started = False
-        # owns every supervisor's tasks; entered by start(), exited by stop() (same task)
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg: anyio.abc.TaskGroup | None = None  # owns every supervisor's tasks while the host runs
 
-    # ---------------------------------------------------------------- lifecycle of the host
+    @property
+    def services(self) -> HostServices:
+        """The application side of plugin -> host methods (a do-nothing default until one is bound)."""
+        if self._services is None:
+            self._services = HostServices()
+        return self._services
+
+    def bind_services(self, services: HostServices) -> None:
+        """Give the host its application side; once, before it starts (the channel runtime does it)."""
+        if self._services is not None and self._services is not services:
+            raise RuntimeError("this plugin host already serves another application")
+        if self._started:
+            raise RuntimeError("bind the host's services before it starts")
+        self._services = services
+
+    def client(self, plugin_id: str) -> PluginClient:
+        """Typed host -> plugin calls to `plugin_id` (valid across restarts and hot swaps)."""
+        return PluginClient(self, plugin_id)
+
+    # ---------------------------------------------------------------- lifetime
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[PluginHost]:
+        sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
+        try:
+            async with owned_task_group() as tg:
+                self._tg = tg
+                self._started = True
+                try:
+                    # side by side: a plugin slow to handshake must not hold back the others
+                    async with anyio.create_task_group() as starting:
+                        for record in self.registry.list():
+                            if record.enabled and record.active_version:
+                                starting.start_soon(self._start_reporting, record.id, record.active_version)
+                    yield self
+                finally:
+                    self._started = False
+                    with anyio.CancelScope(shield=True):
+                        async with anyio.create_task_group() as stopping:
+                            for plugin_id in list(self._running):
+                                stopping.start_soon(self._stop, plugin_id)
+        finally:
+            self._tg = None
+            self.registry.close()
 
     async def start(self) -> None:
         """Start every enabled plugin; a plugin that fails to start is left to its supervisor's backoff."""
-        if self._started:
-            return
-        sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._started = True
-        # side by side: a plugin slow to handshake must not hold back the others
-        async with anyio.create_task_group() as starting:
-            for record in self.registry.list():
-                if record.enabled and record.active_version:
-                    starting.start_soon(self._start_reporting, record.id, record.active_version)
+        if not self._started:
+            await self.__aenter__()
+
+    async def stop(self) -> None:
+        if self._tg is not None:
+            await self.__aexit__(None, None, None)
 
     @property
     def started(self) -> bool:
         return self._started
-
-    async def stop(self) -> None:
-        self._started = False
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                for plugin_id in list(self._running):
-                    tg.start_soon(self._stop, plugin_id)
-        owner, self._tg = self._tg, None
-        if owner is not None:
-            # every supervisor is closed: nothing left to cancel but idle tasks
-            owner.cancel_scope.cancel()
-            await owner.__aexit__(None, None, None)
-        self.registry.close()
-
-    async def __aenter__(self) -> PluginHost:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---------------------------------------------------------------- install / uninstall
 
@@ -209,7 +182,7 @@ class PluginHost:
             shutil.rmtree(self.plugins_dir / plugin_id, ignore_errors=True)
 
     async def _check_unused(self, plugin_id: str, force: bool) -> None:
-        in_use = await (self.hooks.usage or _no_usage)(plugin_id)
+        in_use = await self.services.connections_in_use(plugin_id)
         if in_use and not force:
             raise HostError(
                 "plugin_in_use",
@@ -303,7 +276,7 @@ class PluginHost:
             if running is not None:
                 # config reaches a plugin only through initialize: restart it
                 running.supervisor.config = config
-                running.supervisor.redactor.add(*_secret_config_values(config))
+                running.supervisor.redactor.add(*secret_values(config, running.supervisor.manifest.config_schema))
                 try:
                     await running.supervisor.restart()
                 except StartError as exc:  # the state and lastError show it; supervision goes on
@@ -322,12 +295,6 @@ class PluginHost:
                 if any(c.kind == kind for c in self._manifest(record.id, record.active_version).connectors):
                     return record.id
         return None
-
-    async def call(self, plugin_id: str, method: str, params: Any = None, **kw: Any) -> Any:
-        sup = self.supervisor(plugin_id)
-        if sup is None:
-            raise RpcError(UNAVAILABLE, f"plugin {plugin_id} is not running")
-        return await sup.call(method, params, **kw)
 
     # ---------------------------------------------------------------- views
 
@@ -453,35 +420,14 @@ class PluginHost:
             manifest=manifest,
             host_env=self._host_env,
         )
-        hooks = self.hooks
-
-        async def connections() -> list[ConnectionInfo]:
-            infos = await (hooks.connections or _no_connections)(plugin_id)
-            for info in infos:  # known secrets are masked whatever shape the plugin logs them in
-                sup.redactor.add(*_strings(info.credentials))
-            return infos
-
-        async def on_request(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> Any:
-            if hooks.on_request is None:
-                from .errors import METHOD_NOT_FOUND
-
-                raise RpcError(METHOD_NOT_FOUND, f"the host does not serve {method}")
-            return await hooks.on_request(plugin_id, method, params)
-
-        async def on_notification(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> None:
-            if hooks.on_notification is not None:
-                await hooks.on_notification(plugin_id, method, params)
-
         sup = PluginSupervisor(
             spec,
             config=record.config,
-            connections_provider=connections,
-            on_request=on_request,
-            on_notification=on_notification,
+            services=self.services,
             clock=self._clock,
             **self._supervisor_options,
         )
-        sup.redactor.add(*_secret_config_values(record.config or {}))
+        sup.redactor.add(*secret_values(record.config or {}, manifest.config_schema))
         return sup
 
     def _require_started(self) -> None:

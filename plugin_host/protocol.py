@@ -234,7 +234,7 @@ class StateGetParams(Wire):
     connection_id: str | None = None  # None: plugin-wide
 
 
-class StateGetResult(Wire):
+class StateGetResult(Wire, omit_defaults=False):
     value: Any = None
     epoch: int = 0
 
@@ -246,7 +246,7 @@ class StatePutParams(Wire):
     epoch: int | None = None
 
 
-class StatePutResult(Wire):
+class StatePutResult(Wire, omit_defaults=False):
     epoch: int = 0
 
 
@@ -260,6 +260,8 @@ HOST_TO_PLUGIN: dict[str, tuple[type, type | None]] = {
     "session.input": (SessionInputParams, ConnectorSessionView),
     "session.cancel": (SessionRef, Empty),
     "connection.logout": (ConnectionRef, Empty),
+    "connection.resume": (ConnectionInfo, Empty),
+    "connection.release": (ConnectionRef, Empty),
     "message.send": (SendRequest, SendResult),
     "webhook.handle": (WebhookParams, WebhookResult),
     "shutdown": (Empty, Empty),

@@ -1,9 +1,24 @@
-"""The one redaction function: every log line, stored output and API answer passes here."""
+"""The one redaction function, and the one rule of what is secret.
+
+Every log line, stored output and API answer passes `redact` (or a `Redactor`
+holding the secrets the host knows). Secrets are (1) what the host knows to be
+secret — credentials, secret config values, its own tokens — and (2) a narrow set
+of token shapes: bearer/basic headers, JWTs, `key=value` pairs whose key names a
+secret, well-known API-key prefixes, and long high-entropy runs. Identifiers stay
+readable: a run that starts with a lower-case id prefix (`out_`, `conn_`, `ou_`,
+`oc_`, `om_`...), a UUID, or a 32/64-digit hex digest is not a token shape.
+
+A field is secret (`is_secret_field`) when its JSON Schema says so (`writeOnly`,
+`format: password`, `x-secret`/`secret: true`) or its name names a secret
+(token, secret, password, key, credential...): config forms, answers and logs use
+that one rule.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 MASK = "[REDACTED]"
 
@@ -17,11 +32,21 @@ _KEYED = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+)?")
+# API keys with a well-known prefix (GitHub, OpenAI-style, Stripe-style, Slack, Feishu/Lark tokens)
+_PREFIXED = re.compile(
+    r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[\w-]{20,}|[spr]k_(?:live|test)_\w{16,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|[tu]-[A-Za-z0-9_-]{20,})"
+)
 # long runs of the token alphabet, starting with a letter or digit (so an absolute
 # path like /tmp/pytest-of-root/... is left alone); masked when they mix letters and digits
 _LONG_RUN = re.compile(r"(?<![\w/.-])[A-Za-z0-9][A-Za-z0-9_+/=-]{31,}(?![\w/.-])")
 _DIGIT = re.compile(r"\d")
 _LETTER = re.compile(r"[A-Za-z]")
+# identifiers, not tokens: `prefix_...` ids, UUIDs, md5/sha256 hex digests
+_ID_SHAPE = re.compile(
+    r"[a-z][a-z0-9]{0,11}_[\w:-]*|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|[0-9a-f]{64}"
+)
+_SCHEMA_SECRET_FLAGS = ("secret", "x-secret")
 # cheap prefilter (substring search): the keyed pattern only runs on text naming a secret
 _KEY_WORDS = ("token", "secret", "passw", "key", "credential", "authorization", "cookie")
 
@@ -32,9 +57,76 @@ def is_secret_name(name: str) -> bool:
     return any(word in lowered for word in _KEY_WORDS)
 
 
+def is_secret_field(name: str, schema: Any = None) -> bool:
+    """Whether the field `name`, described by the JSON Schema `schema` (if any), holds a secret."""
+    if isinstance(schema, Mapping) and (
+        schema.get("writeOnly") is True
+        or schema.get("format") == "password"
+        or any(schema.get(flag) is True for flag in _SCHEMA_SECRET_FLAGS)
+    ):
+        return True
+    return is_secret_name(name)
+
+
+def secret_strings(value: Any) -> list[str]:
+    """Every string inside `value` (nested mappings and lists included): all of a secret's parts."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for item in value.values() for s in secret_strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in secret_strings(item)]
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
+
+
+def _properties(schema: Any) -> Mapping[str, Any]:
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    return props if isinstance(props, Mapping) else {}
+
+
+def secret_values(config: Any, schema: Any = None) -> list[str]:
+    """The strings of `config` held by secret fields (`is_secret_field`), at any depth."""
+    found: list[str] = []
+    if isinstance(config, Mapping):
+        props = _properties(schema)
+        for key, value in config.items():
+            sub = props.get(key)
+            if is_secret_field(str(key), sub):
+                found += secret_strings(value)
+            else:
+                found += secret_values(value, sub)
+    elif isinstance(config, (list, tuple)):
+        items = schema.get("items") if isinstance(schema, Mapping) else None
+        for item in config:
+            found += secret_values(item, items)
+    return found
+
+
+def mask_secret_fields(config: Any, schema: Any = None) -> Any:
+    """`config` with the value of every secret field (`is_secret_field`) replaced by the mask."""
+    if isinstance(config, Mapping):
+        props = _properties(schema)
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            sub = props.get(key)
+            if is_secret_field(str(key), sub) and value not in (None, "", {}, []):
+                out[key] = MASK
+            else:
+                out[key] = mask_secret_fields(value, sub)
+        return out
+    if isinstance(config, list):
+        items = schema.get("items") if isinstance(schema, Mapping) else None
+        return [mask_secret_fields(item, items) for item in config]
+    return config
+
+
 def _mask_tokenish(match: re.Match[str]) -> str:
     run = match.group()
-    return MASK if _DIGIT.search(run) and _LETTER.search(run) else run
+    if not (_DIGIT.search(run) and _LETTER.search(run)) or _ID_SHAPE.fullmatch(run):
+        return run
+    return MASK
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -49,6 +141,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         text = _JWT.sub(MASK, text)
     if any(word in lowered for word in _KEY_WORDS):
         text = _KEYED.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", text)
+    if "-" in text or "_" in text:
+        text = _PREFIXED.sub(MASK, text)
     return _LONG_RUN.sub(_mask_tokenish, text)
 
 

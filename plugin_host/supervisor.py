@@ -9,12 +9,12 @@ and the process stop sequence are real-time deadlines on a real child process.
 from __future__ import annotations
 
 import collections
-import inspect
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,11 +24,11 @@ import anyio.abc
 import msgspec
 
 from .clock import Clock, SystemClock
-from .errors import ERROR_NAMES, METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
+from .errors import ERROR_NAMES, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
+from .lifetime import owned_task_group
 from .process import LaunchError, LaunchSpec, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
-    ConnectionInfo,
     HealthResult,
     InitializeParams,
     InitializeResult,
@@ -36,8 +36,9 @@ from .protocol import (
     NameVersion,
     PluginRef,
 )
-from .redact import Redactor
+from .redact import Redactor, secret_strings
 from .rpc import RequestContext
+from .services import HostServices, dispatch_notification, dispatch_request
 
 HOST_NAME = "channel-runtime"
 MAX_WAITING_CALLS = 256
@@ -51,9 +52,6 @@ _VIOLATION_LOG_EVERY = 1000
 State = Literal["stopped", "starting", "running", "degraded", "backoff", "failed", "disabled"]
 CALLABLE_STATES = frozenset({"running", "degraded"})
 
-ConnectionsProvider = Callable[[], Awaitable[list[ConnectionInfo]]]
-OwnerRequestHandler = Callable[["PluginSupervisor", str, "msgspec.Raw | None"], Any]
-OwnerNotificationHandler = Callable[["PluginSupervisor", str, "msgspec.Raw | None"], Any]
 EventHook = Callable[["PluginSupervisor", str, dict[str, Any]], None]
 
 log = logging.getLogger(__name__)
@@ -201,7 +199,7 @@ class _Attempt:
 # ---------------------------------------------------------------- supervisor
 
 
-class PluginSupervisor:
+class PluginSupervisor(anyio.AsyncContextManagerMixin):
     """One plugin, at most one live process at a time.
 
     Owns a task group: use `async with PluginSupervisor(...) as sup:` or run
@@ -214,9 +212,7 @@ class PluginSupervisor:
         spec: LaunchSpec,
         *,
         config: Mapping[str, Any] | None = None,
-        connections_provider: ConnectionsProvider | None = None,
-        on_request: OwnerRequestHandler | None = None,
-        on_notification: OwnerNotificationHandler | None = None,
+        services: HostServices | None = None,
         on_event: EventHook | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -240,9 +236,7 @@ class PluginSupervisor:
         self.term_timeout = term_timeout
         self.max_waiting = max_waiting
         self.logger = plugin_logger(spec.plugin_id)
-        self._connections_provider = connections_provider
-        self._on_request = on_request
-        self._on_notification = on_notification
+        self._services = services or HostServices()
         self._on_event = on_event
 
         self.state: State = "stopped"
@@ -273,24 +267,20 @@ class PluginSupervisor:
 
     # ---------------------------------------------------------------- ownership
 
-    async def __aenter__(self) -> PluginSupervisor:
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._end_runner("disabled" if self.state == "disabled" else "stopped")
-        except Exception:
-            log.exception("plugin %s: stop failed", self.spec.plugin_id)
-        tg, self._tg = self._tg, None
-        assert tg is not None
-        # the runner has ended: the owner's exception propagates as is, not inside a group
-        self._closing.set()
-        await tg.__aexit__(None, None, None)
-        return None
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[PluginSupervisor]:
+        async with owned_task_group() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._end_runner("disabled" if self.state == "disabled" else "stopped")
+                except Exception:
+                    log.exception("plugin %s: stop failed", self.spec.plugin_id)
+                self._tg = None
+                self._closing.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the supervisor's tasks from a task group of the caller until `aclose()`."""
@@ -556,16 +546,16 @@ class PluginSupervisor:
     async def _handshake(self, proc: PluginProcess) -> InitializeResult:
         timeout = self.manifest.timeouts.handshake_ms / 1000.0
         deadline = anyio.current_time() + timeout
-        connections: list[ConnectionInfo] = []
-        if self._connections_provider is not None:
-            try:
-                with anyio.fail_after(timeout):
-                    connections = list(await self._connections_provider())
-            except TimeoutError:
-                raise StartError(f"the connections to resume were not ready within {timeout:g} s") from None
-            except Exception as exc:
-                log.exception("plugin %s: connections provider failed", self.spec.plugin_id)
-                raise StartError(f"the connections to resume could not be read: {exc}") from exc
+        try:
+            with anyio.fail_after(timeout):
+                connections = list(await self._services.resumable_connections(self.spec.plugin_id))
+        except TimeoutError:
+            raise StartError(f"the connections to resume were not ready within {timeout:g} s") from None
+        except Exception as exc:
+            log.exception("plugin %s: reading the connections to resume failed", self.spec.plugin_id)
+            raise StartError(f"the connections to resume could not be read: {exc}") from exc
+        for info in connections:  # known secrets are masked whatever shape the plugin logs them in
+            self.redactor.add(*secret_strings(info.credentials))
         params = InitializeParams(
             protocol_version=PROTOCOL_VERSION,
             host=NameVersion(name=HOST_NAME, version=self.host_version),
@@ -708,21 +698,13 @@ class PluginSupervisor:
     # ---------------------------------------------------------------- plugin -> host
 
     async def _handle_request(self, method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
-        if self._on_request is None:
-            raise RpcError(METHOD_NOT_FOUND, f"the host does not handle {method}")
-        result = self._on_request(self, method, params)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await dispatch_request(self._services, self.spec.plugin_id, method, params)
 
     async def _handle_notification(self, method: str, params: msgspec.Raw | None) -> None:
         if method == "log":
             self._plugin_log(params)
             return
-        if self._on_notification is not None:
-            result = self._on_notification(self, method, params)
-            if inspect.isawaitable(result):
-                await result
+        await dispatch_notification(self._services, self.spec.plugin_id, method, params)
 
     def _plugin_log(self, params: msgspec.Raw | None) -> None:
         try:

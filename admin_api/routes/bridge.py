@@ -62,7 +62,7 @@ async def webhook(request: Request) -> Response:
         body=base64.b64encode(body).decode(),
     )
     try:
-        result = await host.call(connection.plugin_id, "webhook.handle", params, result_type=WebhookResult)
+        result = await host.client(connection.plugin_id).webhook(params)
     except RpcError as exc:
         if exc.code in (UNAVAILABLE, TIMED_OUT, OVERLOADED):
             # the platform retries a 503; the dedupe makes the retry safe

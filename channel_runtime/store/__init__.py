@@ -4,7 +4,7 @@
     async with store:
         begin, entry = await store.pipeline.accept_event(connection_id, event_id, message)
 
-URLs: `memory://` (in process, tests), `sqlite:///PATH` (relative PATH) or
+URLs: `memory://` (an in-memory SQLite database: tests, throwaway runtimes), `sqlite:///PATH` (relative PATH) or
 `sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
 """
 
@@ -35,6 +35,8 @@ from .base import (
     OutboxEntry,
     OutboxStore,
     PipelineStore,
+    PluginStateStore,
+    StateLimitError,
     Store,
     StoreError,
     dedupe_key,
@@ -67,9 +69,12 @@ async def open_store(
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme == "memory":
-        from .memory import open_memory_store
+        # the same SQL as the embedded store, in memory: two backends cannot drift apart
+        from .sqlite import open_sqlite_store
 
-        return open_memory_store(clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease)
+        return open_sqlite_store(
+            "memory://", ":memory:", clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
+        )
     if sep and scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
             raise StoreError(
@@ -112,6 +117,8 @@ __all__ = [
     "OutboxEntry",
     "OutboxStore",
     "PipelineStore",
+    "PluginStateStore",
+    "StateLimitError",
     "Store",
     "StoreError",
     "UnsupportedStoreError",

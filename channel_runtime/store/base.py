@@ -543,6 +543,40 @@ class KeyValueStore(abc.ABC):
     async def delete(self, key: str) -> bool: ...
 
 
+# ---------------------------------------------------------------- host-kept plugin state (SPEC 3.4)
+
+
+class StateLimitError(StoreError):
+    """A `state.put` beyond SPEC 3.4's limits (value size, keys per scope); `limit` is the bound."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class PluginStateStore(abc.ABC):
+    """JSON values a plugin keeps in the host, by plugin, scope and key.
+
+    The scope is a connection id, or None for plugin-wide values. Keyed by plugin
+    id (not version), so state follows a plugin across restarts and hot swaps.
+    """
+
+    value_max_bytes: int
+    keys_per_scope: int
+
+    @abc.abstractmethod
+    async def get(self, plugin_id: str, connection_id: str | None, key: str) -> Any:
+        """The value, or None when unset."""
+
+    @abc.abstractmethod
+    async def put(self, plugin_id: str, connection_id: str | None, key: str, value: Any) -> None:
+        """Set (None deletes); StateLimitError beyond the limits, changing nothing."""
+
+    @abc.abstractmethod
+    async def drop(self, plugin_id: str, connection_id: str | None = None) -> int:
+        """Forget every value of one scope (or of the whole plugin when `connection_id` is None); count."""
+
+
 # ---------------------------------------------------------------- facade
 
 
@@ -561,6 +595,7 @@ class Store:
         sessions: ConnectorSessionStore,
         kv: KeyValueStore,
         pipeline: PipelineStore,
+        plugin_state: PluginStateStore,
         close: Callable[[], Awaitable[None]],
     ) -> None:
         self.url = url
@@ -572,6 +607,7 @@ class Store:
         self.sessions = sessions
         self.kv = kv
         self.pipeline = pipeline
+        self.plugin_state = plugin_state
         self._close = close
         self._closed = False
 

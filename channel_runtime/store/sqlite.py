@@ -27,6 +27,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock
+from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES
 
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
@@ -51,6 +52,8 @@ from .base import (
     OutboxEntry,
     OutboxStore,
     PipelineStore,
+    PluginStateStore,
+    StateLimitError,
     Store,
     StoreError,
     check_connection_status,
@@ -170,6 +173,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             " WHERE status IN ('pending', 'claimed') GROUP BY channel_id, conversation)",
             f"CREATE INDEX {table}_heads ON {table} (id) WHERE head = 1",
         )
+    ),
+    # host-kept plugin state (SPEC 3.4); scope '' is plugin-wide; counts keep the per-scope key limit O(1)
+    (
+        """CREATE TABLE plugin_state (
+            plugin_id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (plugin_id, scope, key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE plugin_state_counts (
+            plugin_id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            keys INTEGER NOT NULL,
+            PRIMARY KEY (plugin_id, scope)
+        ) WITHOUT ROWID""",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1061,6 +1081,87 @@ class SqliteKeyValue(KeyValueStore):
             return conn.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount > 0
 
 
+class SqlitePluginState(PluginStateStore):
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        value_max_bytes: int = STATE_VALUE_MAX_BYTES,
+        keys_per_scope: int = STATE_KEYS_PER_CONNECTION,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self.value_max_bytes = value_max_bytes
+        self.keys_per_scope = keys_per_scope
+
+    async def get(self, plugin_id: str, connection_id: str | None, key: str) -> Any:
+        row = self._db.one(
+            "SELECT value FROM plugin_state WHERE plugin_id = ? AND scope = ? AND key = ?",
+            (plugin_id, connection_id or "", key),
+        )
+        return None if row is None else _unjson(row["value"])
+
+    async def put(self, plugin_id: str, connection_id: str | None, key: str, value: Any) -> None:
+        scope = connection_id or ""
+        text = None if value is None else _json(value)
+        if text is not None and len(text.encode("utf-8")) > self.value_max_bytes:
+            raise StateLimitError(
+                f"state value {key!r} is {len(text.encode('utf-8'))} bytes of JSON; at most {self.value_max_bytes}",
+                self.value_max_bytes,
+            )
+        now = self._clock.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if text is None:
+                if conn.execute(
+                    "DELETE FROM plugin_state WHERE plugin_id = ? AND scope = ? AND key = ?", (plugin_id, scope, key)
+                ).rowcount:
+                    conn.execute(
+                        "UPDATE plugin_state_counts SET keys = keys - 1 WHERE plugin_id = ? AND scope = ?",
+                        (plugin_id, scope),
+                    )
+                return
+            if conn.execute(
+                "UPDATE plugin_state SET value = ?, updated_at = ? WHERE plugin_id = ? AND scope = ? AND key = ?",
+                (text, now, plugin_id, scope, key),
+            ).rowcount:
+                return
+            row = conn.execute(
+                "SELECT keys FROM plugin_state_counts WHERE plugin_id = ? AND scope = ?", (plugin_id, scope)
+            ).fetchone()
+            if row is not None and row["keys"] >= self.keys_per_scope:
+                where = f"connection {connection_id}" if connection_id else f"plugin {plugin_id}"
+                raise StateLimitError(
+                    f"{where} already keeps {row['keys']} state keys; at most {self.keys_per_scope}"
+                    " (delete keys with a null value)",
+                    self.keys_per_scope,
+                )
+            conn.execute(
+                "INSERT INTO plugin_state (plugin_id, scope, key, value, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (plugin_id, scope, key, text, now),
+            )
+            conn.execute(
+                "INSERT INTO plugin_state_counts (plugin_id, scope, keys) VALUES (?, ?, 1)"
+                " ON CONFLICT (plugin_id, scope) DO UPDATE SET keys = keys + 1",
+                (plugin_id, scope),
+            )
+
+        await self._db.batched(write)
+
+    async def drop(self, plugin_id: str, connection_id: str | None = None) -> int:
+        with self._db.write() as conn:
+            if connection_id is None:
+                conn.execute("DELETE FROM plugin_state_counts WHERE plugin_id = ?", (plugin_id,))
+                return conn.execute("DELETE FROM plugin_state WHERE plugin_id = ?", (plugin_id,)).rowcount
+            conn.execute(
+                "DELETE FROM plugin_state_counts WHERE plugin_id = ? AND scope = ?", (plugin_id, connection_id)
+            )
+            return conn.execute(
+                "DELETE FROM plugin_state WHERE plugin_id = ? AND scope = ?", (plugin_id, connection_id)
+            ).rowcount
+
+
 def open_sqlite_store(
     url: str,
     path: str,
@@ -1089,5 +1190,6 @@ def open_sqlite_store(
         sessions=SqliteSessions(db, clock),
         kv=SqliteKeyValue(db, clock),
         pipeline=SqlitePipeline(db, clock, bridge_dedupe, inbox, outbox),
+        plugin_state=SqlitePluginState(db, clock),
         close=close,
     )

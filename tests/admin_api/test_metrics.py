@@ -68,7 +68,7 @@ async def test_metrics_endpoint_with_a_running_plugin(tmp_path: Path) -> None:
     async with running(tmp_path / "home") as (app, http):
         await http.post("/api/plugins", content=plugin_zip(tmp_path), headers={"Content-Type": "application/zip"})
         await http.post("/api/plugins/echo/enable")
-        await app.state.host.call("echo", "health", {})
+        await app.state.host.client("echo").health()
         r = await http.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         samples = _samples(r.text)

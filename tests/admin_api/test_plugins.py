@@ -96,8 +96,8 @@ async def test_lifecycle_install_enable_restart_swap_disable_uninstall(tmp_path:
         assert swapped["runningVersion"] == "1.1.0" and swapped["activeVersion"] == "1.1.0"
         pid3 = swapped["pid"]
         assert pid3 != pid2 and _alive(pid3)
-        health = await app.state.host.call("echo", "health", {})
-        assert health["status"] == "ok"
+        health = await app.state.host.client("echo").health()
+        assert health.status == "ok"
 
         # a broken version: refused with a clear code, 1.1.0 keeps running
         r = await call("POST", "/api/plugins", content=broken, headers=ZIP)

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 import uvicorn
 
@@ -24,6 +25,7 @@ from channel_runtime.runtime import ChannelRuntime
 from channel_runtime.settings import Settings
 from plugin_host.host import PluginHost
 from plugin_host.package import pack_directory
+from plugin_host.protocol import SendRequest
 from tests.support import REPO, eventually, free_port
 
 pytestmark = pytest.mark.anyio
@@ -184,8 +186,8 @@ async def test_onboarding_to_logout_end_to_end(stack: Stack, caplog: pytest.LogC
 
     # the plugin's own idempotency: the same requestId again is a duplicate and sends nothing
     [done] = [d for d in s.sent() if d["request"]["requestId"] == request_id]
-    result = await s.host.call("echo", "message.send", done["request"])
-    assert result["duplicate"] is True and result["providerMessageId"] == done["providerMessageId"]
+    result = await s.host.client("echo").send(msgspec.convert(done["request"], SendRequest))
+    assert result.duplicate is True and result.provider_message_id == done["providerMessageId"]
     assert [d["request"]["requestId"] for d in s.sent()].count(request_id) == 1
 
     # logout: plugin told, channel removed, connection revoked; its doors close

@@ -6,6 +6,7 @@ script and the tiny `_wire` helper it imports) and returns its `LaunchSpec`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 import msgspec
 
 from plugin_host.manifest import Manifest
+from plugin_host.package import pack_directory
 from plugin_host.process import LaunchSpec
 
 FAULT_DIR = Path(__file__).resolve().parent
@@ -116,3 +118,33 @@ def live_group_members(pgid: int) -> list[int]:
         if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
+
+
+def raw_plugin_zip(
+    tmp_path: Path, plugin_id: str, script: str = "well_behaved", version: str = "1.0.0", **manifest: object
+) -> Path:
+    """A packed fault plugin (raw JSON-RPC, no SDK) under `plugin_id`."""
+    src = tmp_path / f"src-{plugin_id}-{version}"
+    src.mkdir()
+    shutil.copy(FAULT_DIR / f"{script}.py", src / f"{script}.py")
+    shutil.copy(FAULT_DIR / "_wire.py", src / "_wire.py")
+    document = {
+        "manifestVersion": 1,
+        "id": plugin_id,
+        "name": plugin_id,
+        "version": version,
+        "protocolVersion": 1,
+        "runtime": {"type": "python", "module": script},
+        "connectors": [
+            {
+                "kind": plugin_id.replace("-", "_"),
+                "displayName": plugin_id,
+                "authType": "credentials",
+                "capabilities": ["send_text"],
+            }
+        ],
+        "timeouts": {"handshakeMs": 5000, "healthMs": 2000, "callMs": 5000},
+        **manifest,
+    }
+    (src / "plugin.json").write_text(json.dumps(document))
+    return pack_directory(src, tmp_path / f"{plugin_id}-{version}.zip")

@@ -9,6 +9,7 @@ import pytest
 from plugin_host.host import PluginHost
 from plugin_host.package import pack_directory
 from plugin_host.registry import PluginRegistry, _semver_key
+from tests.fault_plugins import raw_plugin_zip
 from tests.support import REPO
 
 pytestmark = pytest.mark.anyio
@@ -51,64 +52,29 @@ async def test_registry_survives_reopening(tmp_path: Path) -> None:
         registry.close()
 
 
-def _raw_plugin(
-    tmp_path: Path, plugin_id: str, script: str = "well_behaved", version: str = "1.0.0", **manifest: object
-) -> Path:
-    """A packed fault plugin (raw JSON-RPC, no SDK) under `plugin_id`."""
-    import json
-    import shutil
-
-    from tests.fault_plugins import FAULT_DIR
-
-    src = tmp_path / f"src-{plugin_id}-{version}"
-    src.mkdir()
-    shutil.copy(FAULT_DIR / f"{script}.py", src / f"{script}.py")
-    shutil.copy(FAULT_DIR / "_wire.py", src / "_wire.py")
-    document = {
-        "manifestVersion": 1,
-        "id": plugin_id,
-        "name": plugin_id,
-        "version": version,
-        "protocolVersion": 1,
-        "runtime": {"type": "python", "module": script},
-        "connectors": [
-            {
-                "kind": plugin_id.replace("-", "_"),
-                "displayName": plugin_id,
-                "authType": "credentials",
-                "capabilities": ["send_text"],
-            }
-        ],
-        "timeouts": {"handshakeMs": 5000, "healthMs": 2000, "callMs": 5000},
-        **manifest,
-    }
-    (src / "plugin.json").write_text(json.dumps(document))
-    return pack_directory(src, tmp_path / f"{plugin_id}-{version}.zip")
-
-
 async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tmp_path: Path) -> None:
-    from plugin_host.host import HostHooks
     from plugin_host.protocol import ConnectionInfo
     from plugin_host.redact import MASK
+    from plugin_host.services import HostServices
     from tests.fault_plugins import default_host_env
     from tests.support import eventually
 
-    async def connections(plugin_id: str) -> list[ConnectionInfo]:
-        return [
-            ConnectionInfo(
-                connection_id="c1",
-                channel_id="ch1",
-                kind="raw",
-                credentials={"nested": {"value": "swordfish-77"}, "list": ["opensesame-42"]},
-            )
-        ]
+    class Services(HostServices):
+        async def resumable_connections(self, plugin_id: str) -> list[ConnectionInfo]:
+            return [
+                ConnectionInfo(
+                    connection_id="c1",
+                    channel_id="ch1",
+                    kind="raw",
+                    credentials={"nested": {"value": "swordfish-77"}, "list": ["opensesame-42"]},
+                )
+            ]
 
-    hooks = HostHooks(connections=connections)
-    async with PluginHost(tmp_path / "home", host_env=default_host_env(), hooks=hooks) as host:
-        await host.install(_raw_plugin(tmp_path, "raw"))
+    async with PluginHost(tmp_path / "home", host_env=default_host_env(), services=Services()) as host:
+        await host.install(raw_plugin_zip(tmp_path, "raw"))
         await host.set_config("raw", {"appSecret": "hunter-two-x", "region": "eu-west"})
         await host.enable("raw")
-        await host.call("raw", "stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west"})
+        await host.supervisor("raw").call("stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west"})
 
         def masked() -> bool:
             return any("saw" in line for line in host.logs("raw"))
@@ -119,7 +85,7 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
         assert line.count(MASK) == 3 and "eu-west" in line
         # a new secret config value is known at once, before the restart it causes
         await host.set_config("raw", {"appSecret": "second-pass-y"})
-        await host.call("raw", "stderr", {"text": "now second-pass-y"})
+        await host.supervisor("raw").call("stderr", {"text": "now second-pass-y"})
         await eventually(lambda: any("now" in line for line in host.logs("raw")))
         assert not any("second-pass-y" in line for line in host.logs("raw"))
 
@@ -131,10 +97,10 @@ async def test_cancelled_activation_closes_the_new_supervisor(tmp_path: Path) ->
     from tests.fault_plugins import default_host_env, proc_alive
 
     async with PluginHost(tmp_path / "home", host_env=default_host_env()) as host:
-        await host.install(_raw_plugin(tmp_path, "raw"))
+        await host.install(raw_plugin_zip(tmp_path, "raw"))
         await host.enable("raw")
         old = host.supervisor("raw")
-        await host.install(_raw_plugin(tmp_path, "raw", "silent_initialize", version="2.0.0"))
+        await host.install(raw_plugin_zip(tmp_path, "raw", "silent_initialize", version="2.0.0"))
         created: list[PluginSupervisor] = []
         supervise = host._supervise
 
@@ -162,8 +128,8 @@ async def test_start_does_not_wait_for_one_plugin_before_starting_the_next(tmp_p
     home = tmp_path / "home"
     async with PluginHost(home, host_env=default_host_env()) as host:
         # "a_silent" comes first in the registry and never answers initialize
-        await host.install(_raw_plugin(tmp_path, "a_silent", "silent_initialize", timeouts={"handshakeMs": 5000}))
-        await host.install(_raw_plugin(tmp_path, "b_good"))
+        await host.install(raw_plugin_zip(tmp_path, "a_silent", "silent_initialize", timeouts={"handshakeMs": 5000}))
+        await host.install(raw_plugin_zip(tmp_path, "b_good"))
     registry = PluginRegistry(home / "state.db")
     registry.set_enabled("a_silent", True)
     registry.set_enabled("b_good", True)

@@ -194,6 +194,10 @@ POSITIVE: dict[tuple[str, str], list[msgspec.Struct]] = {
     ("session.cancel", "result"): [p.Empty()],
     ("connection.logout", "params"): [p.ConnectionRef("conn_1")],
     ("connection.logout", "result"): [p.Empty()],
+    ("connection.resume", "params"): [p.ConnectionInfo("conn_1", "conn_1", "weixin", credentials={"token": "t"})],
+    ("connection.resume", "result"): [p.Empty()],
+    ("connection.release", "params"): [p.ConnectionRef("conn_1")],
+    ("connection.release", "result"): [p.Empty()],
     ("message.send", "params"): [SEND_FULL, SEND_MIN],
     ("message.send", "result"): [p.SendResult(), p.SendResult(duplicate=True, provider_message_id="om_1")],
     ("webhook.handle", "params"): [

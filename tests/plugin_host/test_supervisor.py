@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 
 from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, RpcError
 from plugin_host.process import LaunchSpec
-from plugin_host.protocol import ConnectionInfo, InitializeResult
+from plugin_host.protocol import (
+    ConnectionInfo,
+    ConnectionStatusParams,
+    InitializeResult,
+    StateGetParams,
+    StateGetResult,
+)
 from plugin_host.redact import Redactor
+from plugin_host.services import HostServices
 from plugin_host.supervisor import PluginSupervisor, StartError
 from tests.fault_plugins import SCRIPTS, live_group_members, make_spec, proc_alive
 
@@ -62,13 +68,14 @@ async def test_start_call_stop(tmp_path: Path) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     conn = ConnectionInfo(connection_id="conn_1", channel_id="ch", kind="test", credentials={"k": "v"})
 
-    async def provider() -> list[ConnectionInfo]:
-        return [conn]
+    class Services(HostServices):
+        async def resumable_connections(self, plugin_id: str) -> list[ConnectionInfo]:
+            return [conn]
 
     async with supervised(
         spec,
         config={"greeting": "hi"},
-        connections_provider=provider,
+        services=Services(),
         on_event=lambda sup, kind, data: events.append((kind, data)),
         host_version="9.9.9",
     ) as sup:
@@ -329,22 +336,24 @@ async def test_plugin_requests_and_notifications_reach_the_owner(
 ) -> None:
     received: list[tuple[str, Any]] = []
 
-    async def on_request(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> Any:
-        return {"accepted": True, "method": method, "params": msgspec.json.decode(params)}
+    class Services(HostServices):
+        async def state_get(self, plugin_id: str, params: StateGetParams) -> StateGetResult:
+            received.append(("state.get", (plugin_id, params.key, params.connection_id)))
+            return StateGetResult(value={"cursor": "abc"}, epoch=3)
 
-    def on_notification(sup: PluginSupervisor, method: str, params: msgspec.Raw | None) -> None:
-        received.append((method, msgspec.json.decode(params)))
+        async def connection_status(self, plugin_id: str, params: ConnectionStatusParams) -> None:
+            received.append(("connection.status", (plugin_id, params.connection_id, params.status)))
 
     redactor = Redactor(["very-private-value"])
-    async with supervised(
-        make_spec(tmp_path, "well_behaved"),
-        on_request=on_request,
-        on_notification=on_notification,
-        redactor=redactor,
-    ) as sup:
+    async with supervised(make_spec(tmp_path, "well_behaved"), services=Services(), redactor=redactor) as sup:
         await sup.start()
-        answer = await sup.call("ask_host", {"method": "event.inbound", "params": {"eventId": "e1"}})
-        assert answer == {"accepted": True, "method": "event.inbound", "params": {"eventId": "e1"}}
+        answer = await sup.call("ask_host", {"method": "state.get", "params": {"key": "cursor", "connectionId": "c1"}})
+        assert answer == {"value": {"cursor": "abc"}, "epoch": 3}
+        # a method the host does not serve, and params that are not its shape
+        unknown = await sup.call("ask_host", {"method": "no.such", "params": {}})
+        assert unknown["code"] == -32601
+        bad = await sup.call("ask_host", {"method": "state.get", "params": {"connectionId": 5}})
+        assert bad["code"] == -32602
         await sup.call(
             "notify_host", {"method": "connection.status", "params": {"connectionId": "c1", "status": "connected"}}
         )
@@ -357,7 +366,10 @@ async def test_plugin_requests_and_notifications_reach_the_owner(
                 },
             )
             await wait_for(lambda: received and any("login uses" in r.getMessage() for r in caplog.records))
-    assert received == [("connection.status", {"connectionId": "c1", "status": "connected"})]
+    assert received == [
+        ("state.get", ("well_behaved", "cursor", "c1")),
+        ("connection.status", ("well_behaved", "c1", "connected")),
+    ]
     record = next(r for r in caplog.records if "login uses" in r.getMessage())
     assert record.levelno == logging.WARNING
     assert "very-private-value" not in record.getMessage() and '"n":1' in record.getMessage()
@@ -421,10 +433,11 @@ async def test_owner_cancellation_stops_the_plugin(tmp_path: Path) -> None:
 
 
 async def test_failing_connections_provider_fails_the_start(tmp_path: Path) -> None:
-    async def provider() -> list[ConnectionInfo]:
-        raise OSError("database is locked")
+    class Services(HostServices):
+        async def resumable_connections(self, plugin_id: str) -> list[ConnectionInfo]:
+            raise OSError("database is locked")
 
-    async with supervised(make_spec(tmp_path, "well_behaved"), connections_provider=provider) as sup:
+    async with supervised(make_spec(tmp_path, "well_behaved"), services=Services()) as sup:
         with pytest.raises(StartError, match="database is locked"):
             await sup.start()
         assert sup.state == "stopped"

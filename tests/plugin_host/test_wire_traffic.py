@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
 
 from channel_runtime import InboundMessage, OutboundMessage
 from channel_runtime.runtime import ChannelRuntime
 from plugin_host.host import PluginHost
 from plugin_host.package import pack_directory
-from plugin_host.protocol import BridgeEvent, WebhookParams
+from plugin_host.protocol import WebhookParams
 from plugin_host.wire_schemas import message_errors
 
 pytestmark = pytest.mark.anyio
@@ -56,13 +55,12 @@ async def test_host_and_sdk_traffic_matches_the_schemas(tmp_path: Path) -> None:
             while (await runtime.store.connections.get(connection_id)).status != "connected":
                 await anyio.sleep(0.02)
         session_id = view["session"]["sessionId"]
-        await host.call("tap", "session.get", {"sessionId": session_id})
-        await host.call("tap", "session.input", {"sessionId": session_id, "input": "123456"})
-        await host.call("tap", "session.cancel", {"sessionId": session_id})
+        tap = host.client("tap")
+        await tap.session_get(session_id)
+        await tap.session_input(session_id, "123456")
+        await tap.session_cancel(session_id)
         body = base64.b64encode(json.dumps({"peerId": "u1", "text": "hi", "messageId": "w1"}).encode()).decode()
-        result = await host.call(
-            "tap",
-            "webhook.handle",
+        result = await tap.webhook(
             WebhookParams(
                 connection_id=connection_id,
                 method="POST",
@@ -71,8 +69,8 @@ async def test_host_and_sdk_traffic_matches_the_schemas(tmp_path: Path) -> None:
                 body=body,
             ),
         )
-        for event in result["events"]:
-            await runtime.ingest(msgspec.convert(event, type=BridgeEvent))
+        for event in result.events:
+            await runtime.ingest(event)
         with anyio.fail_after(10):
             while replies != ["hi", "echo: hi"]:
                 await anyio.sleep(0.02)

@@ -27,16 +27,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "app-secret-PLAINTEXT-7f3a9c"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture
 def cipher() -> CredentialCipher:
     return CredentialCipher.ephemeral()

@@ -13,16 +13,6 @@ from plugin_host.clock import FakeClock
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'state' / 'state.db'}"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def msg(message_id: str, peer: str = "oc_1", *, channel: str = "ch1", thread: str | None = None) -> InboundMessage:
     return InboundMessage(
         message_id=message_id,

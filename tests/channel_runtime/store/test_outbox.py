@@ -13,16 +13,6 @@ from plugin_host.clock import FakeClock
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def request_id(peer: str, content: str, *, thread: str | None = None) -> str:
     return OutboundMessage(channel_id="ch1", peer_id=peer, content=content, thread_id=thread).request_id("weixin")
 

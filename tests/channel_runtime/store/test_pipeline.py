@@ -23,16 +23,6 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def msg(message_id: str, peer: str = "oc_1", **kw: Any) -> InboundMessage:
     return InboundMessage(
         message_id=message_id,
