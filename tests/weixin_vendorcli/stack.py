@@ -111,7 +111,9 @@ class Stack:
         await self.session_status(session_id, "connected")
         view = await self.connection_status(connection_id, "connected")
         await eventually(
-            lambda: any(r.headers.get("authorization") == f"Bearer {token}" for r in fake.of("getupdates")[polls_before:])
+            lambda: any(
+                r.headers.get("authorization") == f"Bearer {token}" for r in fake.of("getupdates")[polls_before:]
+            )
         )
         return connection_id, view["channelId"]
 
@@ -134,7 +136,13 @@ async def weixin_stack(
 
     host = PluginHost(home)
     runtime = ChannelRuntime(
-        recording, f"sqlite:///{home / 'state.db'}", plugin_host=host, home=home, retry_base=0.05, retry_cap=0.3, idle_poll=0.05
+        recording,
+        f"sqlite:///{home / 'state.db'}",
+        plugin_host=host,
+        home=home,
+        retry_base=0.05,
+        retry_cap=0.3,
+        idle_poll=0.05,
     )
     settings = Settings.load({"CHANNEL_RUNTIME_ADMIN_TOKEN": ADMIN}, home=str(home))
     zips = work or home.parent
@@ -156,7 +164,9 @@ async def weixin_stack(
         ) as client:
             stack = Stack(home, host, runtime, client)
             stack.seen = seen
-            await eventually(lambda: (host.supervisor(PLUGIN_ID) is not None and host.supervisor(PLUGIN_ID).state == "running"), 30)  # type: ignore[union-attr]
+            await eventually(
+                lambda: host.supervisor(PLUGIN_ID) is not None and host.supervisor(PLUGIN_ID).state == "running", 30
+            )  # type: ignore[union-attr]
             try:
                 yield stack
             finally:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from plugin_host.protocol import ConnectionInfo, ConnectionRef, InitializeParams, StateGetParams, StateGetResult, StatePutParams
+from plugin_host.protocol import (
+    ConnectionInfo,
+    ConnectionRef,
+    InitializeParams,
+    StateGetParams,
+    StateGetResult,
+    StatePutParams,
+)
 from plugin_host.sdk import Context, Plugin
 
 

@@ -19,6 +19,7 @@ import anyio
 import msgspec
 
 from plugin_host.protocol import STATE_VALUE_MAX_BYTES
+from plugin_host.redact import redact
 
 CURSOR_KEY = "cursor"
 SEEN_KEY = "seen"
@@ -100,6 +101,10 @@ class Account:
     @property
     def account_id(self) -> str:
         return self.credentials.ilink_bot_id
+
+    def scrub(self, text: str, limit: int = 300) -> str:
+        """Platform text (an `errmsg`) made safe to log or answer: bounded, the token masked."""
+        return redact(text.strip()[:limit], [self.credentials.bot_token])
 
     # ---------------------------------------------------------------- cursor and dedupe window
 

@@ -95,7 +95,8 @@ def _content(items: list[MessageItem]) -> tuple[str, str, list[dict[str, Any]], 
             if item.type == ITEM_VOICE and entry.get("transcript"):
                 transcripts.append(entry["transcript"])
         else:
-            others.append({"type": item.type, "msgId": as_id(item.msg_id)})
+            other = {"type": item.type, "msgId": as_id(item.msg_id)}
+            others.append({k: v for k, v in other.items() if v is not None})
     if texts:
         return "text", "\n".join(texts), media, others
     if transcripts or (media and media[0]["type"] == "voice"):

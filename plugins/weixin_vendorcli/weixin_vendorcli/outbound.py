@@ -71,7 +71,7 @@ class Sender:
             if answer.session_expired:
                 await self.on_expired(account)
                 raise expired_error()
-            _check(answer, index, len(chunks))
+            _check(answer, index, len(chunks), account)
             ids.append(as_id(answer.message_id) or client_id)
             if len(chunks) > 1 and index < len(chunks) - 1:
                 await account.save_chunks_sent(request.request_id, ids)
@@ -84,12 +84,12 @@ def expired_error() -> RpcError:
     return RpcError(SESSION_EXPIRED, "the Weixin session of this account expired: log in again (scan a new QR code)")
 
 
-def _check(answer: SendAnswer, index: int, total: int) -> None:
+def _check(answer: SendAnswer, index: int, total: int, account: Account) -> None:
     code = answer.code
     if code == 0:
         return
     where = f" (part {index + 1} of {total})" if total > 1 else ""
-    errmsg = (answer.errmsg or "").strip()[:300]
+    errmsg = account.scrub(answer.errmsg or "")
     if code == REPLY_REFUSED_CODE:
         raise RpcError(
             REPLY_WINDOW_CLOSED,

@@ -66,7 +66,8 @@ class Receiver:
             cursor, seen = await self._load()
             timeout = seconds(self.config.poll_timeout_ms)
             while True:
-                if account.status == "expired":
+                retrying = account.status == "expired"
+                if retrying:
                     await self.clock.sleep(seconds(self.config.session_pause_ms))
                 started = self.clock.monotonic()
                 try:
@@ -79,10 +80,12 @@ class Receiver:
                     await self.expired()
                     continue
                 if updates.code:
-                    await self._failed(f"getupdates answered {updates.code}: {(updates.errmsg or '')[:200]}")
+                    await self._failed(
+                        f"getupdates answered {updates.code}: {account.scrub(updates.errmsg or '', 200)}"
+                    )
                     continue
                 self._failures = 0
-                if account.status == "expired":  # the same token works again
+                if retrying and account.status == "expired":  # the same token works again after the pause
                     account.status = "connected"
                     await self.host.connection_status(account.connection_id, "connected")
                 timeout = _hinted(updates, timeout)
