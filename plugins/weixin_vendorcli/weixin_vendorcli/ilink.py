@@ -41,16 +41,16 @@ def random_uin() -> str:
 
 
 class IlinkHttp:
-    """One HTTP client for every account of the plugin (keep-alive connections are shared)."""
+    """Two HTTP clients shared by every account: one for long polls, one for everything else.
 
-    def __init__(self, config: WeixinConfig, client: httpx.AsyncClient | None = None) -> None:
+    httpcore looks at every pooled connection on each request, so the long polls
+    (one held connection per account) stay out of the pool that sends use.
+    """
+
+    def __init__(self, config: WeixinConfig) -> None:
         self.config = config
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(seconds(config.api_timeout_ms), connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
-            trust_env=False,  # the platform host comes from config, never from a proxy variable
-        )
+        self._polls = _client(config, keepalive=200)
+        self._client = _client(config, keepalive=16)
         self._common = {
             "iLink-App-Id": APP_ID,
             "iLink-App-ClientVersion": str(client_version_number(config.client_version)),
@@ -58,6 +58,7 @@ class IlinkHttp:
         self._base_info = {"channel_version": config.client_version, "bot_agent": config.bot_agent}
 
     async def aclose(self) -> None:
+        await self._polls.aclose()
         await self._client.aclose()
 
     # ---------------------------------------------------------------- QR login (no token, no base_info)
@@ -93,6 +94,7 @@ class IlinkHttp:
                 payload,
                 token=account.bot_token,
                 timeout=timeout + min(_POLL_GRACE, timeout),
+                client=self._polls,
             )
         except _TimedOut:
             return Updates(ret=0, msgs=[], get_updates_buf=cursor)
@@ -127,7 +129,9 @@ class IlinkHttp:
     def _api_timeout(self) -> float:
         return seconds(self.config.api_timeout_ms)
 
-    async def _post(self, url: str, payload: Any, *, token: str | None, timeout: float) -> bytes:
+    async def _post(
+        self, url: str, payload: Any, *, token: str | None, timeout: float, client: httpx.AsyncClient | None = None
+    ) -> bytes:
         headers = {
             "Content-Type": "application/json",
             "AuthorizationType": "ilink_bot_token",
@@ -136,15 +140,23 @@ class IlinkHttp:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return await self._request("POST", url, headers=headers, content=msgspec.json.encode(payload), timeout=timeout)
+        content = msgspec.json.encode(payload)
+        return await self._request("POST", url, headers=headers, content=content, timeout=timeout, client=client)
 
     async def _request(
-        self, method: str, url: str, *, headers: dict[str, str], timeout: float, content: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        content: bytes | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> bytes:
         path = url.split("?", 1)[0].rsplit("/ilink/", 1)[-1]  # for messages: never the query (it holds the QR handle)
         try:
             with anyio.fail_after(timeout):
-                async with self._client.stream(method, url, headers=headers, content=content) as response:
+                async with (client or self._client).stream(method, url, headers=headers, content=content) as response:
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
@@ -165,6 +177,15 @@ class IlinkHttp:
 
 class _TimedOut(Exception):
     pass
+
+
+def _client(config: WeixinConfig, *, keepalive: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(seconds(config.api_timeout_ms), connect=CONNECT_TIMEOUT),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive),
+        follow_redirects=False,
+        trust_env=False,  # the platform host comes from config, never from a proxy variable
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

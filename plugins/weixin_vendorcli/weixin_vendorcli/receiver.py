@@ -1,7 +1,7 @@
 """The long-poll loop of one account: `getupdates` → dedupe → `event.inbound`, cursor in host state.
 
-- A batch is committed in this order: context tokens, events (one conversation
-  at a time in order, conversations in parallel), the dedupe window, the cursor.
+- A batch is committed in this order: per peer (peers in parallel) its newest
+  context token, then its events in order; then the dedupe window, then the cursor.
   A crash in between redelivers; the dedupe window and the host's own dedupe
   (stable `eventId`) answer the redelivery once.
 - `-14` (session expired): `connection.status` `error` / `session_expired`, sends
@@ -144,29 +144,34 @@ class Receiver:
                 continue
             keys.add(key)
             batch.setdefault(peer, []).append((key, message))
-        for peer, token in tokens.items():
-            await account.save_context_token(peer, token)
+        if tokens or batch:
+            await self._deliver(batch, tokens, seen)
         if batch:
-            await self._deliver(batch, seen)
             await account.save_seen(seen)
         if updates.get_updates_buf and updates.get_updates_buf != cursor:
             await account.save_cursor(updates.get_updates_buf)
         return len(keys)
 
-    async def _deliver(self, batch: dict[str, list[tuple[str, WeixinMessage]]], seen: SeenWindow) -> None:
+    async def _deliver(
+        self, batch: dict[str, list[tuple[str, WeixinMessage]]], tokens: dict[str, str], seen: SeenWindow
+    ) -> None:
+        """Per peer, in parallel: its newest context token, then its messages in order."""
         failures: list[Exception] = []
 
-        async def conversation(messages: list[tuple[str, WeixinMessage]]) -> None:
+        async def conversation(peer: str) -> None:
             try:
-                for key, message in messages:
+                token = tokens.get(peer)
+                if token is not None:
+                    await self.account.save_context_token(peer, token)
+                for key, message in batch.get(peer, ()):
                     await self._deliver_one(key, message)
                     seen.add(key)
             except Exception as exc:
                 failures.append(exc)
 
         async with anyio.create_task_group() as tg:
-            for messages in batch.values():
-                tg.start_soon(conversation, messages)
+            for peer in batch.keys() | tokens.keys():
+                tg.start_soon(conversation, peer)
         if failures:
             raise failures[0]
 
