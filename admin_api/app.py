@@ -87,7 +87,7 @@ def create_app(
                 metrics_open=settings.metrics_open,
             ),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.host = host

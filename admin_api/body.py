@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import IO, Any
 
 from starlette.datastructures import UploadFile
@@ -29,10 +29,10 @@ _RAW_ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "
 
 
 def _too_large(what: str, limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the {what} is larger than {limit} bytes", {"limit": limit})
+    return ApiError("payload_too_large", f"the {what} is larger than {limit} bytes", {"limit": limit}, status=413)
 
 
-async def limited_stream(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+async def limited_stream(request: Request, limit: int, what: str) -> AsyncGenerator[bytes, None]:
     """The request body in chunks; raises 413 as soon as more than `limit` bytes arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -62,17 +62,17 @@ async def read_json(request: Request, *, limit: int = JSON_LIMIT) -> Any:
     """The JSON value of the body; 413 over `limit`, 400 when it is not JSON."""
     body = await read_body(request, limit, "JSON body")
     if not body.strip():
-        raise ApiError(400, "invalid_json", "a JSON body is required")
+        raise ApiError("invalid_json", "a JSON body is required", status=400)
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}", status=400) from None
 
 
 async def read_object(request: Request, *, limit: int = JSON_LIMIT) -> dict[str, Any]:
     value = await read_json(request, limit=limit)
     if not isinstance(value, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise ApiError("invalid_json", "the body must be a JSON object", status=400)
     return value
 
 
@@ -90,10 +90,10 @@ async def receive_upload(request: Request, *, limit: int = UPLOAD_LIMIT) -> IO[b
         return await _receive_multipart(request, limit)
     if media_type not in _RAW_ZIP_TYPES:
         raise ApiError(
-            415,
             "unsupported_media_type",
             "upload the zip as an application/zip body or as multipart/form-data field 'file'",
             {"contentType": media_type},
+            status=415,
         )
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     try:
@@ -105,7 +105,7 @@ async def receive_upload(request: Request, *, limit: int = UPLOAD_LIMIT) -> IO[b
         raise
     if spool.tell() == 0:
         spool.close()
-        raise ApiError(400, "empty_upload", "the upload is empty; send the plugin zip as the body")
+        raise ApiError("empty_upload", "the upload is empty; send the plugin zip as the body", status=400)
     spool.seek(0)
     return spool
 
@@ -121,15 +121,15 @@ async def _receive_multipart(request: Request, limit: int) -> IO[bytes]:
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise ApiError(400, "invalid_multipart", f"the multipart body is invalid: {exc.message}") from None
+        raise ApiError("invalid_multipart", f"the multipart body is invalid: {exc.message}", status=400) from None
     upload = form.get("file")
     try:
         if not isinstance(upload, UploadFile):
-            raise ApiError(400, "missing_file", "the multipart body has no file field 'file'")
+            raise ApiError("missing_file", "the multipart body has no file field 'file'", status=400)
         if upload.size is not None and upload.size > limit:
             raise _too_large("plugin upload", limit)
         if not upload.size:
-            raise ApiError(400, "empty_upload", "the uploaded file is empty")
+            raise ApiError("empty_upload", "the uploaded file is empty", status=400)
     except ApiError:
         await form.close()
         raise

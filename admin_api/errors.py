@@ -1,7 +1,8 @@
 """One error shape outside (SPEC 7.1): `{"error": {"code", "message", "details"}}`.
 
-Typed exceptions inside (`ApiError`, `HostError`, `PackageError`, `ManifestError`,
-`RpcError`) are mapped here, and only here, to a status and that shape.
+Refusals inside (`plugin_host.errors.Refusal` and its kinds: `ApiError`, `HostError`,
+`PackageError`, `ManifestError`, `OnboardingError`, `IngestError`) and `RpcError` are
+mapped here, and only here, to a status and that shape.
 """
 
 from __future__ import annotations
@@ -15,12 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from channel_runtime.connections import OnboardingError
-from channel_runtime.runtime import IngestError
-from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, UNKNOWN_CONNECTION, RpcError
-from plugin_host.host import HostError
-from plugin_host.manifest import ManifestError
-from plugin_host.package import PackageError
+from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, UNKNOWN_CONNECTION, Refusal, RpcError
 from plugin_host.redact import redact
 
 from .redaction import redact_all
@@ -53,23 +49,8 @@ _RPC_STATUS: dict[int, int] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(Refusal):
     """An answer other than success, raised anywhere in a handler."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = dict(details or {})
-        self.headers = dict(headers or {})
 
 
 def error_response(
@@ -96,31 +77,9 @@ def _secrets(request: Request) -> list[str]:
     return list(getattr(request.app.state, "secrets", ()))
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+async def _refusal(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refusal)
     return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers, _secrets(request))
-
-
-async def _host_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HostError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, secrets=_secrets(request))
-
-
-async def _package_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PackageError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, secrets=_secrets(request))
-
-
-async def _manifest_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ManifestError)
-    return error_response(
-        400, exc.code, exc.message, {"errors": exc.errors} if exc.errors else None, secrets=_secrets(request)
-    )
-
-
-async def _runtime_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, (OnboardingError, IngestError))
-    return error_response(exc.status, exc.code, exc.message, secrets=_secrets(request))
 
 
 async def _rpc_error(request: Request, exc: Exception) -> Response:
@@ -146,13 +105,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS = {
-    ApiError: _api_error,
-    HostError: _host_error,
-    PackageError: _package_error,
-    ManifestError: _manifest_error,
+    Refusal: _refusal,
     RpcError: _rpc_error,
-    OnboardingError: _runtime_error,
-    IngestError: _runtime_error,
     HTTPException: _http_exception,
 }
 

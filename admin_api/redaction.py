@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from plugin_host.redact import MASK, mask_secret_fields, redact, secret_values
+from plugin_host.redact import MASK, mask_secret_fields, redact_value, secret_values
 
 __all__ = ["mask_config", "redact_all", "secret_values", "unmask_config"]
 
@@ -35,15 +35,4 @@ def unmask_config(config: Any, current: Any) -> Any:
 
 def redact_all(value: Any, secrets: Iterable[str]) -> Any:
     """Every string inside `value` through `redact` with the known `secrets`."""
-    known = sorted({s for s in secrets if s}, key=len, reverse=True)
-    return _walk(value, known)
-
-
-def _walk(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, dict):
-        return {k: _walk(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_walk(v, secrets) for v in value]
-    return value
+    return redact_value(value, secrets)

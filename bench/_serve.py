@@ -4,7 +4,7 @@
 
 Both apps get the same uvicorn settings: one worker (this process), the asyncio
 loop, the h11 HTTP implementation, access log off, lifespan on. `ours` is the
-full service `channel-runtime serve` builds (`channel_runtime.cli.build_app`),
+full service `channel-runtime serve` builds (`channel_runtime_cli.compose.build_app`),
 without the first-start install of the bundled plugins; its settings come from
 the environment (CHANNEL_RUNTIME_BRIDGE_TOKEN, ...) like the CLI's.
 """
@@ -27,8 +27,8 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.app == "ours":
-        from channel_runtime.cli import build_app
         from channel_runtime.settings import Settings
+        from channel_runtime_cli.compose import build_app
 
         settings = Settings.load(home=args.home, port=args.port, handler=args.handler)
         app = build_app(settings, bundled=False)

@@ -5,7 +5,7 @@
 Servers (each a subprocess, `python -m bench._serve`, identical uvicorn settings:
 one worker, asyncio loop, h11, access log off, lifespan on):
 - ceiling: `bench/_ceiling_app.py`, one SQLite insert (WAL, synchronous=NORMAL) per POST;
-- ours: the app `channel-runtime serve` builds (`channel_runtime.cli.build_app`), SQLite
+- ours: the app `channel-runtime serve` builds (`channel_runtime_cli.compose.build_app`), SQLite
   store in a temp home, bridge token from CHANNEL_RUNTIME_BRIDGE_TOKEN, one connected
   connection created beforehand directly in the store, no-op handler
   (`bench._handlers:noop`), so the inbox workers drain while events arrive;

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 import segno
+from anyio.streams.memory import MemoryObjectSendStream
 
-from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, RpcError
+from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, Refusal, RpcError
 from plugin_host.protocol import (
     TERMINAL_SESSION_STATUSES,
     ConnectionInfo,
@@ -42,14 +43,8 @@ _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", 
 _SUBSCRIBER_BUFFER = 64
 
 
-class OnboardingError(Exception):
-    """A refused onboarding or connection operation; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class OnboardingError(Refusal):
+    """A refused onboarding or connection operation."""
 
 
 def public_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +71,7 @@ class ConnectionManager:
     def __init__(self, runtime: ChannelRuntime, host: PluginHost) -> None:
         self.runtime = runtime
         self.host = host
-        self._subscribers: dict[str, set[anyio.abc.ObjectSendStream[dict[str, Any]]]] = {}
+        self._subscribers: dict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = {}
         self._session_locks: dict[str, anyio.Lock] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -130,9 +125,9 @@ class ConnectionManager:
         options = options or {}
         plugin_id = self.host.plugin_for_kind(kind)
         if plugin_id is None:
-            raise OnboardingError(404, "unknown_kind", f"no enabled plugin provides connector kind {kind!r}")
+            raise OnboardingError("unknown_kind", f"no enabled plugin provides connector kind {kind!r}", status=404)
         if self.host.supervisor(plugin_id) is None:
-            raise OnboardingError(503, "plugin_unavailable", f"plugin {plugin_id} is not running")
+            raise OnboardingError("plugin_unavailable", f"plugin {plugin_id} is not running", status=503)
         store = self.runtime.store
         connection = await store.connections.create(
             kind=kind,
@@ -163,9 +158,9 @@ class ConnectionManager:
             await store.connections.update_status(connection.connection_id, "error", message)
             await self._publish(session.session_id)
             raise OnboardingError(
-                503 if exc.code == UNAVAILABLE else 502,
                 "session_start_failed",
                 f"plugin {plugin_id} could not start the session: {message}",
+                status=503 if exc.code == UNAVAILABLE else 502,
             ) from None
         await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
         return await self.session_view(session.session_id)
@@ -174,7 +169,7 @@ class ConnectionManager:
         store = self.runtime.store
         session = await store.sessions.get(session_id)
         if session is None:
-            raise OnboardingError(404, "session_not_found", f"no connector session {session_id}")
+            raise OnboardingError("session_not_found", f"no connector session {session_id}", status=404)
         connection = await store.connections.get(session.connection_id)
         return {
             "session": _session_view(session),
@@ -186,7 +181,7 @@ class ConnectionManager:
         try:
             view = await self.host.client(session.plugin_id).session_input(session_id, value)
         except RpcError as exc:
-            raise OnboardingError(502, "session_input_failed", redact(exc.message)) from None
+            raise OnboardingError("session_input_failed", redact(exc.message), status=502) from None
         await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
         return await self.session_view(session_id)
 
@@ -311,9 +306,9 @@ class ConnectionManager:
     async def _live_session(self, session_id: str) -> ConnectorSessionRecord:
         session = await self.runtime.store.sessions.get(session_id)
         if session is None:
-            raise OnboardingError(404, "session_not_found", f"no connector session {session_id}")
+            raise OnboardingError("session_not_found", f"no connector session {session_id}", status=404)
         if session.status in TERMINAL_SESSION_STATUSES:
-            raise OnboardingError(409, "session_finished", f"session {session_id} is already {session.status}")
+            raise OnboardingError("session_finished", f"session {session_id} is already {session.status}", status=409)
         return session
 
     # ---------------------------------------------------------------- connections
@@ -324,14 +319,14 @@ class ConnectionManager:
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         record = await self.runtime.store.connections.get(connection_id)
         if record is None:
-            raise OnboardingError(404, "connection_not_found", f"no connection {connection_id}")
+            raise OnboardingError("connection_not_found", f"no connection {connection_id}", status=404)
         return connection_view(record)
 
     async def logout(self, connection_id: str) -> dict[str, Any]:
         store = self.runtime.store
         record = await store.connections.get(connection_id)
         if record is None:
-            raise OnboardingError(404, "connection_not_found", f"no connection {connection_id}")
+            raise OnboardingError("connection_not_found", f"no connection {connection_id}", status=404)
         if record.status != "revoked":
             try:
                 await self.host.client(record.plugin_id).logout(connection_id)

@@ -24,7 +24,7 @@ def conversation_id(kind: str, peer_type: str, peer_id: str, thread_id: str | No
     return f"{base}:{thread_id}" if thread_id else base
 
 
-class ChannelIdentity(_Message, frozen=True):
+class ChannelIdentity(_Message, frozen=True):  # type: ignore[misc]  # msgspec allows a frozen subclass
     """Who a channel is: its id, connector kind and platform account."""
 
     channel_id: str

@@ -19,6 +19,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock, SystemClock
+from plugin_host.errors import Refusal
 from plugin_host.lifetime import owned_task_group
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
 
@@ -44,14 +45,8 @@ class ChannelError(Exception):
     """add_channel/remove_channel/send refused: unknown kind, failed start, unknown channel."""
 
 
-class IngestError(Exception):
-    """An inbound event refused before it was accepted; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class IngestError(Refusal):
+    """An inbound event refused before it was accepted."""
 
 
 class IngestResult(msgspec.Struct, frozen=True):
@@ -317,7 +312,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             or connection.status == "revoked"
             or (plugin_id is not None and connection.plugin_id != plugin_id)
         ):
-            raise IngestError(404, "unknown_connection", "unknown or revoked connection")
+            raise IngestError("unknown_connection", "unknown or revoked connection", status=404)
         message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
         if not message.account_id:
             message.account_id = connection.account_id

@@ -24,6 +24,6 @@ def validate_config(manifest: Manifest, config: Any) -> None:
         raise HostError(
             "invalid_config",
             f"config does not match the configSchema of {manifest.id}: {errors[0]['message']}",
-            422,
             {"errors": errors},
+            status=422,
         )

@@ -62,3 +62,33 @@ class RpcError(Exception):
 
     def __repr__(self) -> str:
         return f"RpcError({self.code}, {self.message!r})"
+
+
+class Refusal(Exception):
+    """A request refused for a reason the caller can act on: the one refusal type.
+
+    `code` is a snake_case name of the rule, `message` a sentence a user can act
+    on, `details` structured data, `status` the HTTP status an API answers with,
+    `headers` extra response headers (e.g. Retry-After). The admin API maps every
+    Refusal, in one handler, to SPEC 7.1's `{"error": {code, message, details}}`.
+    Subclasses only name where a refusal comes from (they add no fields).
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.message!r}, status={self.status})"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import anyio
 import anyio.abc
@@ -16,6 +17,7 @@ import msgspec
 
 from .client import PluginClient
 from .clock import Clock, SystemClock
+from .errors import Refusal
 from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
@@ -29,15 +31,8 @@ from .supervisor import PluginSupervisor, StartError
 log = logging.getLogger(__name__)
 
 
-class HostError(Exception):
-    """A refused lifecycle operation; `status` is the HTTP status the admin API answers."""
-
-    def __init__(self, code: str, message: str, status: int = 400, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.details = details or {}
+class HostError(Refusal):
+    """A refused lifecycle operation (install, enable, activate, uninstall...)."""
 
 
 @dataclass
@@ -141,7 +136,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
 
     # ---------------------------------------------------------------- install / uninstall
 
-    async def install(self, source: BinaryIO | Path, *, source_label: str = "upload") -> InstallOutcome:
+    async def install(self, source: BinaryIO | IO[bytes] | Path, *, source_label: str = "upload") -> InstallOutcome:
         async with self._install_lock:
             package: InstalledPackage = await anyio.to_thread.run_sync(install_package, source, self.plugins_dir)
             self.registry.add_version(package.manifest, package.sha256, source_label)
@@ -151,7 +146,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         async with self._lock(plugin_id):
             record = self._record(plugin_id)
             if self.registry.version(plugin_id, version) is None:
-                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", status=404)
             if record.active_version == version:
                 others = [v.version for v in self.registry.versions(plugin_id) if v.version != version]
                 if not others:
@@ -161,8 +156,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                     raise HostError(
                         "version_active",
                         f"version {version} of {plugin_id} is active; activate another version first",
-                        409,
                         {"activeVersion": version},
+                        status=409,
                     )
                 if plugin_id in self._running:
                     await self._stop(plugin_id)
@@ -187,8 +182,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             raise HostError(
                 "plugin_in_use",
                 f"{in_use} connection(s) use plugin {plugin_id}; log them out or pass force=true",
-                409,
                 {"connections": in_use},
+                status=409,
             )
 
     # ---------------------------------------------------------------- enable / disable / restart / activate
@@ -197,7 +192,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         async with self._lock(plugin_id):
             record = self._record(plugin_id)
             if not record.active_version:
-                raise HostError("no_version", f"plugin {plugin_id} has no installed version", 409)
+                raise HostError("no_version", f"plugin {plugin_id} has no installed version", status=409)
             self._check_kinds(plugin_id, self._manifest(plugin_id, record.active_version))
             self.registry.set_enabled(plugin_id, True)
             if self._started and plugin_id not in self._running:
@@ -214,7 +209,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         async with self._lock(plugin_id):
             record = self._record(plugin_id)
             if not record.enabled or not record.active_version:
-                raise HostError("plugin_disabled", f"plugin {plugin_id} is disabled; enable it first", 409)
+                raise HostError("plugin_disabled", f"plugin {plugin_id} is disabled; enable it first", status=409)
             self._require_started()
             running = self._running.get(plugin_id)
             if running is None:
@@ -226,7 +221,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                 raise HostError(
                     "start_failed",
                     f"plugin {plugin_id} failed to start again: {exc}; it keeps retrying with backoff",
-                    502,
+                    status=502,
                 ) from None
 
     async def activate(self, plugin_id: str, version: str) -> None:
@@ -234,7 +229,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         async with self._lock(plugin_id):
             record = self._record(plugin_id)
             if self.registry.version(plugin_id, version) is None:
-                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+                raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", status=404)
             manifest = self._manifest(plugin_id, version)
             old = self._running.get(plugin_id)
             if old is not None and old.version == version:
@@ -255,8 +250,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                 raise HostError(
                     "activation_failed",
                     f"version {version} of {plugin_id} failed to start ({exc}); {kept}",
-                    409 if old else 502,
                     {"version": version, "runningVersion": old.version if old else None},
+                    status=409 if old else 502,
                 ) from None
             self._running[plugin_id] = _Running(version, new)
             self.registry.set_active(plugin_id, version)
@@ -351,27 +346,30 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         versions = self.registry.all_versions()
         return [self.describe(r.id, record=r, versions=versions.get(r.id, [])) for r in self.registry.list()]
 
-    def connectors(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def connectors(self) -> builtins.list[dict[str, Any]]:
+        out: builtins.list[dict[str, Any]] = []
         for record in self.registry.list():
             if not record.enabled or not record.active_version:
                 continue
             running = self._running.get(record.id)
             state = running.supervisor.state if running else "stopped"
             result = running.supervisor.initialize_result if running else None
-            descriptors: list[ConnectorDescriptor] = (
+            descriptors: builtins.list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
                 else self._manifest(record.id, record.active_version).connectors
             )
+            redactor = running.supervisor.redactor if running else None
             for d in descriptors:
                 item = msgspec.to_builtins(d)
+                if redactor is not None:  # the plugin's own words: its known secrets never show
+                    item = redactor.value(item)
                 item["pluginId"] = record.id
                 item["available"] = state in ("running", "degraded")
                 out.append(item)
         return out
 
-    def logs(self, plugin_id: str, tail: int = 200) -> list[str]:
+    def logs(self, plugin_id: str, tail: int = 200) -> builtins.list[str]:
         self._record(plugin_id)
         running = self._running.get(plugin_id)
         return running.supervisor.logs(tail) if running else []
@@ -387,13 +385,13 @@ class PluginHost(anyio.AsyncContextManagerMixin):
     def _record(self, plugin_id: str) -> PluginRecord:
         record = self.registry.get(plugin_id)
         if record is None:
-            raise HostError("plugin_not_found", f"no plugin {plugin_id} is installed", 404)
+            raise HostError("plugin_not_found", f"no plugin {plugin_id} is installed", status=404)
         return record
 
     def _manifest(self, plugin_id: str, version: str) -> Manifest:
         v: VersionRecord | None = self.registry.version(plugin_id, version)
         if v is None:
-            raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", 404)
+            raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", status=404)
         return v.manifest
 
     def _check_kinds(self, plugin_id: str, manifest: Manifest) -> None:
@@ -406,8 +404,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                 raise HostError(
                     "connector_kind_taken",
                     f"connector kind {', '.join(sorted(clash))} is already provided by enabled plugin {other.id}",
-                    409,
                     {"kinds": sorted(clash), "plugin": other.id},
+                    status=409,
                 )
 
     def _make_supervisor(self, plugin_id: str, version: str, manifest: Manifest) -> PluginSupervisor:
@@ -432,7 +430,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
 
     def _require_started(self) -> None:
         if not self._started or self._tg is None:
-            raise HostError("host_not_started", "the plugin host is not running", 503)
+            raise HostError("host_not_started", "the plugin host is not running", status=503)
 
     async def _supervise(self, plugin_id: str, version: str, manifest: Manifest) -> PluginSupervisor:
         """A new supervisor whose tasks the host's task group owns (until `aclose()`)."""

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import Refusal
 from .protocol import ConnectorDescriptor
 
 MANIFEST_NAME = "plugin.json"
@@ -58,17 +59,12 @@ class Manifest(_M):
     health_interval_ms: int = 10000
 
 
-class ManifestError(Exception):
-    """plugin.json is refused; `code` names the rule, `errors` lists schema issues ({path, message})."""
+class ManifestError(Refusal):
+    """plugin.json is refused; `code` names the rule, `details["errors"]` lists schema issues ({path, message})."""
 
-    def __init__(self, code: str, message: str, errors: list[dict[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.errors = errors or []
-
-    def __repr__(self) -> str:
-        return f"ManifestError({self.code!r}, {self.message!r})"
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return list(self.details.get("errors", []))
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -100,12 +96,14 @@ def load_manifest(data: bytes) -> Manifest:
         raise ManifestError(
             "manifest_schema",
             f"{MANIFEST_NAME} does not match the manifest schema: {first['path'] or '/'}: {first['message']}",
-            errors,
+            {"errors": errors},
         )
     try:
         return msgspec.convert(obj, Manifest)
     except msgspec.ValidationError as exc:  # the schema should have caught it; keep one error shape anyway
-        raise ManifestError("manifest_schema", f"{MANIFEST_NAME}: {exc}", [{"path": "", "message": str(exc)}]) from None
+        raise ManifestError(
+            "manifest_schema", f"{MANIFEST_NAME}: {exc}", {"errors": [{"path": "", "message": str(exc)}]}
+        ) from None
 
 
 def _config_schema_errors(config_schema: Any) -> list[dict[str, str]]:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from .errors import Refusal
 from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, ManifestError, load_manifest
 
 MAX_UPLOAD_BYTES = 50 * 2**20
@@ -68,21 +69,11 @@ _SKIP_NAMES = frozenset({"__pycache__", ".git", ".DS_Store"})
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
-Source = BinaryIO | Path | bytes
+Source = BinaryIO | IO[bytes] | Path | bytes
 
 
-class PackageError(Exception):
-    """A package refused by a rule of SPEC 5.1; `status` is the HTTP status to answer."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
-        self.status = status
-
-    def __repr__(self) -> str:
-        return f"PackageError({self.code!r}, {self.message!r})"
+class PackageError(Refusal):
+    """A package refused by a rule of SPEC 5.1."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +245,7 @@ def _spool(source: Source, max_upload: int, directory: Path | None) -> Iterator[
                         "upload_too_large",
                         f"the package is over the {max_upload} byte upload limit",
                         {"limit": max_upload},
-                        413,
+                        status=413,
                     )
                 digest.update(chunk)
                 spool.write(chunk)
@@ -264,7 +255,7 @@ def _spool(source: Source, max_upload: int, directory: Path | None) -> Iterator[
 
 
 @contextmanager
-def _reader(source: Source) -> Iterator[BinaryIO]:
+def _reader(source: Source) -> Iterator[IO[bytes]]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(source)
     elif isinstance(source, (str, Path)):
@@ -518,7 +509,7 @@ def _stream_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, 
     # CRC ourselves, since zipfile's check would fire before we could count the excess.
     probe = copy.copy(info)
     probe.file_size = info.file_size + 1
-    probe.CRC = None
+    probe.CRC = None  # type: ignore[assignment]  # None: zipfile skips its own CRC check
     crc = 0
     count = 0
     try:
@@ -605,7 +596,7 @@ def _publish(staging: Path, plugins_dir: Path, manifest: Manifest, sha256: str) 
                 f"{manifest.id} {manifest.version} is already installed from a different archive; "
                 "bump the version or uninstall it first",
                 {"id": manifest.id, "version": manifest.version, "installedSha256": existing, "sha256": sha256},
-                409,
+                status=409,
             )
         created_id_dir = not id_dir.exists()
         if created_id_dir:

@@ -146,6 +146,22 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _LONG_RUN.sub(_mask_tokenish, text)
 
 
+def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """`value` (JSON-like: mappings, lists, strings...) with every string inside through `redact`."""
+    known = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    return _walk(value, known)
+
+
+def _walk(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {k: _walk(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_walk(v, secrets) for v in value]
+    return value
+
+
 class Redactor:
     """`redact` bound to a growing set of known secrets (tokens, credentials)."""
 
@@ -163,3 +179,11 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         return redact(text, self._ordered)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._ordered)
+
+    def value(self, value: Any) -> Any:
+        """`redact_value` with the known secrets."""
+        return _walk(value, self._ordered)

@@ -7,6 +7,7 @@ lives beside them whatever store the channel runtime uses.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from pathlib import Path
@@ -94,19 +95,19 @@ class PluginRegistry:
         ).fetchall()
         return [_plugin(r) for r in rows]
 
-    def versions(self, plugin_id: str) -> list[VersionRecord]:
+    def versions(self, plugin_id: str) -> builtins.list[VersionRecord]:
         rows = self._db.execute(
             "SELECT plugin_id, version, sha256, source, installed_at, manifest FROM plugin_version WHERE plugin_id = ?",
             (plugin_id,),
         ).fetchall()
         return sorted((self._version(r) for r in rows), key=lambda v: _semver_key(v.version))
 
-    def all_versions(self) -> dict[str, list[VersionRecord]]:
+    def all_versions(self) -> dict[str, builtins.list[VersionRecord]]:
         """Every plugin's versions (sorted) in one query."""
         rows = self._db.execute(
             "SELECT plugin_id, version, sha256, source, installed_at, manifest FROM plugin_version"
         ).fetchall()
-        out: dict[str, list[VersionRecord]] = {}
+        out: dict[str, builtins.list[VersionRecord]] = {}
         for row in rows:
             out.setdefault(row[0], []).append(self._version(row))
         for versions in out.values():

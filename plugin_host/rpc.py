@@ -357,7 +357,7 @@ class Connection:
             self._deadlines = [
                 (w.deadline, rid)
                 for rid, w in self._pending.items()
-                if w.deadline is not None  # type: ignore[misc]
+                if w.deadline is not None and isinstance(rid, int)  # our own ids are ints
             ]
             heapq.heapify(self._deadlines)
 

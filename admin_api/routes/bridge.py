@@ -33,7 +33,7 @@ _DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "c
 def runtime_of(request: Request) -> ChannelRuntime:
     runtime = request.app.state.runtime
     if runtime is None or not runtime.started:
-        raise ApiError(503, "runtime_unavailable", "the channel runtime is not running")
+        raise ApiError("runtime_unavailable", "the channel runtime is not running", status=503)
     return runtime
 
 
@@ -41,7 +41,7 @@ async def bridge_event(request: Request) -> Response:
     runtime = runtime_of(request)
     event, problems = decode_bridge_event(await read_body(request, JSON_LIMIT, "JSON body"))
     if event is None:
-        raise ApiError(422, "invalid_event", "the body is not a valid BridgeEvent", {"errors": problems})
+        raise ApiError("invalid_event", "the body is not a valid BridgeEvent", {"errors": problems}, status=422)
     result = await runtime.ingest(event)
     return Response(msgspec.json.encode(result.ack), status_code=result.status, media_type="application/json")
 
@@ -51,7 +51,7 @@ async def webhook(request: Request) -> Response:
     host = runtime.plugin_host
     connection = await runtime.store.connections.get(request.path_params["connection_id"])
     if host is None or connection is None or connection.status == "revoked":
-        raise ApiError(404, "unknown_connection", "unknown or revoked connection")
+        raise ApiError("unknown_connection", "unknown or revoked connection", status=404)
     body = await read_body(request, WEBHOOK_BODY_LIMIT, "webhook body")
     params = WebhookParams(
         connection_id=connection.connection_id,
@@ -67,9 +67,12 @@ async def webhook(request: Request) -> Response:
         if exc.code in (UNAVAILABLE, TIMED_OUT, OVERLOADED):
             # the platform retries a 503; the dedupe makes the retry safe
             raise ApiError(
-                503, "plugin_unavailable", f"plugin {connection.plugin_id} is unavailable", headers={"Retry-After": "5"}
+                "plugin_unavailable",
+                f"plugin {connection.plugin_id} is unavailable",
+                status=503,
+                headers={"Retry-After": "5"},
             ) from None
-        raise ApiError(502, "webhook_failed", f"plugin {connection.plugin_id} failed: {exc.message}") from None
+        raise ApiError("webhook_failed", f"plugin {connection.plugin_id} failed: {exc.message}", status=502) from None
     for event in result.events:
         if event.connection_id != connection.connection_id:
             event = msgspec.structs.replace(event, connection_id=connection.connection_id)
@@ -84,7 +87,7 @@ def _plugin_response(result: WebhookResult) -> Response:
         try:
             content = base64.b64decode(answer.body, validate=True)
         except ValueError:
-            raise ApiError(502, "webhook_failed", "the plugin answered an invalid base64 body") from None
+            raise ApiError("webhook_failed", "the plugin answered an invalid base64 body", status=502) from None
     else:
         content = answer.body.encode()
     status = answer.status if 100 <= answer.status <= 599 else 502

@@ -42,7 +42,9 @@ async def list_deliveries(request: Request) -> Response:
     runtime = runtime_of(request)
     status = request.query_params.get("status", "failed")
     if status not in ("failed", "dead"):
-        raise ApiError(400, "invalid_parameter", "status must be 'failed' (dead letters)", {"parameter": "status"})
+        raise ApiError(
+            "invalid_parameter", "status must be 'failed' (dead letters)", {"parameter": "status"}, status=400
+        )
     store = runtime.store
     out: list[dict[str, Any]] = []
     for entry in await store.outbox.list_dead(DELIVERIES_LIMIT):
@@ -60,19 +62,19 @@ async def list_deliveries(request: Request) -> Response:
                 "target": entry.payload.get("target"),
             }
         )
-    for entry in await store.inbox.list_dead(DELIVERIES_LIMIT):
+    for dead_in in await store.inbox.list_dead(DELIVERIES_LIMIT):
         out.append(
             {
                 "direction": "inbound",
-                "id": entry.id,
-                "channelId": entry.channel_id,
-                "messageId": entry.message.message_id,
-                "sessionId": entry.session_id,
+                "id": dead_in.id,
+                "channelId": dead_in.channel_id,
+                "messageId": dead_in.message.message_id,
+                "sessionId": dead_in.session_id,
                 "status": "failed",
-                "attempts": entry.attempts,
-                "lastError": entry.last_error,
-                "createdAt": entry.created_at,
-                "updatedAt": entry.updated_at,
+                "attempts": dead_in.attempts,
+                "lastError": dead_in.last_error,
+                "createdAt": dead_in.created_at,
+                "updatedAt": dead_in.updated_at,
             }
         )
     out.sort(key=lambda d: d["updatedAt"])

@@ -25,7 +25,7 @@ def manager(request: Request) -> ConnectionManager:
     runtime = request.app.state.runtime
     connections = getattr(runtime, "connections", None)
     if connections is None or not runtime.started:
-        raise ApiError(503, "runtime_unavailable", "the channel runtime is not running")
+        raise ApiError("runtime_unavailable", "the channel runtime is not running", status=503)
     return connections
 
 
@@ -50,7 +50,7 @@ def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str:
     value = body.get(name, "")
     if not isinstance(value, str) or (required and not value.strip()):
         raise ApiError(
-            422, "invalid_field", f"{name} must be a {'non-empty ' if required else ''}string", {"field": name}
+            "invalid_field", f"{name} must be a {'non-empty ' if required else ''}string", {"field": name}, status=422
         )
     return value
 
@@ -59,7 +59,7 @@ async def start_session(request: Request) -> Response:
     body = await read_object(request)
     options = body.get("options", {})
     if not isinstance(options, dict):
-        raise ApiError(422, "invalid_field", "options must be an object", {"field": "options"})
+        raise ApiError("invalid_field", "options must be an object", {"field": "options"}, status=422)
     kind = _string(body, "kind", required=True)
     view = await manager(request).start_session(kind, _string(body, "displayName"), options)
     # options may carry an app secret (Feishu link mode): it is never echoed back
@@ -74,7 +74,7 @@ async def get_session(request: Request) -> Response:
 async def session_input(request: Request) -> Response:
     body = await read_object(request)
     if "input" not in body:
-        raise ApiError(422, "invalid_field", "input is required", {"field": "input"})
+        raise ApiError("invalid_field", "input is required", {"field": "input"}, status=422)
     view = await manager(request).session_input(request.path_params["session_id"], body["input"])
     return _answer(request, _session(request, view))
 

@@ -43,7 +43,7 @@ def _flag(request: Request, name: str) -> bool:
         return True
     if value in ("false", "0", "no", ""):
         return False
-    raise ApiError(400, "invalid_parameter", f"{name} must be true or false", {"parameter": name})
+    raise ApiError("invalid_parameter", f"{name} must be true or false", {"parameter": name}, status=400)
 
 
 def _tail(request: Request) -> int:
@@ -51,7 +51,7 @@ def _tail(request: Request) -> int:
     if raw is None:
         return LOGS_DEFAULT_TAIL
     if not raw.strip().isdigit():
-        raise ApiError(400, "invalid_parameter", "tail must be a whole number of lines", {"parameter": "tail"})
+        raise ApiError("invalid_parameter", "tail must be a whole number of lines", {"parameter": "tail"}, status=400)
     return min(int(raw), LOGS_MAX_TAIL)
 
 
@@ -113,7 +113,7 @@ async def activate_version(request: Request) -> Response:
     body = await read_object(request)
     version = body.get("version")
     if not isinstance(version, str) or not version:
-        raise ApiError(422, "invalid_body", 'the body must be {"version": "<installed version>"}')
+        raise ApiError("invalid_body", 'the body must be {"version": "<installed version>"}', status=422)
     await _host(request).activate(plugin_id, version)
     return JSONResponse(plugin_view(request, plugin_id, detail=True))
 
@@ -151,7 +151,7 @@ async def put_config(request: Request) -> Response:
         # schema errors quote the rejected values: mask the secret ones
         secrets = secret_values(config, schema)
         raise ApiError(
-            exc.status, exc.code, redact_all(exc.message, secrets), redact_all(exc.details, secrets)
+            exc.code, redact_all(exc.message, secrets), redact_all(exc.details, secrets), status=exc.status
         ) from None
     return JSONResponse(plugin_view(request, plugin_id, detail=True))
 

@@ -97,7 +97,7 @@ def dedupe_key(connection_id: str, event_id: str) -> str:
     return f"{connection_id}:{event_id}"
 
 
-class DedupeRecord(_Record):
+class DedupeRecord(_Record, frozen=True):
     dedupe_key: str
     connection_id: str
     event_id: str
@@ -109,7 +109,7 @@ class DedupeRecord(_Record):
     last_error: str | None = None
 
 
-class BeginResult(_Record):
+class BeginResult(_Record, frozen=True):
     """What to do with a delivery: `should_process` for new/stale/retry."""
 
     outcome: BeginOutcome
@@ -211,7 +211,7 @@ class MessageDedupeStore(abc.ABC):
 # ---------------------------------------------------------------- inbox
 
 
-class InboxEntry(_Record):
+class InboxEntry(_Record, frozen=True):
     id: int
     channel_id: str
     session_id: str
@@ -277,7 +277,7 @@ def outbox_conversation(request_id: str) -> str:
     return head if sep else request_id
 
 
-class OutboxEntry(_Record):
+class OutboxEntry(_Record, frozen=True):
     id: int
     channel_id: str
     request_id: str
@@ -402,7 +402,7 @@ def new_session_id() -> str:
     return "cs_" + secrets.token_urlsafe(18)
 
 
-class ConnectionRecord(_Record):
+class ConnectionRecord(_Record, frozen=True):
     """A connection as stored; never carries credentials (see `ConnectionStore.get_credentials`)."""
 
     connection_id: str
@@ -481,7 +481,7 @@ class ConnectionStore(abc.ABC):
 # ---------------------------------------------------------------- connector sessions
 
 
-class ConnectorSessionRecord(_Record):
+class ConnectorSessionRecord(_Record, frozen=True):
     session_id: str
     connection_id: str
     kind: str

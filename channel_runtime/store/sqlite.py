@@ -864,7 +864,9 @@ class SqliteConnections(ConnectionStore):
         self._data_version: int | None = None
 
     def _fresh_cache(self) -> dict[str, ConnectionRecord]:
-        version = self._db.one("PRAGMA data_version")[0]
+        row = self._db.one("PRAGMA data_version")
+        assert row is not None  # a PRAGMA always answers one row
+        version = row[0]
         if version != self._data_version:
             self._cache.clear()
             self._data_version = version

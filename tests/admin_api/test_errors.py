@@ -29,12 +29,12 @@ def _raiser(exc: Exception):
 
 
 CASES = {
-    "/api/t/api": (ApiError(418, "teapot", "short and stout", {"a": 1}), 418, "teapot"),
-    "/api/t/host": (HostError("plugin_in_use", "in use", 409, {"connections": 2}), 409, "plugin_in_use"),
-    "/api/t/package": (PackageError("unsafe_path", "bad path", {"entry": "../x"}, 400), 400, "unsafe_path"),
-    "/api/t/too-big": (PackageError("upload_too_large", "too big", None, 413), 413, "upload_too_large"),
+    "/api/t/api": (ApiError("teapot", "short and stout", {"a": 1}, status=418), 418, "teapot"),
+    "/api/t/host": (HostError("plugin_in_use", "in use", {"connections": 2}, status=409), 409, "plugin_in_use"),
+    "/api/t/package": (PackageError("unsafe_path", "bad path", {"entry": "../x"}), 400, "unsafe_path"),
+    "/api/t/too-big": (PackageError("upload_too_large", "too big", status=413), 413, "upload_too_large"),
     "/api/t/manifest": (
-        ManifestError("manifest_schema", "bad", [{"path": "/id", "message": "no"}]),
+        ManifestError("manifest_schema", "bad", {"errors": [{"path": "/id", "message": "no"}]}),
         400,
         "manifest_schema",
     ),

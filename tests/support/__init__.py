@@ -50,7 +50,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
 
 def serve_command() -> list[str]:
     script = Path(sys.executable).with_name("channel-runtime")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "channel_runtime.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "channel_runtime_cli.main"]
 
 
 class ServeProcess:

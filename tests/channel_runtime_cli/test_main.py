@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from channel_runtime.cli import build_parser, main
+from channel_runtime_cli.main import build_parser, main
 
 
 def test_plugin_new_validate_pack_check_install_list(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -110,8 +110,8 @@ def test_serve_arguments() -> None:
 
 
 def test_handler_loading() -> None:
-    from channel_runtime.cli import CliError, load_handler
     from channel_runtime.runtime import echo_handler
+    from channel_runtime_cli.compose import CliError, load_handler
 
     assert load_handler("echo") is echo_handler
     assert load_handler("channel_runtime.runtime:echo_handler") is echo_handler

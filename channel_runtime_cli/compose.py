@@ -1,0 +1,71 @@
+"""The composition root: the whole service built from its settings (runtime, plugin host, admin API).
+
+The only place that knows every layer: `plugin_host` <- `channel_runtime` <- `admin_api` <- here.
+An application that embeds channel-runtime builds the same objects itself (README "Embed it").
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from channel_runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from plugin_host.host import PluginHost
+
+log = logging.getLogger("channel_runtime")
+
+
+class CliError(Exception):
+    """A command failed in a way the user can act on: printed as one line, exit code 1."""
+
+
+def load_handler(spec: str) -> Any:
+    """`echo` or `module:function` -> the async handler of the runtime."""
+    if spec == "echo":
+        from channel_runtime.runtime import echo_handler
+
+        return echo_handler
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"--handler must be 'echo' or 'module:function', not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import handler module {module_name!r}: {exc}") from None
+    handler: Any = module
+    for part in attr.split("."):
+        handler = getattr(handler, part, None)
+        if handler is None:
+            raise CliError(f"module {module_name!r} has no {attr!r}")
+    if not callable(handler):
+        raise CliError(f"handler {spec!r} is not callable")
+    return handler
+
+
+def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
+    """The whole service as one ASGI app: runtime, plugin host, admin API; the lifespan owns them."""
+    from admin_api import create_app
+    from channel_runtime.bundled import install_bundled
+    from channel_runtime.runtime import ChannelRuntime
+    from plugin_host.host import PluginHost
+
+    host = PluginHost(settings.home)
+    runtime = ChannelRuntime(
+        handler=load_handler(settings.handler),
+        store=settings.store_url,
+        plugin_host=host,
+        home=settings.home,
+        secret_key=settings.secret_key(),
+    )
+
+    async def first_start(host: PluginHost) -> None:
+        installed = await install_bundled(host)
+        if installed:
+            log.info("installed bundled plugins: %s", ", ".join(installed))
+
+    return create_app(host=host, runtime=runtime, settings=settings, host_setup=[first_start] if bundled else [])
