@@ -328,7 +328,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "health": snap.get("health"),
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
-            "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+            "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
         }
         if detail:
             view["counters"] = snap.get(
@@ -357,7 +357,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             descriptors: builtins.list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
-                else self._manifest(record.id, record.active_version).connectors
+                else [c.descriptor() for c in self._manifest(record.id, record.active_version).connectors]
             )
             redactor = running.supervisor.redactor if running else None
             for d in descriptors:
