@@ -45,6 +45,8 @@ def request(connection_id: str, channel_id: str, peer: str, text: str, request_i
         kind="weixin",
         target=Target(peer_id=peer, peer_type="dm"),
         content=text,
+        content_type="text",
+        metadata={},
     )
 
 

@@ -2,14 +2,14 @@
 
 The host redacts a plugin's stderr before anyone sees it, so the end-to-end
 tests cannot tell whether the plugin itself printed a token. Here the plugin
-runs under the SDK's harness, which keeps stderr as the plugin wrote it.
+runs under the SDK's harness (host state in memory), which keeps stderr as the
+plugin wrote it.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -21,11 +21,8 @@ from plugin_host.protocol import (
     SendRequest,
     SendResult,
     SessionStartParams,
-    StateGetParams,
-    StatePutParams,
     Target,
 )
-from plugin_host.rpc import RequestContext
 from plugin_host.sdk.testing import PluginHarness
 from tests.support import REPO, eventually, serve_command
 from tests.weixin_vendorcli.fake_ilink import FakeIlink, Raw, running_fake
@@ -45,33 +42,12 @@ def test_plugin_check_passes() -> None:
     assert "FAIL" not in result.stdout
 
 
-class StateHarness(PluginHarness):
-    """The harness, also keeping host state (`state.get` / `state.put`) in a dict, as the host does in its store."""
-
-    state: dict[tuple[str | None, str], Any]
-
-    async def _on_request(self, method: str, params: msgspec.Raw | None, ctx: RequestContext) -> Any:
-        if not hasattr(self, "state"):
-            self.state = {}
-        if method == "state.get":
-            get = msgspec.json.decode(params or b"{}", type=StateGetParams)
-            return {"value": self.state.get((get.connection_id, get.key)), "epoch": 0}
-        if method == "state.put":
-            put = msgspec.json.decode(params or b"{}", type=StatePutParams)
-            if put.value is None:
-                self.state.pop((put.connection_id, put.key), None)
-            else:
-                self.state[(put.connection_id, put.key)] = put.value
-            return {"epoch": 0}
-        return await super()._on_request(method, params, ctx)
-
-
 async def test_the_plugins_own_stderr_never_holds_the_token(tmp_path: Path) -> None:
     async with running_fake(FakeIlink(hold=0.1)) as (fake, [server]):
         config = fast_config(server.url, backoffMs=100)
         (tmp_path / "state").mkdir()
-        async with StateHarness.subprocess(PLUGIN_DIR, config=config, state_dir=tmp_path / "state") as h:
-            start = SessionStartParams(session_id="cs_1", kind="weixin", connection_id="conn_1", channel_id="ch_1")
+        async with PluginHarness.subprocess(PLUGIN_DIR, config=config, state_dir=tmp_path / "state") as h:
+            start = SessionStartParams("cs_1", "weixin", "conn_1", "ch_1", "", {})
             view = await h.call("session.start", start, result_type=ConnectorSessionView)
             assert view.status == "qr_ready"
             fake.push_status("confirmed", bot_token=TOKEN, ilink_bot_id="raw@im.bot", baseurl=server.url)
@@ -83,14 +59,16 @@ async def test_the_plugins_own_stderr_never_holds_the_token(tmp_path: Path) -> N
             fake.deliver(TOKEN, fake.message("alice@im.wechat", "hi"))
             events = await h.wait_for_inbound(1)
             assert events[0].content == "hi"
-            assert h.state[("conn_1", "ctx:alice@im.wechat")] == fake.bots[TOKEN].log[0]["context_token"]
-            await eventually(lambda: ("conn_1", "cursor") in h.state)
+            assert (
+                h.state.value("ctx:alice@im.wechat", connection_id="conn_1") == fake.bots[TOKEN].log[0]["context_token"]
+            )
+            await eventually(lambda: h.state.value("cursor", connection_id="conn_1"))
             # failures that carry the token back: garbage quoting it, an errmsg naming it
             fake.script_updates(TOKEN, Raw(f'{{"echo": "{TOKEN}", "ret": -1, "errmsg": "{TOKEN}"}}'))
             fake.script_updates(TOKEN, Raw(f"<html>{TOKEN}</html>", status=500, content_type="text/html"))
             await eventually(lambda: not fake.bots[TOKEN].answers)
             fake.send_answers.append({"ret": -3, "errmsg": f"token {TOKEN} refused"})
-            send = SendRequest("req-1", "conn_1", "ch_1", "weixin", Target("alice@im.wechat"), "x")
+            send = SendRequest("req-1", "conn_1", "ch_1", "weixin", Target("alice@im.wechat", "dm"), "x", "text", {})
             with pytest.raises(RpcError) as refused:
                 await h.call("message.send", send, result_type=SendResult)
             assert refused.value.code == INTERNAL_ERROR and TOKEN not in refused.value.message
@@ -100,7 +78,8 @@ async def test_the_plugins_own_stderr_never_holds_the_token(tmp_path: Path) -> N
                 await h.call("message.send", send, result_type=SendResult)
             assert expired.value.code == SESSION_EXPIRED
             await h.call("connection.logout", {"connectionId": "conn_1"})
-            assert not [k for k in h.state if k[0] == "conn_1"]  # logout forgot the account's state
+            # logout forgot the account's state (the SDK's send records are the SDK's, kept for their hour)
+            assert [k for k in h.state.keys("conn_1") if not k.startswith("sdk:")] == []
             stderr = list(h.stderr_lines)
     assert any("session expired" in line for line in stderr)  # it did log, at INFO and above
     assert any("HTTP 500" in line for line in stderr) and any("answered -1" in line for line in stderr)

@@ -69,7 +69,7 @@ class IlinkHttp:
             body = await self._post(url, {"local_token_list": local_tokens}, token=None, timeout=self._api_timeout)
         except _TimedOut:
             raise TransportError("get_bot_qrcode timed out") from None
-        return decode_answer(body, QrCode)  # type: ignore[no-any-return]
+        return decode_answer(body, QrCode)
 
     async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus:
         url = f"{base_url}/ilink/bot/get_qrcode_status?qrcode={quote(qrcode, safe='')}"
@@ -81,7 +81,7 @@ class IlinkHttp:
             )
         except _TimedOut:
             return QrStatus(status="wait")  # the long poll ended without news
-        return decode_answer(body, QrStatus)  # type: ignore[no-any-return]
+        return decode_answer(body, QrStatus)
 
     # ---------------------------------------------------------------- bot calls
 
@@ -98,7 +98,7 @@ class IlinkHttp:
             )
         except _TimedOut:
             return Updates(ret=0, msgs=[], get_updates_buf=cursor)
-        return decode_answer(body, Updates)  # type: ignore[no-any-return]
+        return decode_answer(body, Updates)
 
     async def send_message(self, account: Credentials, msg: OutboundText) -> SendAnswer:
         payload = {"msg": msg, "base_info": self._base_info}
@@ -109,7 +109,7 @@ class IlinkHttp:
         except _TimedOut:
             # ambiguous: the platform may have accepted it; the caller retries with the same client_id
             raise TransportError("sendmessage timed out") from None
-        return decode_answer(body, SendAnswer)  # type: ignore[no-any-return]
+        return decode_answer(body, SendAnswer)
 
     async def notify(self, account: Credentials, event: str) -> None:
         """`msg/notifystart` or `msg/notifystop`: courtesy calls whose failure changes nothing."""

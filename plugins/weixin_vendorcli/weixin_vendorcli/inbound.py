@@ -66,6 +66,7 @@ def to_event(
     return BridgeEvent(
         event_id=f"wx:{key}",
         timestamp=_timestamp(message.create_time_ms, now),
+        delivery_attempt=1,
         connection_id=connection_id,
         channel_id=channel_id,
         kind="weixin",

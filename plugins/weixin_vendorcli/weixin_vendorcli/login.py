@@ -78,7 +78,9 @@ class QrLogin:
         self.publish = publish
         self.local_tokens = local_tokens
         self.relogin = relogin  # binded_redirect is a success only when the host holds credentials for this connection
-        self.view = ConnectorSessionView(session_id=session_id, kind="weixin", status="pending", instructions=[])
+        self.view = ConnectorSessionView(
+            session_id=session_id, kind="weixin", status="pending", instructions=[], metadata={}
+        )
         self.scope = anyio.CancelScope()
         self._qrcode = ""  # the polling handle: as good as a password until the login ends, never shown
         self._qr_content = ""  # the URL the user's phone scans

@@ -77,7 +77,7 @@ class Sender:
                 await account.save_chunks_sent(request.request_id, ids)
         if len(chunks) > 1:
             await account.save_chunks_sent(request.request_id, None)
-        return SendResult(provider_message_id=ids[0])
+        return SendResult(duplicate=False, provider_message_id=ids[0])
 
 
 def expired_error() -> RpcError:

@@ -31,7 +31,6 @@ from plugin_host.sdk import (
     SessionUpdate,
 )
 
-from . import _interim
 from .accounts import Account, Credentials, HostState
 from .backend import Backend, TransportError
 from .config import WeixinConfig, load_config, seconds
@@ -190,11 +189,8 @@ def service() -> Service:
     return _service
 
 
-_host_state = _interim.HostStateClient(plugin)
-
-
 def _state() -> HostState:
-    return _host_state
+    return plugin.state
 
 
 def make_backend(config: WeixinConfig, state_dir: str) -> Backend:
@@ -225,15 +221,14 @@ async def initialize(ctx: Context, params: InitializeParams) -> None:
     _service = Service(config, make_backend(config, params.state_dir))
 
 
+@plugin.on_connect
 async def on_connect(ctx: Context, info: ConnectionInfo) -> None:
     await service().connect(info)
 
 
+@plugin.on_disconnect
 async def on_disconnect(ctx: Context, connection_id: str) -> None:
     await service().disconnect(connection_id)
-
-
-_interim.connection_hooks(plugin, on_connect, on_disconnect)
 
 
 @plugin.on_shutdown
