@@ -377,6 +377,7 @@ async def test_stale_context_is_32016_and_other_refusals_fail_with_the_platforms
         # a refused requestId is not stored as done: the host's retry sends it
         result = await send(s, request(connection_id, channel_id, "erin@im.wechat", "hello", "req-stale"))
         assert not result.duplicate and len(fake.sent) == 1
+        assert "context_token" not in fake.sent[0]["msg"]  # erin never wrote: no token to send
         with pytest.raises(RpcError) as unknown:
             await send(s, request("conn_nope", channel_id, "erin@im.wechat", "hello", "req-x"))
         assert unknown.value.code == UNKNOWN_CONNECTION
@@ -400,6 +401,20 @@ async def test_session_expired_pauses_the_account_without_a_hot_loop_or_a_restar
         assert info["state"] == "running" and info["restarts"] == 0 and s.plugin_pid() == pid
         health = await s.host.client(PLUGIN_ID).health()
         assert health.connections == {connection_id: "error"}
+
+
+async def test_the_same_token_is_tried_again_after_the_pause(tmp_path: Path) -> None:
+    async with platform() as (fake, servers):
+        async with weixin_stack(tmp_path / "home", fast_config(servers[0].url, sessionPauseMs=1500)) as s:
+            connection_id, _ = await s.login(fake, TOKEN, "b1@im.bot")
+            fake.expire(TOKEN)
+            await s.connection_status(connection_id, "error")
+            polls = fake.bots[TOKEN].polls
+            fake.bots[TOKEN].expired = False  # the platform takes the token back
+            await s.connection_status(connection_id, "connected", timeout=20)
+            assert fake.bots[TOKEN].polls > polls
+            fake.deliver(TOKEN, fake.message("alice@im.wechat", "welcome back"))
+            await eventually(lambda: fake.sent_to("alice@im.wechat"))
 
 
 async def test_session_expired_on_a_send_is_32017_and_pauses_polling(tmp_path: Path) -> None:
