@@ -91,9 +91,8 @@ class Receiver:
                 timeout = _hinted(updates, timeout)
                 try:
                     delivered = await self._commit(updates, seen, cursor)
-                except ConnectionGone:
-                    raise
                 except Exception as exc:  # the host was unavailable: the same cursor is polled again
+                    _raise_if_gone(exc)
                     await self._failed(f"delivering to the host failed: {_describe(exc)}")
                     continue
                 cursor = updates.get_updates_buf or cursor
@@ -123,6 +122,7 @@ class Receiver:
             try:
                 return await self.account.load_cursor(), await self.account.load_seen()
             except Exception as exc:
+                _raise_if_gone(exc)
                 await self._failed(f"reading the cursor from the host failed: {_describe(exc)}")
 
     async def _commit(self, updates: Updates, seen: SeenWindow, cursor: str) -> int:
@@ -185,12 +185,7 @@ class Receiver:
             account_id=account.account_id,
             now=self.clock.time(),
         )
-        try:
-            await self.host.inbound(event)  # accepted, duplicate or in progress: the host has it either way
-        except RpcError as exc:
-            if exc.code == UNKNOWN_CONNECTION:
-                raise ConnectionGone() from None
-            raise
+        await self.host.inbound(event)  # accepted, duplicate or in progress: the host has it either way
 
     async def _failed(self, reason: str) -> None:
         self._failures += 1
@@ -207,6 +202,14 @@ class Receiver:
         else:
             log.info("account %s: %s; retrying", self.account.account_id, reason)
             await self.clock.sleep(seconds(self.config.retry_delay_ms))
+
+
+def _raise_if_gone(exc: BaseException) -> None:
+    """-32011 from the host (event or state call): the connection was revoked or moved away."""
+    if isinstance(exc, ConnectionGone):
+        raise exc
+    if isinstance(exc, RpcError) and exc.code == UNKNOWN_CONNECTION:
+        raise ConnectionGone() from None
 
 
 def _hinted(updates: Updates, current: float) -> float:
