@@ -26,6 +26,7 @@ from .wire import MAX_ANSWER_BYTES, OutboundText, QrCode, QrStatus, SendAnswer, 
 APP_ID = "bot"
 BOT_TYPE = "3"
 CONNECT_TIMEOUT = 10.0
+API_CONNECTIONS = 8  # concurrent sends (and other short calls) per plugin process
 _POLL_GRACE = 5.0  # the client waits this much longer than the server's long-poll hold
 
 
@@ -49,8 +50,9 @@ class IlinkHttp:
 
     def __init__(self, config: WeixinConfig) -> None:
         self.config = config
-        self._polls = _client(config, keepalive=200)
-        self._client = _client(config, keepalive=16)
+        self._polls = _client(config, connections=None, keepalive=200)
+        # sends wait for one of a few connections: bursts stay gentle on the platform, and the scan stays short
+        self._client = _client(config, connections=API_CONNECTIONS, keepalive=API_CONNECTIONS)
         self._common = {
             "iLink-App-Id": APP_ID,
             "iLink-App-ClientVersion": str(client_version_number(config.client_version)),
@@ -179,10 +181,10 @@ class _TimedOut(Exception):
     pass
 
 
-def _client(config: WeixinConfig, *, keepalive: int) -> httpx.AsyncClient:
+def _client(config: WeixinConfig, *, connections: int | None, keepalive: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(seconds(config.api_timeout_ms), connect=CONNECT_TIMEOUT),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive),
         follow_redirects=False,
         trust_env=False,  # the platform host comes from config, never from a proxy variable
     )
