@@ -37,7 +37,7 @@ from .config import WeixinConfig, load_config, seconds
 from .ilink import IlinkHttp
 from .login import QrLogin
 from .outbound import Sender
-from .receiver import Receiver
+from .receiver import SESSION_EXPIRED_REASON, Receiver
 
 MAX_LOCAL_TOKENS = 10  # `local_token_list`: the vendor sends at most its ten newest tokens
 FINISHED_LOGINS_KEPT = 50
@@ -89,7 +89,7 @@ class Service:
 
     async def logout(self, connection_id: str) -> None:
         account = await self.disconnect(connection_id)
-        if account is None:
+        if account is None:  # not served here (never resumed, or expired before a restart): forget its state anyway
             account = Account(connection_id, "", Credentials("", "", self.config.base_url), _state())
         else:
             with anyio.move_on_after(seconds(self.config.api_timeout_ms)):
@@ -119,7 +119,7 @@ class Service:
             await running[0].expired()
         else:
             account.status = "expired"
-            await plugin.host.connection_status(account.connection_id, "error", "session_expired")
+            await plugin.host.connection_status(account.connection_id, "error", SESSION_EXPIRED_REASON)
 
     def account(self, connection_id: str) -> Account:
         account = self.accounts.get(connection_id)
