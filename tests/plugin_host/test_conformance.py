@@ -164,3 +164,9 @@ async def test_package_rules_fail_first(tmp_path: Path) -> None:
     assert checks["spawn"].ok is None  # skipped
     report = await run_checks(tmp_path / "missing")
     assert not report.passed
+
+
+async def test_a_plain_node_plugin_passes_every_check() -> None:
+    report = await run_checks(REPO / "tests" / "plugins" / "node_complete")
+    assert report.passed, report.render()
+    assert all(c.ok for c in report.checks)

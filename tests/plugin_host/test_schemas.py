@@ -667,3 +667,62 @@ def test_generated_bridge_events_with_a_broken_field_fail(event, field):
 
 def test_metaschema_is_the_2020_12_one():
     assert Draft202012Validator.META_SCHEMA["$id"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+# ---------------------------------------------------------------- the manifest: hand-written schema, checked
+
+
+def _manifest_levels() -> list[tuple[type, dict[str, Any]]]:
+    from plugin_host import manifest as m
+
+    schema = ws.load_schema("plugin-manifest.schema.json")
+    props = schema["properties"]
+    return [
+        (m.Manifest, schema),
+        (m.Runtime, props["runtime"]),
+        (m.Timeouts, props["timeouts"]),
+        (m.Limits, props["limits"]),
+        (m.ManifestConnector, props["connectors"]["items"]),
+    ]
+
+
+@pytest.mark.parametrize("struct, schema", _manifest_levels(), ids=lambda v: getattr(v, "__name__", ""))
+def test_the_manifest_schema_and_the_manifest_structs_name_the_same_fields(struct, schema):
+    """plugin-manifest.schema.json stays hand-written (if/then rules, refused typos); this keeps it the Structs' twin."""
+    fields = msgspec.inspect.type_info(struct).fields
+    assert set(schema["properties"]) == {f.encode_name for f in fields}
+    assert set(schema.get("required", [])) == {f.encode_name for f in fields if f.required}
+
+
+def test_a_manifest_connector_is_announced_as_the_wire_descriptor():
+    from plugin_host.manifest import ManifestConnector
+
+    item = ws.load_schema("plugin-manifest.schema.json")["properties"]["connectors"]["items"]["properties"]
+    wire_schema = ws.load_schema("rpc/defs.schema.json")["$defs"]["ConnectorDescriptor"]["properties"]
+    assert set(item) == set(wire_schema)
+    assert item["kind"]["pattern"] == wire_schema["kind"]["pattern"]
+    assert sorted(item["authType"]["enum"]) == sorted(wire_schema["authType"]["enum"])
+    declared = msgspec.convert({"kind": "k", "displayName": "K", "authType": "qr"}, ManifestConnector)
+    assert declared.descriptor() == p.ConnectorDescriptor("k", "K", "qr", [], None)
+    assert (
+        issues(
+            "initialize",
+            "result",
+            {**wire(POSITIVE[("initialize", "result")][1]), "connectors": [wire(declared.descriptor())]},
+        )
+        == []
+    )
+
+
+def test_the_openapi_document_carries_the_generated_wire_shapes():
+    from admin_api.openapi import OPENAPI
+
+    components = OPENAPI["components"]["schemas"]
+    defs = ws.load_schema("rpc/defs.schema.json")["$defs"]
+    # the same shapes as schemas/ (none of them refers to another component)
+    assert components["BridgeEvent"] == defs["BridgeEvent"]
+    assert components["InboundAck"] == defs["InboundAck"]
+    assert components["Connector"] == defs["ConnectorDescriptor"]
+    assert components["BridgeEvent"]["required"] == [
+        f.encode_name for f in msgspec.inspect.type_info(p.BridgeEvent).fields
+    ]

@@ -27,10 +27,10 @@ import time
 import msgspec
 
 from plugin_host.errors import INVALID_PARAMS, UNKNOWN_CONNECTION
-from plugin_host.protocol import ConnectionRef, SessionInputParams, SessionRef, SessionStartParams
 from plugin_host.sdk import (
     BridgeEvent,
     ConnectionInfo,
+    ConnectionRef,
     ConnectorSessionView,
     Context,
     HealthResult,
@@ -38,6 +38,9 @@ from plugin_host.sdk import (
     RpcError,
     SendRequest,
     SendResult,
+    SessionInputParams,
+    SessionRef,
+    SessionStartParams,
     SessionUpdate,
     WebhookParams,
     WebhookResponse,
