@@ -21,7 +21,7 @@ from .errors import Refusal
 from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
-from .process import LaunchSpec
+from .process import LaunchSpec, LogLine
 from .protocol import ConnectorDescriptor
 from .redact import secret_values
 from .registry import PluginRecord, PluginRegistry, VersionRecord
@@ -328,6 +328,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "health": snap.get("health"),
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
+            "lastErrorAt": snap.get("lastErrorAt"),
+            "nextAttemptInSeconds": snap.get("nextAttemptInSeconds"),
             "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
         }
         if detail:
@@ -373,6 +375,11 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._record(plugin_id)
         running = self._running.get(plugin_id)
         return running.supervisor.logs(tail) if running else []
+
+    def log_lines(self, plugin_id: str, tail: int = 200, after: int = 0) -> builtins.list[LogLine]:
+        self._record(plugin_id)
+        running = self._running.get(plugin_id)
+        return running.supervisor.log_lines(tail, after) if running else []
 
     def snapshots(self) -> dict[str, dict[str, Any]]:
         return {pid: r.supervisor.snapshot() for pid, r in self._running.items()}

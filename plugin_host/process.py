@@ -10,9 +10,12 @@ hold stdout/stderr open long after the plugin died).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,23 +44,39 @@ def plugin_logger(plugin_id: str) -> logging.Logger:
     return logging.getLogger(f"plugin_host.plugin.{plugin_id}")
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One redacted stderr line: its sequence number, arrival time (epoch seconds) and text."""
+
+    seq: int
+    at: float
+    text: str
+
+
+_LINE_SEQUENCE = itertools.count(1)
+
+
 class StderrRing:
     """The last lines of a plugin's stderr, redacted on the way out.
 
     A line is redacted once, when first read (`tail`) or forwarded to the log:
     a plugin flooding stderr costs the host a line split per line, not a
-    regex pass, and secrets registered later are still masked.
+    regex pass, and secrets registered later are still masked. Each line keeps
+    its arrival time and a sequence number unique in this process (so a reader
+    asks only for what is newer, across rings of one plugin).
     """
 
     def __init__(self, redactor: Redactor | None = None, maxlen: int = STDERR_RING_LINES) -> None:
         self.redactor = redactor or Redactor()
-        self._lines: collections.deque[list[Any]] = collections.deque(maxlen=maxlen)  # [text, redacted?]
+        # [text, redacted?, arrival wall time, sequence number]
+        self._lines: collections.deque[list[Any]] = collections.deque(maxlen=maxlen)
 
     def __len__(self) -> int:
         return len(self._lines)
 
     def append(self, text: str) -> list[Any]:
-        entry = [text, False]
+        # a label for the admin, not logic: the wall clock is enough
+        entry = [text, False, time.time(), next(_LINE_SEQUENCE)]
         self._lines.append(entry)
         return entry
 
@@ -68,10 +87,14 @@ class StderrRing:
         return entry[0]
 
     def tail(self, n: int) -> list[str]:
+        return [line.text for line in self.entries(n)]
+
+    def entries(self, n: int, after: int = 0) -> list[LogLine]:
+        """The last `n` lines with a sequence number above `after`, oldest first."""
         if n <= 0:
             return []
-        entries = list(self._lines)[-n:]
-        return [self.redacted(entry) for entry in entries]
+        entries = [e for e in list(self._lines)[-n:] if e[3] > after]
+        return [LogLine(seq=entry[3], at=entry[2], text=self.redacted(entry)) for entry in entries]
 
 
 class _LogBudget:
