@@ -5,32 +5,25 @@
 const { chromium } = require("playwright-core");
 
 async function main() {
-const [base, token, out] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-});
-try {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 860 }, deviceScaleFactor: 1 });
-  await page.addInitScript((t) => sessionStorage.setItem("channel-runtime-admin-token", t), token);
-  await page.goto(`${base}/admin`);
-  const connect = page.getByRole("button", { name: /connect.*weixin|weixin.*connect/i })
-    .or(page.locator("tr", { hasText: "Weixin" }).getByRole("button", { name: /connect/i }));
-  await connect.first().click();
-  // a connect form (display name, options) may come first: fill the name and submit it
-  const name = page.getByLabel(/display name/i);
-  if (await name.count()) {
-    await name.first().fill("Shop assistant");
-    const submit = page.getByRole("button", { name: /^(connect|start|continue)/i });
-    if (await submit.count()) await submit.last().click();
-  }
-  const qr = page.locator("img[src^='data:image/svg']").first();
-  await qr.waitFor({ state: "visible", timeout: 15000 });
-  await qr.scrollIntoViewIfNeeded();
-  await page.waitForTimeout(300);
-  await page.screenshot({ path: out, fullPage: false });
-} finally {
-  await browser.close();
+  const [base, token, out] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1180, height: 860 }, deviceScaleFactor: 1 });
+    await page.addInitScript((t) => sessionStorage.setItem("channel-runtime-admin-token", t), token);
+    await page.goto(`${base}/admin#accounts`);
+    await page.getByRole("button", { name: "Connect a Weixin account" }).click();
+    await page.locator("#connect-name-weixin").fill("Shop assistant");
+    await page.getByRole("button", { name: "Start connecting Weixin" }).click();
+    const qr = page.getByRole("img", { name: /QR code/i }).first();
+    await qr.waitFor({ state: "visible", timeout: 15000 });
+    await qr.scrollIntoViewIfNeeded();
+    await page.waitForTimeout(300);
+    await page.screenshot({ path: out, fullPage: false });
+  } finally {
+    await browser.close();
 }
 }
 

@@ -431,14 +431,20 @@ async def test_session_expired_on_a_send_is_32017_and_pauses_polling(tmp_path: P
         assert fake.bots[TOKEN].polls <= polls + 1  # at most the poll that was in flight
 
 
+def _has_relogin_route() -> bool:
+    from admin_api.routes import onboarding
+
+    return any("relogin" in getattr(route, "path", "") for route in onboarding.routes)
+
+
+@pytest.mark.skipif(not _has_relogin_route(), reason="the host has no relogin route yet (issue 10)")
 async def test_relogin_after_expiry_resumes_receiving(tmp_path: Path) -> None:
     async with platform() as (fake, servers), weixin_stack(tmp_path / "home", fast_config(servers[0].url)) as s:
         connection_id, _ = await s.login(fake, TOKEN, "b1@im.bot")
         fake.expire(TOKEN)
         await s.connection_status(connection_id, "error")
         response = await s.client.post(f"/api/connections/{connection_id}/relogin")
-        if response.status_code == 404:
-            pytest.skip("the host has no relogin route yet (issue 10)")
+        assert response.status_code in (200, 201), response.text
         session_id = response.json()["session"]["sessionId"]
         await s.session_status(session_id, "qr_ready")
         fake.push_status("confirmed", bot_token=TOKEN_2, ilink_bot_id="b1@im.bot")
