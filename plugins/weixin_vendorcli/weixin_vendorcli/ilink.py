@@ -50,14 +50,21 @@ class IlinkHttp:
 
     def __init__(self, config: WeixinConfig) -> None:
         self.config = config
-        self._polls = _client(config, connections=None, keepalive=200)
+        self._polls = _transport(connections=None, keepalive=200)
         # sends wait for one of a few connections: bursts stay gentle on the platform, and the scan stays short
-        self._client = _client(config, connections=API_CONNECTIONS, keepalive=API_CONNECTIONS)
+        self._client = _transport(connections=API_CONNECTIONS, keepalive=API_CONNECTIONS)
         self._common = {
             "iLink-App-Id": APP_ID,
             "iLink-App-ClientVersion": str(client_version_number(config.client_version)),
         }
         self._base_info = {"channel_version": config.client_version, "bot_agent": config.bot_agent}
+        # per phase; the whole request is bounded by the caller's deadline (`_request`)
+        self._timeouts = {
+            "connect": CONNECT_TIMEOUT,
+            "read": None,
+            "write": None,
+            "pool": seconds(config.api_timeout_ms),
+        }
 
     async def aclose(self) -> None:
         await self._polls.aclose()
@@ -132,7 +139,13 @@ class IlinkHttp:
         return seconds(self.config.api_timeout_ms)
 
     async def _post(
-        self, url: str, payload: Any, *, token: str | None, timeout: float, client: httpx.AsyncClient | None = None
+        self,
+        url: str,
+        payload: Any,
+        *,
+        token: str | None,
+        timeout: float,
+        client: httpx.AsyncHTTPTransport | None = None,
     ) -> bytes:
         headers = {
             "Content-Type": "application/json",
@@ -153,17 +166,22 @@ class IlinkHttp:
         headers: dict[str, str],
         timeout: float,
         content: bytes | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncHTTPTransport | None = None,
     ) -> bytes:
         path = url.split("?", 1)[0].rsplit("/ilink/", 1)[-1]  # for messages: never the query (it holds the QR handle)
+        transport = client or self._client
+        request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": self._timeouts})
         try:
             with anyio.fail_after(timeout):
-                async with (client or self._client).stream(method, url, headers=headers, content=content) as response:
+                response = await transport.handle_async_request(request)
+                try:
                     body = bytearray()
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.aiter_raw():  # no Accept-Encoding sent: the body is plain
                         body += chunk
                         if len(body) > MAX_ANSWER_BYTES:
                             raise TransportError(f"{path}: answer over {MAX_ANSWER_BYTES} bytes")
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise _TimedOut() from None
         except httpx.TimeoutException:
@@ -181,12 +199,10 @@ class _TimedOut(Exception):
     pass
 
 
-def _client(config: WeixinConfig, *, connections: int | None, keepalive: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(seconds(config.api_timeout_ms), connect=CONNECT_TIMEOUT),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive),
-        follow_redirects=False,
-        trust_env=False,  # the platform host comes from config, never from a proxy variable
+def _transport(*, connections: int | None, keepalive: int) -> httpx.AsyncHTTPTransport:
+    # no proxy from the environment: the platform host comes from config only
+    return httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive)
     )
 
 
