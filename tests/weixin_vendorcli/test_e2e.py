@@ -294,6 +294,26 @@ async def test_typed_items_reach_the_handler(tmp_path: Path) -> None:
     assert s.seen[3].metadata["items"] == [{"type": 99}]
 
 
+async def test_oversized_tokens_long_peer_ids_and_many_items_never_stall_the_account(tmp_path: Path) -> None:
+    async with platform() as (fake, servers), weixin_stack(tmp_path / "home", fast_config(servers[0].url)) as s:
+        await s.login(fake, TOKEN, "b1@im.bot")
+        long_peer = "p" * 300 + "@im.wechat"
+        huge_token = "t" * 70_000  # over the host's 64 KiB value limit
+        many = [{"type": 2, "image_item": {"url": f"https://cdn.example/{i}"}} for i in range(400)]
+        fake.deliver(
+            TOKEN,
+            fake.message(long_peer, "from a long id"),
+            fake.message("frank@im.wechat", "huge token", context_token=huge_token),
+            fake.message("gina@im.wechat", items=many),
+            fake.message("alice@im.wechat", "after them"),
+        )
+        await eventually(lambda: len(fake.sent) == 4)
+        assert fake.sent_to(long_peer) and fake.sent_to("alice@im.wechat")
+        assert fake.sent_to("frank@im.wechat")[0]["msg"]["context_token"] == huge_token  # kept in memory
+        gina = next(m for m in s.seen if m.peer_id == "gina@im.wechat")
+        assert len(gina.metadata["media"]) == 50 and gina.metadata["mediaOmitted"] == 350
+
+
 async def test_a_redelivered_message_is_answered_once(tmp_path: Path) -> None:
     async with platform() as (fake, servers), weixin_stack(tmp_path / "home", fast_config(servers[0].url)) as s:
         await s.login(fake, TOKEN, "b1@im.bot")

@@ -4,13 +4,15 @@ Host-kept state (SPEC 3.4), per connection:
 - `cursor`: the last non-empty `get_updates_buf`, sent on the next poll (also after a restart);
 - `seen`: the dedupe keys of the most recent deliveries (a bounded window, see `SeenWindow`);
 - `ctx:<peer>`: the latest `context_token` of that peer, needed to reply to it;
-- `peers`: the peers that have a `ctx:` key, so that logout can forget them all;
+- `peers`: the `ctx:` keys written, so that logout can forget them all;
 - `out:<requestId>`: how many chunks of a long message are already out (deleted once all are).
 Credentials stay with the host (encrypted at rest) and come back in `ConnectionInfo`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
@@ -26,12 +28,22 @@ SEEN_KEY = "seen"
 PEERS_KEY = "peers"
 CONTEXT_PREFIX = "ctx:"
 PROGRESS_PREFIX = "out:"
+MAX_TOKEN_CHARS = 16_384  # a context token or cursor longer than this is kept in memory only
+_MAX_PEER_IN_KEY = 200  # longer peer ids are hashed into their key (host keys are short)
 SEEN_WINDOW = 1500  # deliveries remembered per account (the platform redelivers within seconds)
 CONTEXT_CACHE = 5000  # context tokens kept in memory per account
 # budget for one state value, below the host's limit, for the JSON framing around it
 _VALUE_BUDGET = STATE_VALUE_MAX_BYTES - 1024
 
 AccountStatus = Literal["connected", "expired", "stopped"]
+
+log = logging.getLogger(__name__)
+
+
+def context_key(peer_id: str) -> str:
+    if len(peer_id) <= _MAX_PEER_IN_KEY:
+        return CONTEXT_PREFIX + peer_id
+    return CONTEXT_PREFIX + "#" + hashlib.sha256(peer_id.encode()).hexdigest()
 
 
 class Credentials(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -113,6 +125,9 @@ class Account:
         return value if isinstance(value, str) else ""
 
     async def save_cursor(self, cursor: str) -> None:
+        if len(cursor) > MAX_TOKEN_CHARS:
+            log.warning("account %s: a cursor of %d characters is not persisted", self.account_id, len(cursor))
+            return
         await self.state.put(CURSOR_KEY, cursor, connection_id=self.connection_id)
 
     async def load_seen(self) -> SeenWindow:
@@ -127,7 +142,7 @@ class Account:
     async def context_token(self, peer_id: str) -> str | None:
         token = self._contexts.get(peer_id)
         if token is None:
-            value = await self.state.get(CONTEXT_PREFIX + peer_id, connection_id=self.connection_id)
+            value = await self.state.get(context_key(peer_id), connection_id=self.connection_id)
             if isinstance(value, str) and value:
                 token = value
                 self._remember(peer_id, token)
@@ -137,8 +152,12 @@ class Account:
         """Persist the peer's latest token (before its message is delivered, so a reply finds it)."""
         if self._contexts.get(peer_id) == token:
             return
-        await self._index_peer(peer_id)
-        await self.state.put(CONTEXT_PREFIX + peer_id, token, connection_id=self.connection_id)
+        if len(token) <= MAX_TOKEN_CHARS:
+            key = context_key(peer_id)
+            await self._index(key)
+            await self.state.put(key, token, connection_id=self.connection_id)
+        else:
+            log.warning("account %s: a context token of %d characters is not persisted", self.account_id, len(token))
         self._remember(peer_id, token)
 
     def _remember(self, peer_id: str, token: str) -> None:
@@ -147,12 +166,12 @@ class Account:
         while len(self._contexts) > CONTEXT_CACHE:
             self._contexts.popitem(last=False)
 
-    async def _index_peer(self, peer_id: str) -> None:
+    async def _index(self, key: str) -> None:
         async with self._peers_lock:
             peers = await self._load_peers()
-            if peer_id in peers:
+            if key in peers:
                 return
-            peers.append(peer_id)
+            peers.append(key)
             while len(msgspec.json.encode(peers)) > _VALUE_BUDGET:
                 del peers[0]  # the index is best effort past ~1,500 peers; the key limit comes first anyway
             await self.state.put(PEERS_KEY, peers, connection_id=self.connection_id)
@@ -176,9 +195,9 @@ class Account:
 
     async def forget(self) -> None:
         """Delete everything kept for this account (its cursor, dedupe window and context tokens)."""
-        peers = set(await self._load_peers()) | set(self._contexts)
-        for peer in peers:
-            await self.state.put(CONTEXT_PREFIX + peer, None, connection_id=self.connection_id)
+        keys = set(await self._load_peers()) | {context_key(peer) for peer in self._contexts}
+        for key in keys:
+            await self.state.put(key, None, connection_id=self.connection_id)
         for key in (CURSOR_KEY, SEEN_KEY, PEERS_KEY):
             await self.state.put(key, None, connection_id=self.connection_id)
         self._contexts.clear()

@@ -30,6 +30,7 @@ from .wire import (
 
 MEDIA_TYPES = {ITEM_IMAGE: "image", ITEM_VOICE: "voice", ITEM_FILE: "file", ITEM_VIDEO: "video"}
 MAX_CONTENT_CHARS = 100_000  # a platform text is far smaller; a larger one is cut, never refused
+MAX_ITEMS = 50  # media and other items described in metadata; beyond that they are counted
 
 
 def dedupe_key(message: WeixinMessage) -> str | None:
@@ -60,8 +61,11 @@ def to_event(
     quote = _quote(message.item_list or [])
     if quote is not None:
         metadata["quote"] = quote
+    if len(media) > MAX_ITEMS:
+        metadata["media"] = media[:MAX_ITEMS]
+        metadata["mediaOmitted"] = len(media) - MAX_ITEMS
     if others:
-        metadata["items"] = others
+        metadata["items"] = others[:MAX_ITEMS]
     sender = message.from_user_id or ""
     return BridgeEvent(
         event_id=f"wx:{key}",

@@ -22,7 +22,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock
-from plugin_host.errors import UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import INVALID_PARAMS, TOO_LARGE, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import BridgeEvent, ConnectionStatus, InboundAck
 
 from .accounts import Account, SeenWindow
@@ -34,6 +34,7 @@ from .wire import MESSAGE_TYPE_BOT, Updates, WeixinMessage
 SESSION_EXPIRED_REASON = "session_expired"
 _EMPTY_POLL_FLOOR = 0.25  # an empty answer faster than this waits the rest: a broken server cannot make us spin
 _HINT_RANGE = (1.0, 300.0)  # bounds of the server's `longpolling_timeout_ms`, in seconds
+_UNDELIVERABLE = frozenset({INVALID_PARAMS, TOO_LARGE})  # answers about the event itself, not the moment
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,18 @@ class Receiver:
             account_id=account.account_id,
             now=self.clock.time(),
         )
-        await self.host.inbound(event)  # accepted, duplicate or in progress: the host has it either way
+        try:
+            await self.host.inbound(event)  # accepted, duplicate or in progress: the host has it either way
+        except RpcError as exc:
+            if exc.code not in _UNDELIVERABLE:
+                raise
+            # the same answer would come for ever: skip this one message rather than stall the account
+            log.warning(
+                "account %s: message %s was refused by the host (%s) and is skipped",
+                account.account_id,
+                event.message_id,
+                _describe(exc),
+            )
 
     async def _failed(self, reason: str) -> None:
         self._failures += 1
