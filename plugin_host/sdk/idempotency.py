@@ -86,6 +86,11 @@ class SendRecord(msgspec.Struct, rename="camel"):
 Slot = dict[str, SendRecord]  # requestId -> record: the value of one `sdk:send:<n>` key
 
 
+def record_key(request_id: str, slots: int = SLOTS) -> str:
+    """The state key (`sdk:send:<n>`) holding the record of `request_id`; crc32 is stable across processes."""
+    return f"{KEY_PREFIX}{zlib.crc32(request_id.encode()) % slots}"
+
+
 class SendIdempotencyStore:
     """`await begin(...)` before sending, then `await complete(...)` with the result or `await fail(...)`."""
 
@@ -107,7 +112,7 @@ class SendIdempotencyStore:
 
     def key(self, request_id: str) -> str:
         """The state key holding the record of `request_id`."""
-        return f"{KEY_PREFIX}{zlib.crc32(request_id.encode()) % self.slots}"
+        return record_key(request_id, self.slots)
 
     async def begin(self, connection_id: str, request_id: str) -> Begin:
         """Decide whether this delivery is sent; raises -32010 while another attempt runs."""

@@ -37,6 +37,8 @@ from ..protocol import (
     InitializeResult,
     NameVersion,
     SendRequest,
+    Wire,
+    encode_checked,
 )
 from ..rpc import DEFAULT_MAX_MESSAGE_BYTES, Connection, RequestContext
 from .connections import ConnectHook, DisconnectHook, ServedConnections
@@ -52,6 +54,7 @@ InitializeHook = Callable[[Context, InitializeParams], Awaitable[None]]
 ShutdownHook = Callable[[Context], Awaitable[None]]
 
 DEFAULT_MAX_CONCURRENCY = 64
+COMPLETE_TIMEOUT = 10.0  # seconds to record a delivered send before giving up (it may then go out again)
 # Built-ins that answer even when every handler slot is busy.
 _UNLIMITED = frozenset({"initialize", "health", "shutdown", "connection.resume", "connection.release"})
 _RESERVED = frozenset(
@@ -93,16 +96,21 @@ class _Handler:
         return decoder.decode(params)
 
     def check_result(self, method: str, result: Any) -> Any:
-        """A result of a SPEC 3.3 method as its Struct: complete on the wire, or refused here."""
+        """A result of a SPEC 3.3 method as the host will read it: complete (every field, optional
+        ones as null) and valid against its Struct, or refused here with the reason in the log."""
         result_type = self.result_type
-        if result_type is None or type(result) is result_type:
+        if result_type is None:
             return result
-        if result is None and result_type is Empty:
-            return Empty()
         try:
+            if type(result) is result_type and isinstance(result, Wire):
+                return encode_checked(result)  # built by the author: its constraints are checked once, here
+            if result is None and result_type is Empty:
+                return Empty()
             return msgspec.convert(result, result_type, from_attributes=True)
-        except msgspec.ValidationError as exc:
-            raise RpcError(INTERNAL_ERROR, f"the plugin's {method} handler returned an invalid result: {exc}") from None
+        except (ValueError, msgspec.ValidationError) as exc:
+            reason = f"the plugin's {method} handler returned an invalid result: {exc}"
+            logging.getLogger("plugin").error("%s", reason)
+            raise RpcError(INTERNAL_ERROR, reason) from None
 
 
 class Plugin:
@@ -254,7 +262,8 @@ class Plugin:
             except Exception:
                 self.log.exception("message.send %s returned an unusable result", params.request_id)
                 stored = {"duplicate": False}
-            with anyio.CancelScope(shield=True):  # the host giving up must not leave the record processing
+            # the host giving up must not leave the record processing; a host that hangs is not waited for forever
+            with anyio.CancelScope(shield=True), anyio.move_on_after(COMPLETE_TIMEOUT) as scope:
                 try:
                     await store.complete(params.connection_id, params.request_id, stored)
                 except Exception:
@@ -263,6 +272,8 @@ class Plugin:
                         await store.complete(params.connection_id, params.request_id, {})
                     except Exception:
                         self.log.exception("message.send %s could not be marked completed", params.request_id)
+            if scope.cancelled_caught:
+                self.log.error("message.send %s: the host did not record its completion in time", params.request_id)
             return stored
 
         send.__name__ = getattr(fn, "__name__", "send")

@@ -35,7 +35,7 @@ import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, TaskStatus
 
-from ..errors import FENCED, INVALID_PARAMS, METHOD_NOT_FOUND, TOO_LARGE, RpcError
+from ..errors import FENCED, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from ..launch import LaunchSpec, plugin_env, prepare_data_dir, prepare_launch, python_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..process_group import GroupProcess, LaunchPlan, spawn
@@ -74,14 +74,16 @@ _ACCEPTED = InboundAck(accepted=True, duplicate=False, pending=True)
 class MemoryState:
     """Host-kept plugin state (SPEC 3.4) in memory, with the host's rules.
 
-    Values by (connectionId or None, key), at most 64 KiB encoded, at most 10,000
-    keys per connection; each connection has a lease epoch (1 unless set), and a
-    put carrying an older epoch is refused with -32018.
+    Values by (connectionId or None, key), at most 64 KiB of JSON, at most 10,000
+    keys per scope (a connection, or the plugin-wide one), refused as the host does
+    (-32602 with `data.limit`); each connection has a lease epoch (1 unless set),
+    and a put carrying an older epoch is refused with -32018.
     """
 
     def __init__(self) -> None:
         self.values: dict[tuple[str | None, str], bytes] = {}
         self.epochs: dict[str, int] = {}
+        self._keys: dict[str | None, int] = {}  # keys per scope
 
     def epoch(self, connection_id: str | None) -> int:
         return 0 if connection_id is None else self.epochs.get(connection_id, 1)
@@ -107,18 +109,34 @@ class MemoryState:
         connection_id = params.connection_id
         current = self.epoch(connection_id)
         if connection_id is not None and params.epoch is not None and params.epoch < current:
-            raise RpcError(FENCED, f"connection {connection_id} is owned at epoch {current}, not {params.epoch}")
+            raise RpcError(
+                FENCED,
+                f"connection {connection_id} is owned at epoch {current}, not {params.epoch}",
+                {"epoch": current},
+            )
         slot = (connection_id, params.key)
         if params.value is None:
-            self.values.pop(slot, None)
+            if self.values.pop(slot, None) is not None:
+                self._keys[connection_id] -= 1
             return StatePutResult(epoch=current)
         raw = msgspec.json.encode(params.value)
         if len(raw) > STATE_VALUE_MAX_BYTES:
-            raise RpcError(TOO_LARGE, f"state value {params.key!r} is {len(raw)} bytes; the limit is 65536")
-        if slot not in self.values and connection_id is not None:
-            if sum(1 for c, _ in self.values if c == connection_id) >= STATE_KEYS_PER_CONNECTION:
-                raise RpcError(TOO_LARGE, f"connection {connection_id} has {STATE_KEYS_PER_CONNECTION} state keys")
+            raise RpcError(
+                INVALID_PARAMS,
+                f"state value {params.key!r} is {len(raw)} bytes of JSON; at most {STATE_VALUE_MAX_BYTES}",
+                {"limit": STATE_VALUE_MAX_BYTES},
+            )
+        new = slot not in self.values
+        if new and self._keys.get(connection_id, 0) >= STATE_KEYS_PER_CONNECTION:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"{connection_id or 'the plugin'} already keeps {STATE_KEYS_PER_CONNECTION} state keys; at most"
+                f" {STATE_KEYS_PER_CONNECTION} (delete keys with a null value)",
+                {"limit": STATE_KEYS_PER_CONNECTION},
+            )
         self.values[slot] = raw
+        if new:
+            self._keys[connection_id] = self._keys.get(connection_id, 0) + 1
         return StatePutResult(epoch=current)
 
 

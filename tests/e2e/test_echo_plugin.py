@@ -191,3 +191,43 @@ async def test_a_fenced_write_stops_the_connection(tmp_path: Path) -> None:
         await h.resume(CONN)  # handed back, at the new epoch: writes go through again
         assert h.state.value("handovers", connection_id="conn_1") == 2
         assert (await h.call("message.send", send_params("out_6")))["duplicate"] is False
+
+
+async def test_through_the_real_host_send_records_survive_a_restart_and_a_hot_swap(tmp_path: Path) -> None:
+    """The SPEC 3.6 records live in the host's store (SQLite file): a new process, even a new version, sees them."""
+    from channel_runtime.runtime import ChannelRuntime
+    from plugin_host.host import PluginHost
+    from plugin_host.package import pack_directory
+    from plugin_host.protocol import SendRequest, Target
+    from plugin_host.sdk.idempotency import record_key
+    from tests.fault_plugins import default_host_env
+    from tests.support.admin import plugin_source
+
+    async def no_reply(message: Any) -> None:
+        return None
+
+    home = tmp_path / "home"
+    host = PluginHost(home, host_env=default_host_env())
+    runtime = ChannelRuntime(no_reply, f"sqlite:///{tmp_path / 'state.db'}", plugin_host=host, home=home)
+    async with runtime, host:
+        await host.install(pack_directory(plugin_source(tmp_path, "1.0.0"), tmp_path / "v1.zip"))
+        await host.install(pack_directory(plugin_source(tmp_path, "1.0.1"), tmp_path / "v2.zip"))
+        await host.activate("echo", "1.0.0")
+        await host.enable("echo")
+        view = await runtime.connections.start_session("echo", "Me")
+        connection_id, channel_id = view["connection"]["connectionId"], view["connection"]["channelId"]
+        await eventually(lambda: runtime.store.plugin_state.get("echo", connection_id, "handovers"))
+        echo = host.client("echo")
+        request = SendRequest("out_x", connection_id, channel_id, "echo", Target("peer_1", "dm"), "once", "text", {})
+        first = await echo.send(request)
+        assert not first.duplicate
+        await host.restart("echo")
+        await eventually(lambda: host.supervisor("echo") is not None and host.supervisor("echo").state == "running")
+        again = await echo.send(request)
+        await host.activate("echo", "1.0.1")  # hot swap to a new version
+        swapped = await echo.send(request)
+        assert again.duplicate and swapped.duplicate
+        assert first.provider_message_id == again.provider_message_id == swapped.provider_message_id
+        assert len(sent_records(home / "plugin-data" / "echo")) == 1  # sent to the "platform" once
+        records = await runtime.store.plugin_state.get("echo", connection_id, record_key("out_x"))
+        assert records["out_x"]["status"] == "completed"

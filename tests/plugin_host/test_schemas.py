@@ -726,3 +726,19 @@ def test_the_openapi_document_carries_the_generated_wire_shapes():
     assert components["BridgeEvent"]["required"] == [
         f.encode_name for f in msgspec.inspect.type_info(p.BridgeEvent).fields
     ]
+
+
+def test_a_receiver_forgives_a_missing_optional_field_inside_a_nullable_union():
+    inner = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string"},
+            "b": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        },
+        "required": ["a", "b"],
+    }
+    validator = Draft202012Validator({"type": "object", "properties": {"x": {"anyOf": [inner, {"type": "null"}]}}})
+    assert ws.errors_of(validator, {"x": {"a": "1"}})
+    assert ws.errors_of(validator, {"x": {"a": "1"}}, complete=False) == []
+    assert ws.errors_of(validator, {"x": {"b": None}}, complete=False)  # `a` is required for good
+    assert ws.missing_in(validator, {"x": {"a": "1"}}) == ["/x/b"]

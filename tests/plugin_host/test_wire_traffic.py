@@ -190,3 +190,32 @@ async def test_host_and_a_plain_node_plugin_traffic_is_complete_and_valid(tmp_pa
         if e["dir"] == "host_to_plugin" and json.loads(e["line"]).get("method") == "initialize"
     ]
     assert [len(m["params"]["connections"]) for m in resumed] == [0, 1]  # the restart handed the connection back
+
+
+async def test_the_real_host_reads_missing_optional_fields_as_null_and_refuses_missing_required_ones(
+    tmp_path: Path,
+) -> None:
+    """SPEC 3.1 receivers: a plugin (raw JSON-RPC, no SDK) writes state with and without fields."""
+    from tests.fault_plugins import default_host_env, raw_plugin_zip
+
+    async def no_reply(message: InboundMessage) -> None:
+        return None
+
+    host = PluginHost(tmp_path / "home", host_env=default_host_env())
+    runtime = ChannelRuntime(no_reply, "memory://", plugin_host=host)
+    async with runtime, host:
+        await host.install(raw_plugin_zip(tmp_path, "raw"))
+        await host.enable("raw")
+        raw = host.supervisor("raw")
+        assert raw is not None
+
+        async def ask(method: str, params: dict[str, Any]) -> Any:
+            return await raw.call("ask_host", {"method": method, "params": params})
+
+        # connectionId and epoch are optional: left out, they read as null (plugin-wide state, no fencing)
+        assert await ask("state.put", {"key": "k", "value": [1]}) == {"epoch": 0}
+        assert await ask("state.get", {"key": "k"}) == {"value": [1], "epoch": 0}
+        # value is not optional (null deletes, but it is always sent): -32602, naming it
+        refused = await ask("state.put", {"key": "k", "connectionId": None, "epoch": None})
+        assert refused["code"] == -32602 and "value" in refused["message"]
+        assert await ask("state.get", {"key": "k", "connectionId": None}) == {"value": [1], "epoch": 0}

@@ -23,6 +23,7 @@ from plugin_host.errors import (
 )
 from plugin_host.protocol import (
     BridgeEvent,
+    ConnectorSessionView,
     InboundAck,
     InitializeParams,
     NameVersion,
@@ -563,3 +564,38 @@ async def test_plain_stdio_run_via_python_dash_c(child_plugin: Path) -> None:
     """Spawned with an argv list: the plugin still answers and exits on EOF."""
     async with PluginHarness.subprocess([sys.executable, str(child_plugin)]) as h:
         assert await h.call("health") == OK_HEALTH
+
+
+async def test_results_of_spec_methods_go_out_complete_or_are_refused_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin = Plugin(name="t", version="1")
+
+    @plugin.method("session.get")
+    async def get(ctx: Context, params: Any) -> Any:
+        if params.session_id == "dict":  # a dict: completed to the shape, optional fields as null
+            return {"sessionId": "dict", "kind": "test", "status": "pending", "instructions": [], "metadata": {}}
+        if params.session_id == "struct-bad":  # a Struct the host would refuse: an empty kind
+            return ConnectorSessionView("struct-bad", "", "pending", [], {})
+        return {"sessionId": "no-status", "kind": "test"}
+
+    async with PluginHarness.in_process(plugin) as h:
+        view = await h.call("session.get", {"sessionId": "dict"})
+        assert view == {
+            "sessionId": "dict",
+            "kind": "test",
+            "status": "pending",
+            "instructions": [],
+            "metadata": {},
+            "qrCode": None,
+            "qrImage": None,
+            "accountId": None,
+            "displayName": None,
+            "error": None,
+        }
+        with caplog.at_level(logging.ERROR):
+            for session_id, reason in (("struct-bad", "$.kind"), ("no-status", "status")):
+                with pytest.raises(RpcError) as exc:
+                    await h.call("session.get", {"sessionId": session_id})
+                assert exc.value.code == INTERNAL_ERROR and reason in exc.value.message
+        assert any("returned an invalid result" in r.getMessage() for r in caplog.records)

@@ -126,3 +126,22 @@ async def test_context_state_is_the_plugins() -> None:
     async with PluginHarness.in_process(plugin) as h:
         assert await h.call("remember", {"value": {"n": 1}, "connectionId": "c"}) == {"n": 1}
         assert plugin.state is Context(plugin).state
+
+
+def test_the_harness_keeps_the_hosts_limits() -> None:
+    from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, StatePutParams
+    from plugin_host.sdk.testing import MemoryState
+
+    state = MemoryState()
+    for n in range(STATE_KEYS_PER_CONNECTION):
+        state.put(StatePutParams(f"k{n}", n, "c1"))
+    with pytest.raises(RpcError) as exc:
+        state.put(StatePutParams("one_more", 1, "c1"))
+    assert exc.value.code == INVALID_PARAMS and exc.value.data == {"limit": STATE_KEYS_PER_CONNECTION}
+    state.put(StatePutParams("k0", "overwrite", "c1"))  # an existing key is no new key
+    state.put(StatePutParams("k1", None, "c1"))  # a delete frees one
+    state.put(StatePutParams("one_more", 1, "c1"))
+    state.put(StatePutParams("elsewhere", 1, "c2"))  # another scope
+    with pytest.raises(RpcError) as exc:
+        state.put(StatePutParams("big", "x" * STATE_VALUE_MAX_BYTES, None))
+    assert exc.value.data == {"limit": STATE_VALUE_MAX_BYTES}
