@@ -122,6 +122,8 @@ class QrLogin:
     async def run(self) -> None:
         with self.scope:
             try:
+                # the host applies the answer to session.start first; an update racing it could be overwritten
+                await self.clock.sleep(seconds(self.config.qr_poll_interval_ms))
                 await self._poll_until_done()
             except LoginFailed as exc:
                 await self._finish("error", str(exc))
