@@ -138,7 +138,7 @@ async def test_expired_qr_refreshes_twice_then_the_session_expires() -> None:
             await eventually(lambda n=n: len(f.fake.qrcodes) == n + 1)
             view = await eventually(lambda n=n: f.login.view if f.login.view.metadata["qrRefreshes"] == n else None)
             assert view.status == "qr_ready" and f.fake.qrcodes[n] in (view.qr_code or "")
-        assert f.polls()[-1].query["qrcode"] == f.fake.qrcodes[2]  # polling follows the new QR
+        await eventually(lambda: f.polls()[-1].query["qrcode"] == f.fake.qrcodes[2])  # polling follows the new QR
         f.fake.push_status("expired")
         view = await f.status_becomes("expired")
     assert len(f.fake.qrcodes) == 3 and "expired" in (view.error or "")
