@@ -191,9 +191,10 @@ class FakeIlink:
     async def _getupdates(self, request: Request) -> Response:
         entry = await self._record(request)
         bot = self._bot(entry)
+        if bot is not None:
+            bot.polls += 1  # every poll with this token, answered or refused
         if bot is None or bot.expired:
             return JSONResponse({"errcode": -14, "errmsg": "session timeout"})
-        bot.polls += 1
         position = _position(entry.body.get("get_updates_buf", "") if isinstance(entry.body, dict) else "")
         with anyio.move_on_after(self.hold):
             while not bot.answers and position >= len(bot.log) and not bot.expired:
