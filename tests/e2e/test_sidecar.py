@@ -235,6 +235,7 @@ def test_events_survive_the_application_down_and_sidecar_sigkills(tmp_path: Path
 
         # every event's reply went back through the sidecar to the plugin
         expected = {f"done: {m}" for m in queued} | {f"done: burst {n}" for n in range(60)}
+
         def missing() -> set[str]:
             return expected - {s["request"]["content"] for s in both.plugin_file("sent.jsonl")}
 
