@@ -146,6 +146,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             async with owned_task_group() as tg:
                 self._started = True
                 try:
+                    await self.connections.start(tg)
                     await tg.start(self._forwarder.run)
                     tg.start_soon(self._retention_loop)
                     yield self

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import METHOD_NOT_FOUND, RpcError
+from ..locks import KeyedLock
 from ..protocol import ConnectionInfo
 from .context import Context
-from .locks import KeyedLock
 
 if TYPE_CHECKING:
     from .plugin import Plugin
