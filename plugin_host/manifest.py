@@ -39,7 +39,7 @@ class Timeouts(_M):
 
 
 class OutboundLimits(_M):
-    """`limits.outbound` (SPEC 4, 6.4): what the platform tolerates; None = no limit."""
+    """SPEC 4 / 6.4: what the platform tolerates (enforced by the host's dispatcher); None = no limit."""
 
     per_peer_per_minute: int | None = None
     per_connection_per_minute: int | None = None
