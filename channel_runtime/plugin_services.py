@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from .application import Application
     from .connections import ConnectionManager
 
-STATE_KEY_MAX_CHARS = 512
-
 
 class RuntimeServices(HostServices):
     def __init__(self, runtime: Application, connections: ConnectionManager) -> None:
@@ -61,13 +59,11 @@ class RuntimeServices(HostServices):
     # ---------------------------------------------------------------- host-kept plugin state
 
     async def state_get(self, plugin_id: str, params: StateGetParams) -> StateGetResult:
-        _check_key(params.key)
         await self._check_scope(plugin_id, params.connection_id)
         value = await self._runtime.store.plugin_state.get(plugin_id, params.connection_id, params.key)
         return StateGetResult(value=value, epoch=await self._epoch(params.connection_id))
 
     async def state_put(self, plugin_id: str, params: StatePutParams) -> StatePutResult:
-        _check_key(params.key)
         await self._check_scope(plugin_id, params.connection_id)
         epoch = await self._epoch(params.connection_id)
         if params.epoch is not None and params.epoch < epoch:
@@ -92,8 +88,3 @@ class RuntimeServices(HostServices):
     async def _epoch(self, connection_id: str | None) -> int:
         """The connection's lease epoch (SPEC 10); one host owns every connection here, so it stays 0."""
         return 0
-
-
-def _check_key(key: str) -> None:
-    if not key or len(key) > STATE_KEY_MAX_CHARS:
-        raise RpcError(INVALID_PARAMS, f"a state key is 1 to {STATE_KEY_MAX_CHARS} characters, not {len(key)}")

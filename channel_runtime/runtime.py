@@ -8,7 +8,6 @@ background loop runs in the runtime's task group; `stop()` cancels and awaits it
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
 from .config import ChannelConfig
 from .messages import InboundMessage, OutboundMessage
 from .queues import QueueWorker, backoff_delay
-from .store import Store, open_store
+from .store import Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, Delivery, InboxEntry, OutboxEntry, error_text
 
 if TYPE_CHECKING:
@@ -209,19 +208,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
-        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
-
-        url = str(self._store_spec)
-        env = dict(os.environ)
-        if self._secret_key:
-            env[SECRET_KEY_ENV] = self._secret_key
-        key_home = self.home or (Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite:///") else None)
-        if key_home is None and SECRET_KEY_ENV not in env:
-            # memory:// without a home or a key: the credentials live as long as the process, and so may the key
-            cipher = CredentialCipher.ephemeral()
-        else:
-            cipher = load_cipher(key_home or Path("."), env)
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        return await open_application_store(
+            str(self._store_spec), clock=self.clock, home=self.home, secret_key=self._secret_key
+        )
 
     # ---------------------------------------------------------------- channels (SPEC 6.2)
 
@@ -449,7 +438,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
 
     async def _retention_loop(self) -> None:
         while True:
-            await anyio.sleep(self._retention_interval)
+            await self.clock.sleep(self._retention_interval)
             try:
                 store = self.store
                 await store.bridge_dedupe.prune()

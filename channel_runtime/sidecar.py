@@ -35,7 +35,7 @@ from .connections import ConnectionManager
 from .forwarder import Forwarder
 from .plugin_services import RuntimeServices
 from .runtime import IngestError, IngestResult
-from .store import Store, open_store
+from .store import Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, error_text
 
 if TYPE_CHECKING:
@@ -171,14 +171,9 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
-        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
-
-        url = str(self._store_spec)
-        if self.home is None and not self._secret_key:
-            cipher = CredentialCipher.ephemeral()  # a throwaway sidecar (tests): credentials live with the process
-        else:
-            cipher = load_cipher(self.home or Path("."), {SECRET_KEY_ENV: self._secret_key} if self._secret_key else {})
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        return await open_application_store(
+            str(self._store_spec), clock=self.clock, home=self.home, secret_key=self._secret_key
+        )
 
     # ---------------------------------------------------------------- inbound: queue, then forward
 
@@ -225,10 +220,6 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         if begin.outcome == "in_progress":
             self.sends["in_progress"] += 1
             raise SendInProgress()
-        if not request.channel_id or not request.kind:
-            request = msgspec.structs.replace(
-                request, channel_id=request.channel_id or connection.channel_id, kind=request.kind or connection.kind
-            )
         try:
             result = await self.plugin_host.client(connection.plugin_id).send(request, timeout=self.command_timeout)
         except RpcError as exc:
@@ -246,7 +237,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
 
     async def _retention_loop(self) -> None:
         while True:
-            await anyio.sleep(self._retention_interval)
+            await self.clock.sleep(self._retention_interval)
             try:
                 await self.store.forward.prune(FORWARDED_RETENTION)
                 await self.store.send_dedupe.prune()

@@ -10,6 +10,10 @@ URLs: `memory://` (an in-memory SQLite database: tests, throwaway runtimes), `sq
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 from plugin_host.clock import Clock, SystemClock
 
 from ..crypto import CredentialCipher
@@ -52,6 +56,29 @@ from .base import (
 
 class UnsupportedStoreError(StoreError):
     """The store URL names a backend this version does not have."""
+
+
+async def open_application_store(
+    url: str, *, clock: Clock | None = None, home: Path | None = None, secret_key: str | None = None, **options: Any
+) -> Store:
+    """The store of a runtime or sidecar at `url`, with its credentials cipher.
+
+    The key comes from `secret_key`, else `CHANNEL_RUNTIME_SECRET_KEY`, else `<home>/secret-key`
+    (created when missing; `home` defaults to the SQLite file's folder). Only a store with
+    neither a key nor a place for one (`memory://` without a home) gets a throwaway key:
+    its credentials live as long as the process anyway.
+    """
+    from ..crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
+
+    env = dict(os.environ)
+    if secret_key:
+        env[SECRET_KEY_ENV] = secret_key
+    key_home = home or (Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite:///") else None)
+    if key_home is None and SECRET_KEY_ENV not in env:
+        cipher = CredentialCipher.ephemeral()
+    else:
+        cipher = load_cipher(key_home or Path("."), env)
+    return await open_store(url, clock=clock, cipher=cipher, **options)
 
 
 async def open_store(
@@ -133,6 +160,7 @@ __all__ = [
     "UnsupportedStoreError",
     "dedupe_key",
     "event_conversation",
+    "open_application_store",
     "open_store",
     "outbox_conversation",
 ]

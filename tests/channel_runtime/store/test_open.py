@@ -94,3 +94,21 @@ async def test_unknown_scheme(url: str) -> None:
 async def test_malformed_sqlite_url(url: str) -> None:
     with pytest.raises(StoreError, match="sqlite:///"):
         await open_store(url)
+
+
+async def test_an_application_store_keeps_its_key_so_credentials_survive_a_restart(tmp_path: Path) -> None:
+    """Runtime and sidecar open their store the same way: a SQLite file without a home keeps its
+    key beside it (a throwaway key made the credentials unreadable after a restart)."""
+    from channel_runtime.store import open_application_store
+
+    url = f"sqlite:///{tmp_path / 'side' / 'state.db'}"
+    async with await open_application_store(url, clock=FakeClock()) as store:
+        record = await store.connections.create(kind="echo", plugin_id="echo")
+        await store.connections.set_credentials(record.connection_id, {"token": "t-1"})
+    assert (tmp_path / "side" / "secret-key").is_file()
+    async with await open_application_store(url, clock=FakeClock()) as store:
+        assert await store.connections.get_credentials(record.connection_id) == {"token": "t-1"}
+    # an explicit key wins over the file; a wrong one cannot read what another key wrote
+    async with await open_application_store(url, clock=FakeClock(), secret_key="another-key-0123456789") as store:
+        with pytest.raises(Exception, match="(?i)decrypt|key"):
+            await store.connections.get_credentials(record.connection_id)
