@@ -5,7 +5,8 @@
         begin, entry = await store.pipeline.accept_event(connection_id, event_id, message)
 
 URLs: `memory://` (an in-memory SQLite database: tests, throwaway runtimes), `sqlite:///PATH` (relative PATH) or
-`sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
+`sqlite:////abs/PATH` (the embedded default), both single-host; `postgresql://user:password@host:port/db`
+(also `postgres://`; libpq's query parameters pass through) for several hosts on one database (SPEC 10).
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ from .base import (
     ConnectorSessionStore,
     DedupeRecord,
     Delivery,
+    FencedError,
     InboxEntry,
     InboxStore,
     KeyValueStore,
+    Lease,
+    LeaseFence,
+    LeaseStore,
+    Listener,
     MessageDedupeStore,
+    NodeRecord,
     NotFoundError,
     OutboxEntry,
     OutboxStore,
@@ -86,12 +93,22 @@ async def open_store(
         return open_sqlite_store(
             url, rest[1:], clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
         )
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+    if sep and scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import open_postgres_store
+        except ImportError as exc:  # the driver is the `postgresql` extra
+            raise UnsupportedStoreError(
+                f"{safe_url(url)!r} needs the PostgreSQL driver: pip install 'channel-runtime[postgresql]' ({exc})"
+            ) from None
+        return await open_postgres_store(
+            url, clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
+        )
+    if scheme.startswith(("postgresql+", "postgres+")):
         raise UnsupportedStoreError(
-            f"PostgreSQL stores are not yet supported ({safe_url(url)!r}); use sqlite:///PATH or memory://"
+            f"unknown store URL {safe_url(url)!r}: write postgresql://... (the driver is psycopg, built in)"
         )
     raise UnsupportedStoreError(
-        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// (postgresql:// is planned)"
+        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// or postgresql://..."
     )
 
 
@@ -109,10 +126,16 @@ __all__ = [
     "ConnectorSessionStore",
     "DedupeRecord",
     "Delivery",
+    "FencedError",
     "InboxEntry",
     "InboxStore",
     "KeyValueStore",
+    "Lease",
+    "LeaseFence",
+    "LeaseStore",
+    "Listener",
     "MessageDedupeStore",
+    "NodeRecord",
     "NotFoundError",
     "OutboxEntry",
     "OutboxStore",
