@@ -12,12 +12,12 @@ from starlette.routing import BaseRoute, Route
 
 from plugin_host.host import PluginHost
 
+from . import page
 from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from .metrics import metrics_endpoint, metrics_registry
 from .openapi import openapi_json
-from .page import admin_page
-from .routes import bridge, channels, connectors, health, onboarding, plugins
+from .routes import bridge, channels, connectors, health, onboarding, overview, plugins
 
 if TYPE_CHECKING:
     from channel_runtime.settings import Settings
@@ -70,11 +70,12 @@ def create_app(
         *connectors.routes,
         *onboarding.routes,
         *channels.routes,
+        *overview.routes,
         *extra_routes,
         *health.routes,
         Route("/metrics", metrics_endpoint(metrics_registry(_snapshots(host))), methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/admin", admin_page, methods=["GET"]),
+        *page.routes,
     ]
     app = Starlette(
         routes=routes,

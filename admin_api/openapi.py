@@ -52,7 +52,58 @@ _TAIL = {
     "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
 }
 
+_TIMESTAMPS = {
+    "name": "timestamps",
+    "in": "query",
+    "required": False,
+    "description": "true: each line as {seq, at, line} (arrival time, sequence number for `after`)",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "only lines whose sequence number is greater (a live tail)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_SERIES = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
 _SCHEMAS: dict[str, Any] = {
+    "LogLine": {
+        "type": "object",
+        "required": ["seq", "at", "line"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "line": {"type": "string"},
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": ["start", "minutes", "channels"],
+        "properties": {
+            "start": {"type": "integer", "description": "epoch second the first minute begins at"},
+            "minutes": {"type": "integer"},
+            "channels": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["channelId", "series"],
+                    "properties": {
+                        "channelId": {"type": "string"},
+                        "connectionId": {"type": ["string", "null"]},
+                        "kind": {"type": ["string", "null"]},
+                        "displayName": {"type": "string"},
+                        "series": {
+                            "type": "object",
+                            "description": "counts per minute, oldest first: messages in, deliveries sent, deferred, dead",
+                            "properties": {"in": _SERIES, "sent": _SERIES, "deferred": _SERIES, "dead": _SERIES},
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -378,9 +429,17 @@ _PATHS: dict[str, Any] = {
             "summary": "Last stderr lines of the plugin, redacted",
             "operationId": "pluginLogs",
             "tags": ["plugins"],
-            "parameters": [_PLUGIN_ID, _TAIL],
+            "parameters": [_PLUGIN_ID, _TAIL, _TIMESTAMPS, _AFTER],
             "responses": {
-                "200": _json({"type": "array", "items": {"type": "string"}}, "Log lines"),
+                "200": _json(
+                    {
+                        "oneOf": [
+                            {"type": "array", "items": {"type": "string"}},
+                            {"type": "array", "items": _ref("LogLine")},
+                        ]
+                    },
+                    "Log lines: text, or {seq, at, line} with timestamps=true",
+                ),
                 "400": _error("Bad tail"),
                 **_ERRORS,
             },
@@ -572,6 +631,33 @@ _PATHS: dict[str, Any] = {
             },
         }
         for method in ("get", "post", "put", "patch", "delete", "options")
+    },
+    "/api/overview": {
+        "get": {
+            "summary": "Messages and delivery outcomes per minute over the last hour, per connection (this server's)",
+            "operationId": "overview",
+            "tags": ["channels"],
+            "responses": {"200": _json(_ref("Overview"), "Per-minute counts"), "401": _ERRORS["401"]},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "Redirect to the admin page",
+            "operationId": "root",
+            "tags": ["page"],
+            "security": [],
+            "responses": {"307": {"description": "To /admin"}},
+        }
+    },
+    "/admin/static/{name}": {
+        "get": {
+            "summary": "The admin page's script and style",
+            "operationId": "adminStatic",
+            "tags": ["page"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "admin.js or admin.css"}, "404": {"description": "No such file"}},
+        }
     },
     "/healthz": {
         "get": {

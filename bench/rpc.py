@@ -40,8 +40,8 @@ if str(ROOT) not in sys.path:  # `python bench/rpc.py` puts bench/ first, not th
 import anyio  # noqa: E402
 import msgspec  # noqa: E402
 
+from plugin_host.launch import LaunchSpec, build_env  # noqa: E402
 from plugin_host.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
-from plugin_host.process import LaunchSpec, build_env  # noqa: E402
 from plugin_host.supervisor import PluginSupervisor  # noqa: E402
 
 PLUGINS = BENCH_DIR / "plugins"

@@ -14,9 +14,9 @@ check fails. Every message the plugin writes is validated against `schemas/`.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
-import anyio.abc
 
 from .errors import METHOD_NOT_FOUND
+from .launch import LaunchError, LaunchSpec, prepare_launch
 from .manifest import Manifest
 from .package import PackageError, install_package, pack_directory
-from .process import LaunchError, LaunchSpec, build_command, build_env
+from .process_group import GroupProcess, spawn
 from .protocol import PROTOCOL_VERSION
 from .redact import redact
 from .streams import FdReceiveStream, FdSendStream
@@ -184,7 +184,10 @@ class _Peer:
         await self.send_raw(json.dumps(message, separators=(",", ":")).encode())
 
     async def send_raw(self, line: bytes) -> None:
-        await self.stdin.send(line + b"\n")
+        try:
+            await self.stdin.send(line + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the plugin is gone or closed its stdin: the missing answer tells the check why
 
     async def request(self, id_: Any, method: str, params: Any, timeout: float) -> dict[str, Any] | None:
         """Send a request; its response, or None when none came within `timeout`."""
@@ -241,61 +244,40 @@ async def run_checks(source: Path, *, host_env: dict[str, str] | None = None) ->
 
 async def _run_process(spec: LaunchSpec, report: Report) -> None:
     try:
-        command = build_command(spec)
+        plan = prepare_launch(spec)
     except LaunchError as exc:
         report.add("spawn", False, str(exc))
         return
-    env = build_env(spec)
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    spec.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (spec.data_dir / "tmp").mkdir(exist_ok=True, mode=0o700)
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    plan = dataclasses.replace(plan, env={"PYTHONDONTWRITEBYTECODE": "1", **(plan.env or {})})
     try:
-        process = await anyio.open_process(
-            command,
-            stdin=stdin_r,
-            stdout=stdout_w,
-            stderr=stderr_w,
-            cwd=str(spec.data_dir),
-            env=env,
-            start_new_session=True,
-        )
+        process = await spawn(plan)
     except OSError as exc:
-        for fd in (stdin_w, stdout_r, stderr_r):
-            os.close(fd)
-        report.add("spawn", False, f"cannot start {command[0]!r}: {exc}")
+        report.add("spawn", False, f"cannot start {plan.argv[0]!r}: {exc}")
         return
-    finally:
-        for fd in (stdin_r, stdout_w, stderr_w):
-            os.close(fd)
-    report.add("spawn", True, f"pid {process.pid}: {' '.join(command)}")
-    stdin, stdout, stderr = FdSendStream(stdin_w), FdReceiveStream(stdout_r), FdReceiveStream(stderr_r)
-    peer = _Peer(stdin, stdout, spec.manifest.limits.max_message_bytes)
+    report.add("spawn", True, f"pid {process.pid}: {' '.join(plan.argv)}")
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    peer = _Peer(process.stdin, process.stdout, spec.manifest.limits.max_message_bytes)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_KEEP)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(peer.read_loop)
-            tg.start_soon(_drain, stderr, stderr_tail)
+            tg.start_soon(_drain, process.stderr, stderr_tail)
             try:
                 await _converse(peer, process, spec, report)
             finally:
+                # whatever state the plugin is in: kill its group and reap it
+                await process.kill_group()
                 with anyio.CancelScope(shield=True):
-                    await _kill(process)
                     # the group is gone: the pipes reach EOF unless a grandchild escaped the group
                     with anyio.move_on_after(1.0):
                         await peer.eof.wait()
                 tg.cancel_scope.cancel()
     finally:
-        for stream in (stdin, stdout, stderr):
-            if not stream._closed:
-                anyio.notify_closing(stream._fd)
-                await stream.aclose()
+        await process.aclose()
         report.stderr_tail = [redact(line) for line in stderr_tail]
 
 
-async def _converse(peer: _Peer, process: anyio.abc.Process, spec: LaunchSpec, report: Report) -> None:
+async def _converse(peer: _Peer, process: GroupProcess, spec: LaunchSpec, report: Report) -> None:
     manifest = spec.manifest
     handshake = manifest.timeouts.handshake_ms / 1000.0
     health_timeout = manifest.timeouts.health_ms / 1000.0
@@ -391,7 +373,7 @@ def _check_answer(
     name: str,
     answer: dict[str, Any] | None,
     peer: _Peer,
-    process: anyio.abc.Process,
+    process: GroupProcess,
     timeout: float,
     started: float,
 ) -> bool:
@@ -409,7 +391,7 @@ def _check_answer(
     return True
 
 
-def _silence(peer: _Peer, process: anyio.abc.Process, what: str) -> str:
+def _silence(peer: _Peer, process: GroupProcess, what: str) -> str:
     if process.returncode is not None:
         return f"no answer {what}: the plugin exited with code {process.returncode}"
     if peer.eof.is_set():
@@ -433,16 +415,6 @@ async def _drain(stream: FdReceiveStream, tail: collections.deque[str]) -> None:
         tail.extend(line.decode("utf-8", "replace")[:500] for line in lines)
     if partial:
         tail.append(partial.decode("utf-8", "replace")[:500])
-
-
-async def _kill(process: anyio.abc.Process) -> None:
-    """Whatever state the plugin is in: kill its process group and reap it."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    with anyio.move_on_after(5.0):
-        await process.wait()
 
 
 def check_plugin(source: str | os.PathLike[str], *, out: TextIO | None = None) -> int:

@@ -37,7 +37,7 @@ from .package import (
     installed_sha256,
     sweep_temporary,
 )
-from .process import LaunchSpec
+from .process import LaunchSpec, LogLine
 from .protocol import ConnectorDescriptor
 from .redact import secret_values
 from .registry import PluginRecord, PluginRegistry, RegistryBackend, VersionRecord
@@ -383,6 +383,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "health": snap.get("health"),
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
+            "lastErrorAt": snap.get("lastErrorAt"),
+            "nextAttemptInSeconds": snap.get("nextAttemptInSeconds"),
             "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
         }
         if detail:
@@ -428,6 +430,11 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._record(plugin_id)
         running = self._running.get(plugin_id)
         return running.supervisor.logs(tail) if running else []
+
+    def log_lines(self, plugin_id: str, tail: int = 200, after: int = 0) -> builtins.list[LogLine]:
+        self._record(plugin_id)
+        running = self._running.get(plugin_id)
+        return running.supervisor.log_lines(tail, after) if running else []
 
     def snapshots(self) -> dict[str, dict[str, Any]]:
         return {pid: r.supervisor.snapshot() for pid, r in self._running.items()}

@@ -30,6 +30,10 @@ Refusal codes (`PackageError.code`, HTTP status in `.status`):
 `unsafe_path`, `not_regular_file`, `duplicate_entry`, `reserved_name`,
 `compression_ratio`, `size_mismatch`, `manifest_missing`, `manifest_too_large`,
 `manifest_invalid_json`, `manifest_schema` 400; `version_conflict` 409.
+A runtime that cannot start (SPEC 4, checked on the extracted files by
+`plugin_host.launch.runtime_argv`; `details.field` names the manifest field):
+`runtime_unsafe_path`, `runtime_program_missing`, `runtime_not_executable`,
+`runtime_module_missing` 400.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from .errors import Refusal
+from .launch import LaunchError, runtime_argv
 from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, ManifestError, load_manifest
 
 MAX_UPLOAD_BYTES = 50 * 2**20
@@ -128,6 +133,7 @@ def install_package(
             staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=plugins_dir))
             try:
                 _extract(archive, entries, staging, limits)
+                _check_runtime(manifest, staging)
                 _write_json(
                     staging / PACKAGE_INFO_NAME,
                     {
@@ -153,7 +159,7 @@ def inspect_package(
     max_entries: int = MAX_ENTRIES,
     max_ratio: int = MAX_RATIO,
 ) -> PackageInfo:
-    """Check every rule of `install_package` (decompressing to nowhere) without installing.
+    """Check every rule of `install_package` (extracting into a temporary folder) without installing.
 
     `source` may also be a plugin folder: it is packed first, as `pack_directory` would.
     """
@@ -164,7 +170,10 @@ def inspect_package(
     with _spool(source, limits.max_upload, None) as (spool, sha256, size):
         with _open_zip(spool, limits.max_entries) as archive:
             entries, manifest = _check(archive, limits)
-            _extract(archive, entries, None, limits)
+            # extracted for real: the runtime checks look at the files as install will publish them
+            with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX) as tmp:
+                _extract(archive, entries, Path(tmp), limits)
+                _check_runtime(manifest, Path(tmp))
     return PackageInfo(manifest, sha256, size)
 
 
@@ -542,18 +551,15 @@ def _stream_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, 
         raise PackageError("invalid_zip", f"entry {info.orig_filename!r} is corrupt (CRC mismatch)")
 
 
-def _extract(archive: zipfile.ZipFile, entries: list[_Entry], dest: Path | None, limits: Limits) -> None:
-    """Decompress every entry into `dest` (None: count and discard)."""
+def _extract(archive: zipfile.ZipFile, entries: list[_Entry], dest: Path, limits: Limits) -> None:
+    """Decompress every entry into `dest`."""
     total = 0
     for entry in entries:
         if entry.is_dir:
-            if dest is not None and entry.dest:
+            if entry.dest:
                 (dest / entry.dest).mkdir(mode=0o755, parents=True, exist_ok=True)
             continue
         chunks = _stream_entry(archive, entry.info, limits.max_total - total, limits)
-        if dest is None:
-            total += sum(len(c) for c in chunks)
-            continue
         path = dest / entry.dest
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         # O_EXCL|O_NOFOLLOW: the staging folder is fresh and holds no links, so this never follows one
@@ -563,9 +569,16 @@ def _extract(archive: zipfile.ZipFile, entries: list[_Entry], dest: Path | None,
                 out.write(chunk)
                 total += len(chunk)
             os.fchmod(out.fileno(), entry.mode)
-    if dest is not None:
-        for folder in (p for p in dest.rglob("*") if p.is_dir()):
-            os.chmod(folder, 0o755)
+    for folder in (p for p in dest.rglob("*") if p.is_dir()):
+        os.chmod(folder, 0o755)
+
+
+def _check_runtime(manifest: Manifest, version_dir: Path) -> None:
+    """SPEC 4: a plugin that cannot start is refused now, not found out by a crash loop."""
+    try:
+        runtime_argv(manifest.runtime, version_dir, search_path=os.environ.get("PATH"))
+    except LaunchError as exc:
+        raise PackageError(exc.code, exc.message, exc.details) from None
 
 
 # ---------------------------------------------------------------- publishing

@@ -39,6 +39,8 @@ class FdReceiveStream(ByteReceiveStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            # a task blocked on this fd must wake up (ClosedResourceError), not wait forever
+            anyio.notify_closing(self._fd)
             os.close(self._fd)
 
 
@@ -76,6 +78,8 @@ class FdSendStream(ByteSendStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            # a task blocked on this fd must wake up (ClosedResourceError), not wait forever
+            anyio.notify_closing(self._fd)
             os.close(self._fd)
 
 

@@ -16,9 +16,9 @@ plugin sends to the host. Shapes the plugin sends are validated against
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,9 +28,12 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import ByteReceiveStream, Process, TaskStatus
+from anyio.abc import ByteReceiveStream, TaskStatus
 
 from ..errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from ..launch import LaunchSpec, plugin_env, prepare_data_dir, prepare_launch, python_path
+from ..manifest import MANIFEST_NAME, Manifest
+from ..process_group import GroupProcess, LaunchPlan, spawn
 from ..protocol import (
     PLUGIN_TO_HOST,
     PROTOCOL_VERSION,
@@ -65,7 +68,7 @@ class PluginHarness:
         self.notifications: list[tuple[str, Any]] = []  # plugin -> host notifications, as plain JSON
         self.inbound_events: list[BridgeEvent] = []
         self.protocol_errors: list[str] = []
-        self.process: Process | None = None
+        self.process: GroupProcess | None = None
         self.stderr_lines: list[str] = []
         self.disconnected = anyio.Event()  # set when the plugin closed the connection
         self._changed = anyio.Event()
@@ -266,16 +269,22 @@ class PluginHarness:
         version: str | None = None,
     ) -> AsyncIterator[PluginHarness]:
         """Spawn the plugin as a child: `target` is a plugin folder (with `plugin.json`),
-        a Python file, or an argv list. A plain spawn, not the supervisor: own
-        process group, stateDir as working directory, stderr collected in
-        `stderr_lines`; on exit stdin is closed and the group killed if need be."""
+        a Python file, or an argv list. Launched as the host launches it (SPEC 4
+        command, SPEC 5.3 environment: PATH, LANG, LC_ALL, TZ, the manifest's
+        `env` names, HOME = stateDir, TMPDIR inside it, PLUGIN_DIR, PYTHONPATH;
+        never `CHANNEL_RUNTIME_*`), stateDir as working directory, own process
+        group; `env` adds the test's own variables. Not the supervisor: stderr is
+        collected in `stderr_lines`; on exit stdin is closed, then the group is
+        stopped (SIGTERM, SIGKILL) and reaped."""
         harness = cls(inbound_answer=inbound_answer)
-        argv, plugin_dir, manifest = _resolve_target(target)
         async with AsyncExitStack() as stack:
             if state_dir is None:
                 state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
-            child_env = _child_env(plugin_dir, manifest, env)
-            process = await anyio.open_process(argv, cwd=os.fspath(state_dir), env=child_env, start_new_session=True)
+            plan, manifest = _plan(target, Path(state_dir).resolve())
+            if env:
+                plan = dataclasses.replace(plan, env={**(plan.env or {}), **env})
+            process = await spawn(plan)
+            stack.push_async_callback(_release, process)
             harness.process = process
             assert process.stdin is not None and process.stdout is not None
             harness._connect(process.stdout, process.stdin)
@@ -289,8 +298,8 @@ class PluginHarness:
                             state_dir=os.fspath(state_dir),
                             config=config,
                             connections=connections,
-                            plugin_id=plugin_id or manifest.get("id", "plugin"),
-                            version=version or manifest.get("version", "0.0.0"),
+                            plugin_id=plugin_id or (manifest.id if manifest else "plugin"),
+                            version=version or (manifest.version if manifest else "0.0.0"),
                         )
                     yield harness
                 except Exception as exc:  # re-raised below, outside the task group: not wrapped in a group
@@ -304,28 +313,19 @@ class PluginHarness:
 
     async def close_stdin(self) -> None:
         """EOF on the plugin's stdin: a plugin must then exit."""
-        if self.process is not None and self.process.stdin is not None:
-            await self.process.stdin.aclose()
+        if self.process is not None:
+            await self.process.close_stdin()
 
     async def wait_exit(self, *, timeout: float = _STOP_GRACE) -> int:
         assert self.process is not None
         with anyio.fail_after(timeout):
             return await self.process.wait()
 
-    async def _stop_process(self, process: Process) -> None:
-        try:
-            await self.close_stdin()
-        except (OSError, anyio.BrokenResourceError):
-            pass
+    async def _stop_process(self, process: GroupProcess) -> None:
+        await self.close_stdin()
         with anyio.move_on_after(_STOP_GRACE):
             await process.wait()
-        if process.returncode is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        with anyio.move_on_after(_STOP_GRACE):
-            await process.aclose()
+        await process.kill_group(term_timeout=_STOP_GRACE, kill_timeout=_STOP_GRACE)
 
     async def _read_stderr(self, stream: ByteReceiveStream | None) -> None:
         if stream is None:
@@ -341,36 +341,25 @@ class PluginHarness:
             self.stderr_lines.append(pending.decode("utf-8", "replace"))
 
 
-def _resolve_target(target: str | os.PathLike[str] | Sequence[str]) -> tuple[list[str], str | None, dict[str, Any]]:
-    """(argv, plugin folder, manifest) for a plugin folder, a Python file or an argv list."""
+async def _release(process: GroupProcess) -> None:
+    """Nothing of the child outlives the harness: its group is gone and our pipe ends closed."""
+    try:
+        await process.kill_group()
+    finally:
+        await process.aclose()
+
+
+def _plan(target: str | os.PathLike[str] | Sequence[str], state_dir: Path) -> tuple[LaunchPlan, Manifest | None]:
+    """What to run for a plugin folder (its manifest), a Python file or an argv list, and the manifest."""
     if not isinstance(target, (str, os.PathLike)):
-        return list(target), None, {}
+        prepare_data_dir(state_dir)
+        env = plugin_env(os.environ, data_dir=state_dir, plugin_dir=None, pythonpath=python_path(None))
+        return LaunchPlan(tuple(target), env, state_dir), None
     path = Path(target).resolve()
     if path.is_file():
-        return [sys.executable, str(path)], str(path.parent), {}
-    manifest = msgspec.json.decode((path / "plugin.json").read_bytes())
-    runtime = manifest.get("runtime", {})
-    if runtime.get("type") == "python":
-        return [sys.executable, "-m", runtime["module"]], str(path), manifest
-    argv = [str(path / part[2:]) if part.startswith("./") else part for part in runtime.get("command", [])]
-    return argv, str(path), manifest
-
-
-def _child_env(plugin_dir: str | None, manifest: Mapping[str, Any], extra: Mapping[str, str] | None) -> dict[str, str]:
-    """The host's environment rules (SPEC 5.3), so a plugin is tested as the host will run it.
-
-    Only the pass-through names and the manifest's `env` names that are set here,
-    never `CHANNEL_RUNTIME_*`; `extra` (the test's own) is added last.
-    """
-    from ..process import PASSTHROUGH_ENV, RESERVED_ENV_PREFIX
-
-    allowed = [*PASSTHROUGH_ENV, *(n for n in manifest.get("env", []) if not n.startswith(RESERVED_ENV_PREFIX))]
-    env = {name: os.environ[name] for name in allowed if name in os.environ}
-    # plugin_host itself must be importable by the child, wherever its stateDir is
-    paths = [str(Path(__file__).resolve().parents[2])]
-    if plugin_dir is not None:
-        env["PLUGIN_DIR"] = plugin_dir
-        paths[:0] = [plugin_dir, os.path.join(plugin_dir, "lib")]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(extra or {})
-    return env
+        prepare_data_dir(state_dir)
+        env = plugin_env(os.environ, data_dir=state_dir, plugin_dir=path.parent, pythonpath=python_path(path.parent))
+        return LaunchPlan((sys.executable, str(path)), env, state_dir), None
+    manifest = msgspec.json.decode((path / MANIFEST_NAME).read_bytes(), type=Manifest)
+    spec = LaunchSpec(manifest.id, manifest.version, path, state_dir, manifest)
+    return prepare_launch(spec), manifest

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import string
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ..errors import VENDOR_COMMAND_FAILED, RpcError
+from ..process_group import LaunchPlan, spawn
 from ..redact import redact
 
 MAX_OUTPUT_BYTES = 1024 * 1024  # per stream; the tail is kept
@@ -157,14 +157,9 @@ class VendorRunner:
         argv = command.format(args or {})
         known = (*self.secrets, *secrets)
         out, err = _Tail(self.max_output_bytes), _Tail(self.max_output_bytes)
+        plan = LaunchPlan(tuple(argv), self.env, Path(self.cwd))
         try:
-            process = await anyio.open_process(
-                argv,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-            )
+            process = await spawn(plan, stdin=input is not None)
         except OSError as exc:  # not installed, not executable, bad cwd
             raise RpcError(
                 VENDOR_COMMAND_FAILED,
@@ -195,9 +190,9 @@ class VendorRunner:
                 tg.cancel_scope.cancel()
         finally:
             # always: no child of the command outlives the call (timed out, cancelled or exited)
-            _kill_group(process.pid)
-            # aclose closes our pipe ends first, so a straggler holding them cannot stall the reap
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_REAP_GRACE):
+            try:
+                await process.kill_group(kill_timeout=_REAP_GRACE)
+            finally:
                 await process.aclose()
         timed_out = not finished
         result = VendorResult(
@@ -232,13 +227,6 @@ async def _feed(stream: ByteSendStream | None, data: bytes) -> None:
             await stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the command exited without reading all of it
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class _Tail:

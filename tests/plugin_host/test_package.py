@@ -508,3 +508,115 @@ def test_sweep_temporary_removes_leftovers_only(plugins_dir):
     (plugins_dir / ".tmp-upload").write_bytes(b"partial")
     assert package.sweep_temporary(plugins_dir) == 2
     assert sorted(p.name for p in plugins_dir.iterdir()) == ["demo_plugin"]
+
+
+# ---------------------------------------------------------------- the runtime must be able to start (SPEC 4)
+
+
+def _command_package(command: list[str], *extra: Entry) -> bytes:
+    files = [
+        Entry("plugin.json", zips.manifest_bytes(runtime={"type": "command", "command": command})),
+        Entry("bin/", mode=DIR | 0o755),
+        Entry("bin/run", b"#!/bin/sh\nexec python3 -m demo_plugin\n", mode=REG | 0o755),
+        Entry("bin/notes.txt", b"not a program"),
+        *extra,
+    ]
+    return zips.build(files)
+
+
+def _python_package(module: str, *files: Entry) -> bytes:
+    return zips.build([Entry("plugin.json", zips.manifest_bytes(runtime={"type": "python", "module": module})), *files])
+
+
+RUNTIME_REFUSALS = {
+    "program missing": (_command_package(["bin/start"]), "runtime_program_missing", "runtime.command[0]"),
+    "program not executable": (_command_package(["bin/notes.txt"]), "runtime_not_executable", "runtime.command[0]"),
+    "windows zip, no exec bit": (
+        zips.build(
+            [
+                Entry("plugin.json", zips.manifest_bytes(runtime={"type": "command", "command": ["./run"]})),
+                Entry("run", b"#!/bin/sh\n", mode=0),
+            ]
+        ),
+        "runtime_not_executable",
+        "runtime.command[0]",
+    ),
+    "program is a folder": (_command_package(["bin"]), "runtime_program_missing", "runtime.command[0]"),
+    "program not on PATH": (_command_package(["no-such-program-xyz"]), "runtime_program_missing", "runtime.command[0]"),
+    "absolute program": (_command_package(["/bin/sh", "-c", "x"]), "runtime_unsafe_path", "runtime.command[0]"),
+    "argument escapes": (_command_package(["bin/run", "conf/../../x"]), "runtime_unsafe_path", "runtime.command[1]"),
+    "module missing": (
+        _python_package("absent", Entry("demo_plugin/__main__.py", b"")),
+        "runtime_module_missing",
+        "runtime.module",
+    ),
+    "package without __main__": (
+        _python_package("demo_plugin", Entry("demo_plugin/__init__.py", b"")),
+        "runtime_module_missing",
+        "runtime.module",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RUNTIME_REFUSALS)
+def test_install_refuses_a_runtime_that_cannot_start(plugins_dir, case):
+    data, code, field = RUNTIME_REFUSALS[case]
+    err = refused(data, plugins_dir)
+    assert err.code == code and err.status == 400
+    assert err.details == {"field": field}
+    assert err.message.startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("case", RUNTIME_REFUSALS)
+def test_inspect_refuses_a_runtime_that_cannot_start(case):
+    data, code, field = RUNTIME_REFUSALS[case]
+    with pytest.raises(PackageError) as err:
+        inspect_package(data)
+    assert err.value.code == code and err.value.details == {"field": field}
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        {"type": "command", "command": ["bin/run"]},
+        {"type": "command", "command": ["./bin/run", "bin/notes.txt"]},
+        {"type": "command", "command": ["sh", "./bin/run"]},
+        {"type": "python", "module": "demo_plugin"},
+        {"type": "python", "module": "vendored"},
+    ],
+)
+def test_runtimes_that_can_start_install(plugins_dir, runtime):
+    data = zips.build(
+        [
+            Entry("plugin.json", zips.manifest_bytes(runtime=runtime)),
+            Entry("bin/run", b"#!/bin/sh\n", mode=REG | 0o755),
+            Entry("bin/notes.txt", b"data"),
+            Entry("demo_plugin/__main__.py", b""),
+            Entry("lib/vendored/__main__.py", b""),
+        ]
+    )
+    assert inspect_package(data).manifest.runtime.type == runtime["type"]
+    assert install_package(data, plugins_dir).created
+
+
+def test_plugin_validate_names_the_field(tmp_path):
+    """`channel-runtime plugin validate` (the console script) on a folder whose bin/run lost its exec bit."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "plugin"
+    (src / "bin").mkdir(parents=True)
+    (src / "plugin.json").write_bytes(zips.manifest_bytes(runtime={"type": "command", "command": ["bin/run"]}))
+    (src / "bin" / "run").write_text("#!/bin/sh\n")
+    (src / "bin" / "run").chmod(0o644)
+    script = Path(sys.executable).with_name("channel-runtime")
+
+    def validate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(script), "plugin", "validate", str(src)], capture_output=True, text=True, timeout=60)
+
+    result = validate()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "runtime_not_executable: runtime.command[0]: 'bin/run' is not executable" in result.stdout
+    (src / "bin" / "run").chmod(0o755)
+    result = validate()
+    assert result.returncode == 0 and result.stdout.startswith("OK "), result.stdout + result.stderr

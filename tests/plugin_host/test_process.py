@@ -12,14 +12,8 @@ import anyio
 import pytest
 
 from plugin_host.errors import TIMED_OUT, UNAVAILABLE, RpcError
-from plugin_host.process import (
-    STDERR_LINE_BYTES,
-    LaunchError,
-    LaunchSpec,
-    PluginProcess,
-    build_command,
-    build_env,
-)
+from plugin_host.launch import LaunchError, LaunchSpec, build_command, build_env
+from plugin_host.process import STDERR_LINE_BYTES, PluginProcess
 from tests.fault_plugins import make_spec, proc_alive
 
 pytestmark = pytest.mark.anyio
@@ -110,10 +104,13 @@ async def test_command_runtime_resolves_inside_the_plugin_folder(tmp_path: Path)
 @pytest.mark.parametrize(
     "command, rule",
     [
-        (["./../escape.sh"], "leaves the plugin folder"),
-        (["sh", "./../../x"], "leaves the plugin folder"),
-        (["/bin/sh"], "bare name"),
-        (["sub/dir/prog"], "bare name"),
+        (["./../escape.sh"], r"runtime.command\[0\]: './../escape.sh' has a '..' component"),
+        (["sh", "./../../x"], r"runtime.command\[1\]: './../../x' has a '..' component"),
+        (["/bin/sh"], r"runtime.command\[0\]: '/bin/sh' is an absolute path"),
+        (["sh", "/etc/passwd"], r"runtime.command\[1\]: '/etc/passwd' is an absolute path"),
+        (["sub/dir/prog"], r"runtime.command\[0\]: 'sub/dir/prog' is not a file of the plugin"),
+        (["well_behaved.py"], r"runtime.command\[0\]: program 'well_behaved.py' is not found on PATH"),
+        (["./well_behaved.py"], r"runtime.command\[0\]: './well_behaved.py' is not executable"),
         (["definitely-not-a-program-xyz"], "not found on PATH"),
     ],
 )

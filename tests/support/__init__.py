@@ -57,7 +57,13 @@ class ServeProcess:
     """`channel-runtime serve` in a child process on a free port; stdout and stderr kept apart."""
 
     def __init__(
-        self, home: Path, *, cwd: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+        self,
+        home: Path,
+        *,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        command: Sequence[str] | None = None,  # default: this environment's `channel-runtime`
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -66,7 +72,7 @@ class ServeProcess:
         self._out = open(home.parent / f"serve-{self.port}.out", "w+")
         self._err = open(home.parent / f"serve-{self.port}.err", "w+")
         self.proc = subprocess.Popen(
-            [*serve_command(), "serve", "--home", str(home), "--port", str(self.port), *args],
+            [*(command or serve_command()), "serve", "--home", str(home), "--port", str(self.port), *args],
             cwd=cwd,
             env=environ,
             stdout=self._out,
