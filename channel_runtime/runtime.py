@@ -26,15 +26,17 @@ from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResul
 from .activity import ActivityCounts
 from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
 from .config import ChannelConfig
+from .leases import LeaseKeeper, NodeSettings, default_node_id, describe_nodes
 from .messages import InboundMessage, OutboundMessage
 from .queues import QueueWorker, backoff_delay
-from .store import Store, open_store
+from .store import ConnectionRecord, Lease, Store, open_store
 from .store.base import RETRY_AFTER_SECONDS, Delivery, InboxEntry, OutboxEntry, error_text
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
 
     from .connections import ConnectionManager
+    from .crypto import CredentialCipher
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         lease: float = 300.0,
         handler_timeout: float | None = None,
         retention_interval: float = 3600.0,
+        node: NodeSettings | None = None,
     ) -> None:
         self.handler: Handler = handler or echo_handler
         self._store_spec = store
@@ -107,6 +110,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         # a handler must finish within its claim's lease, or the entry would be handed out twice
         self._handler_timeout = handler_timeout if handler_timeout is not None else lease * 0.9
         self._retention_interval = retention_interval
+        # several hosts (SPEC 10): on a shared store, claims and connections are leased to this node
+        self._node = node
+        self.node_id = node.node_id if node is not None else default_node_id()
+        self.leases: LeaseKeeper | None = None
         self._inbox = QueueWorker[InboxEntry](
             "inbox", self._claim_inbox, self._handle_entry, concurrency=inbox_concurrency, idle_poll=idle_poll
         )
@@ -165,8 +172,18 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         if self._store is None:
             self._store = await self._open_store()
         try:
-            await self._store.inbox.release_claims()
-            await self._store.outbox.release_claims()
+            if self._store.shared:
+                # other hosts consume the same queues: claims come back by lease expiry, never at start
+                self.leases = LeaseKeeper(
+                    self._store,
+                    self._node or NodeSettings(),
+                    self.clock,
+                    connections=self._leasable_connections,
+                    on_change=self._leases_changed,
+                )
+            else:
+                await self._store.inbox.release_claims()
+                await self._store.outbox.release_claims()
             async with owned_task_group() as tg:
                 self._tg = tg
                 self._started = True
@@ -178,6 +195,8 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                                 await self._start_new(channel_id, config, raise_errors=False)
                     if self.connections is not None:
                         await self.connections.start()
+                    if self.leases is not None:
+                        await tg.start(self.leases.run)  # the first leases are taken before plugins start
                     await tg.start(self._inbox.run)
                     await tg.start(self._outbox.run)
                     tg.start_soon(self._retention_loop)
@@ -193,6 +212,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         finally:
             self._tg = None
             self._started = False
+            if self.leases is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.leases.hand_over()  # when the plugin host did not ask first
+                self.leases = None
             if self._store is not None and not isinstance(self._store_spec, Store):
                 with anyio.CancelScope(shield=True):
                     await self._store.aclose()
@@ -221,7 +244,14 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             cipher = CredentialCipher.ephemeral()
         else:
             cipher = load_cipher(key_home or Path("."), env)
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        store = await open_store(url, clock=self.clock, cipher=cipher)
+        if store.shared:
+            try:
+                await _check_shared_key(store, cipher)
+            except BaseException:
+                await store.aclose()
+                raise
+        return store
 
     # ---------------------------------------------------------------- channels (SPEC 6.2)
 
@@ -338,8 +368,17 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             self._inbox.wake()
         return entry is not None
 
+    @property
+    def _claim_lease(self) -> float:
+        # several hosts: a short lease the keeper renews while this host lives, so a dead host's work returns soon
+        return self.leases.settings.lease_ttl if self.leases is not None else self._lease
+
+    @property
+    def _claim_owner(self) -> str | None:
+        return self.node_id if self.leases is not None else None
+
     async def _claim_inbox(self, limit: int) -> list[InboxEntry]:
-        return await self.store.inbox.claim_ready(limit, lease=self._lease)
+        return await self.store.inbox.claim_ready(limit, lease=self._claim_lease, owner=self._claim_owner)
 
     async def _handle_entry(self, entry: InboxEntry) -> None:
         store = self.store
@@ -408,7 +447,20 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         return Delivery(message.channel_id, request_id, msgspec.to_builtins(request), conversation)
 
     async def _claim_outbox(self, limit: int) -> list[OutboxEntry]:
-        return await self.store.outbox.claim_ready(limit, lease=self._lease)
+        return await self.store.outbox.claim_ready(
+            limit, lease=self._claim_lease, owner=self._claim_owner, channels=self._deliverable_channels()
+        )
+
+    def _deliverable_channels(self) -> list[str] | None:
+        """Several hosts: a connection's deliveries go out only through the host holding its lease (SPEC 10)."""
+        leases = self.leases
+        if leases is None:
+            return None
+        return [
+            channel_id
+            for channel_id, config in self._configs.items()
+            if channel_id in self._channels and (config.connection_id is None or leases.owns(config.connection_id))
+        ]
 
     async def _deliver_entry(self, entry: OutboxEntry) -> None:
         store = self.store
@@ -445,6 +497,44 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._inbox.wake()
         self._outbox.wake()
 
+    # ---------------------------------------------------------------- several hosts (SPEC 10)
+
+    async def _leasable_connections(self) -> list[ConnectionRecord]:
+        """Every connection, for the lease keeper; other hosts' new or revoked ones get (or lose) their channel."""
+        records = await self.store.connections.list()
+        if self.connections is not None:
+            await self.connections.sync_channels(records)
+        return records
+
+    async def _leases_changed(self, gained: list[Lease], lost: list[str]) -> None:
+        if self.connections is not None:
+            await self.connections.on_leases_changed(gained, lost)
+        if gained:
+            self._outbox.wake()  # their deliveries may go out from here now
+
+    async def hand_over(self) -> None:
+        """Several hosts: let other hosts serve this host's connections now (call before stopping the plugins)."""
+        if self.leases is not None:
+            await self.leases.hand_over()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """`GET /api/nodes`: every host with its leases; a single-host store has this host alone, no leases."""
+        now = self.clock.time()
+        if self.leases is None:
+            return [
+                {
+                    "nodeId": self.node_id,
+                    "self": True,
+                    "live": True,
+                    "startedAt": None,
+                    "heartbeatAt": now,
+                    "expiresAt": None,
+                    "info": {},
+                    "leases": [],
+                }
+            ]
+        return await describe_nodes(self.store, self.node_id, now)
+
     # ---------------------------------------------------------------- housekeeping
 
     async def _retention_loop(self) -> None:
@@ -457,6 +547,26 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 await store.outbox.prune()
             except Exception:
                 log.exception("retention clean-up failed")
+
+
+_KEY_CHECK = "channel_runtime.secret_key_check"
+
+
+async def _check_shared_key(store: Store, cipher: CredentialCipher) -> None:
+    """Several hosts decrypt each other's credentials: refuse to start with a key that differs from theirs."""
+    from .crypto import SECRET_KEY_ENV, CredentialDecryptError
+
+    token = await store.kv.get(_KEY_CHECK)
+    if token is None:
+        await store.kv.set(_KEY_CHECK, cipher.encrypt({"check": "channel-runtime"}).decode("ascii"))
+        return
+    try:
+        cipher.decrypt(str(token).encode("ascii"))
+    except CredentialDecryptError:
+        raise ChannelError(
+            f"this host's credentials key differs from the other hosts' of {store!r}: "
+            f"set {SECRET_KEY_ENV} to the same key on every host"
+        ) from None
 
 
 async def _stop_quietly(channel: Channel) -> None:

@@ -7,6 +7,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leases import NodeSettings
 
 HOME_ENV = "CHANNEL_RUNTIME_HOME"
 STORE_ENV = "CHANNEL_RUNTIME_STORE"
@@ -14,6 +18,9 @@ ADMIN_TOKEN_ENV = "CHANNEL_RUNTIME_ADMIN_TOKEN"
 BRIDGE_TOKEN_ENV = "CHANNEL_RUNTIME_BRIDGE_TOKEN"
 PUBLIC_URL_ENV = "CHANNEL_RUNTIME_PUBLIC_URL"
 METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
+# several hosts (SPEC 10); the lease times are knobs for tests and slow networks (defaults: SPEC's 10 s / 3 s)
+LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
+LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
 
 DEFAULT_HOME = "./.channel-runtime"
 DEFAULT_HOST = "127.0.0.1"
@@ -61,6 +68,19 @@ def load_or_create_admin_token(home: Path) -> tuple[str, bool]:
     finally:
         tmp.unlink(missing_ok=True)
     return token, True
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < 3600:
+        raise ValueError(f"{name} must be between 0 and 3600 seconds, not {raw}")
+    return value
 
 
 def _flag(value: str | None) -> bool:
@@ -121,6 +141,17 @@ class Settings:
         from .crypto import load_or_create_key
 
         return load_or_create_key(self.home, self.env)
+
+    def node(self) -> NodeSettings:
+        """This host among several (SPEC 10): `CHANNEL_RUNTIME_NODE_ID`, lease times, its URL for /api/nodes."""
+        from .leases import LEASE_RENEW, LEASE_TTL, NodeSettings, default_node_id
+
+        return NodeSettings(
+            node_id=default_node_id(self.env),
+            lease_ttl=_seconds(self.env, LEASE_TTL_ENV, LEASE_TTL),
+            renew_every=_seconds(self.env, LEASE_RENEW_ENV, LEASE_RENEW),
+            info={"url": self.admin_url.removesuffix("/admin")},
+        )
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""

@@ -56,6 +56,12 @@ class UnsupportedStoreError(StoreError):
     """The store URL names a backend this version does not have."""
 
 
+def is_shared_url(url: str) -> bool:
+    """True for the store several hosts share (`postgresql://`, SPEC 10); the embedded ones are single-host."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in ("postgresql", "postgres")
+
+
 async def open_store(
     url: str,
     *,
@@ -146,6 +152,7 @@ __all__ = [
     "StoreError",
     "UnsupportedStoreError",
     "dedupe_key",
+    "is_shared_url",
     "open_store",
     "outbox_conversation",
 ]
