@@ -282,6 +282,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["nodeId", "self", "live", "leases"],
         "properties": {
             "nodeId": {"type": "string"},
+            "instance": {"type": ["string", "null"], "description": "the process holding the leases"},
             "self": {"type": "boolean", "description": "the host that answered"},
             "live": {"type": "boolean", "description": "its heartbeat has not run out"},
             "startedAt": {"type": ["number", "null"]},

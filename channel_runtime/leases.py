@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,33 +72,46 @@ class LeasePlan:
     release: list[str]
 
 
-def fair_share(node_id: str, live_nodes: Sequence[str], connections: int) -> int:
-    """How many of `connections` leases `node_id` should hold among `live_nodes` (itself included)."""
-    live = sorted(set(live_nodes) | {node_id})
-    rank = live.index(node_id)
-    return connections // len(live) + (1 if rank < connections % len(live) else 0)
-
-
 def plan_leases(
     node_id: str, live_nodes: Sequence[str], connected: Sequence[str], leases: Sequence[Lease], now: float
 ) -> LeasePlan:
-    """What `node_id` gives up and takes so that every connected connection has one live owner, spread evenly."""
+    """What `node_id` gives up and takes so that every connected connection has one live owner, spread evenly.
+
+    With `n` connections on `k` live nodes each node ends with `n // k` or one
+    more. Leases move only to even out more than that: a node above the ceiling
+    gives up its surplus; one at the floor takes free leases only when nobody
+    below the floor needs them; and when no lease is free but a node is below the
+    floor, the busiest node (the first by id among equals) gives one up.
+    """
+    live = sorted(set(live_nodes) | {node_id})
     wanted = set(connected)
     mine = sorted(lease.connection_id for lease in leases if lease.node_id == node_id)
     release = [cid for cid in mine if cid not in wanted]  # revoked or disconnected: nobody serves it
     serving = [cid for cid in mine if cid in wanted]
-    taken = {
-        lease.connection_id
-        for lease in leases
-        if lease.node_id is not None and lease.node_id != node_id and lease.expires_at > now
-    }
+    counts = {node: 0 for node in live}
+    taken: set[str] = set()
+    for lease in leases:
+        if lease.node_id is not None and lease.node_id != node_id and lease.expires_at > now:
+            taken.add(lease.connection_id)
+            if lease.node_id in counts and lease.connection_id in wanted:
+                counts[lease.node_id] += 1
+    counts[node_id] = len(serving)
     free = [cid for cid in sorted(wanted) if cid not in taken and cid not in serving]
-    share = fair_share(node_id, live_nodes, len(wanted))
+    low = len(wanted) // len(live)
+    high = low + (1 if len(wanted) % len(live) else 0)
+    have = len(serving)
+    others_short = sum(max(0, low - c) for node, c in counts.items() if node != node_id)
     acquire: list[str] = []
-    if len(serving) > share:
-        release += serving[share:]  # the others are short of theirs and take these at their next look
-    elif len(serving) < share:
-        acquire = free[: share - len(serving)]
+    if have > high:
+        release += serving[high:]
+    elif have < low:
+        acquire = free[: low - have]
+    elif have < high and len(free) > others_short:
+        acquire = free[: min(len(free) - others_short, high - have)]
+    elif have > low and not free and others_short:
+        busiest = max(live, key=lambda node: (counts[node], -live.index(node)))
+        if busiest == node_id:
+            release += serving[-1:]
     return LeasePlan(acquire=acquire, release=release)
 
 
@@ -118,7 +132,9 @@ class LeaseKeeper:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.node_id = settings.node_id
+        # leases, claims and the heartbeat row belong to this process, not to its node id: a host restarted
+        # under the same CHANNEL_RUNTIME_NODE_ID must not renew what its dead predecessor held but never finished
+        self.node_id = f"{settings.node_id}/{secrets.token_hex(4)}"
         self.clock = clock
         self._connections = connections
         self._on_change = on_change
@@ -168,7 +184,7 @@ class LeaseKeeper:
             if self._leaving:
                 return
             store, ttl = self.store, self.settings.lease_ttl
-            await store.leases.heartbeat(self.node_id, ttl, self.settings.info)
+            await store.leases.heartbeat(self.node_id, ttl, {**self.settings.info, "nodeId": self.settings.node_id})
             renewed = {lease.connection_id: lease for lease in await store.leases.renew(self.node_id, ttl)}
             await store.inbox.renew_claims(self.node_id, ttl)
             await store.outbox.renew_claims(self.node_id, ttl)
@@ -176,10 +192,12 @@ class LeaseKeeper:
             live = [n.node_id for n in await store.leases.nodes() if n.expires_at > now]
             connected = [r.connection_id for r in await self._connections() if r.status == "connected"]
             plan = plan_leases(self.node_id, live, connected, await store.leases.leases(), now)
+            held = {cid: lease for cid, lease in renewed.items() if cid not in plan.release}
             if plan.release:
+                # the plugins let go first, then the leases: the next owner never overlaps this one
+                await self._apply(held)
                 await store.leases.release(self.node_id, plan.release)
             gained = await store.leases.acquire(self.node_id, plan.acquire, ttl) if plan.acquire else []
-            held = {cid: lease for cid, lease in renewed.items() if cid not in plan.release}
             held.update({lease.connection_id: lease for lease in gained})
             await self._apply(held)
             self._ticks += 1
@@ -238,14 +256,18 @@ class LeaseKeeper:
 
 
 async def describe_nodes(store: Store, me: str, now: float) -> list[dict[str, Any]]:
-    """Every node row with its live leases, and whether it is this host (SPEC 10)."""
+    """Every node row with its live leases, and whether it is this host (SPEC 10).
+
+    `nodeId` is the host's node id; `instance` the process that holds the leases (a restart is a new one).
+    """
     nodes: list[NodeRecord] = await store.leases.nodes()
     leases = [lease for lease in await store.leases.leases() if lease.node_id is not None]
     views = []
     for node in nodes:
         views.append(
             {
-                "nodeId": node.node_id,
+                "nodeId": str(node.info.get("nodeId") or node.node_id),
+                "instance": node.node_id,
                 "self": node.node_id == me,
                 "live": node.expires_at > now,
                 "startedAt": node.started_at,

@@ -375,7 +375,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
 
     @property
     def _claim_owner(self) -> str | None:
-        return self.node_id if self.leases is not None else None
+        return self.leases.node_id if self.leases is not None else None
 
     async def _claim_inbox(self, limit: int) -> list[InboxEntry]:
         return await self.store.inbox.claim_ready(limit, lease=self._claim_lease, owner=self._claim_owner)
@@ -524,6 +524,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             return [
                 {
                     "nodeId": self.node_id,
+                    "instance": None,
                     "self": True,
                     "live": True,
                     "startedAt": None,
@@ -533,7 +534,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                     "leases": [],
                 }
             ]
-        return await describe_nodes(self.store, self.node_id, now)
+        return await describe_nodes(self.store, self.leases.node_id, now)
 
     # ---------------------------------------------------------------- housekeeping
 
