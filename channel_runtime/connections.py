@@ -376,6 +376,13 @@ class ConnectionManager:
 
     # ---------------------------------------------------------------- several hosts (SPEC 10)
 
+    def serving(self, connection_id: str) -> bool:
+        """This host holds the connection's lease and its plugin process has it (sends may go out)."""
+        leases = self.runtime.leases
+        if leases is None:
+            return True
+        return leases.owns(connection_id) and any(connection_id in handed for handed in self._handed.values())
+
     async def sync_channels(self, records: list[ConnectionRecord]) -> None:
         """Channels follow the shared store: another host's new connection runs here too, a revoked one stops.
 
@@ -430,6 +437,7 @@ class ConnectionManager:
             outcome = await self._call_plugin(record.plugin_id, "resume", record)
             if outcome == "done":
                 handed.add(connection_id)
+                self.runtime.wake()  # its deliveries may go out from here now
             elif outcome == "restart":
                 restart.add(record.plugin_id)
         for plugin_id in sorted(restart):

@@ -194,6 +194,8 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                             if config.enabled and channel_id not in self._channels:
                                 await self._start_new(channel_id, config, raise_errors=False)
                     if self.connections is not None:
+                        # the channels of connections read the host's registry, which it opens at its own start
+                        await self.connections.host.registry.open()
                         await self.connections.start()
                     if self.leases is not None:
                         await tg.start(self.leases.run)  # the first leases are taken before plugins start
@@ -387,7 +389,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 result = await self.handler(entry.message)
             replies = [] if result is None else result if isinstance(result, list) else [result]
             try:
-                deliveries = [self._delivery(reply) for reply in replies]
+                deliveries = await self._deliveries(replies)
             except ChannelError as exc:
                 # a reply to a channel that does not exist (removed, revoked): running the handler again cannot help
                 log.warning("inbox entry %d dead-lettered: %s", entry.id, exc)
@@ -421,6 +423,16 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             self._outbox.wake()
         return delivery.request_id
 
+    async def _deliveries(self, replies: list[OutboundMessage]) -> list[Delivery]:
+        try:
+            return [self._delivery(reply) for reply in replies]
+        except ChannelError:
+            if self.leases is None:
+                raise
+        # several hosts: the connection may have connected on another host a moment ago; look once more
+        await self._leasable_connections()
+        return [self._delivery(reply) for reply in replies]
+
     def _delivery(self, message: OutboundMessage) -> Delivery:
         """The outbox delivery of `message`: its SendRequest and stable `requestId` (SPEC 6.4)."""
         config = self._configs.get(message.channel_id)
@@ -453,14 +465,21 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
 
     def _deliverable_channels(self) -> list[str] | None:
         """Several hosts: a connection's deliveries go out only through the host holding its lease (SPEC 10)."""
-        leases = self.leases
-        if leases is None:
+        if self.leases is None:
             return None
-        return [
-            channel_id
-            for channel_id, config in self._configs.items()
-            if channel_id in self._channels and (config.connection_id is None or leases.owns(config.connection_id))
-        ]
+        return [channel_id for channel_id in self._configs if self._serves(channel_id)]
+
+    def _serves(self, channel_id: str) -> bool:
+        """This host runs the channel and, for a connection's, holds its lease and has handed it to the plugin."""
+        config = self._configs.get(channel_id)
+        if config is None or channel_id not in self._channels:
+            return False
+        connection_id = config.connection_id
+        if connection_id is None or self.leases is None:
+            return True
+        if self.connections is not None:
+            return self.connections.serving(connection_id)
+        return self.leases.owns(connection_id)
 
     async def _deliver_entry(self, entry: OutboxEntry) -> None:
         store = self.store
@@ -476,6 +495,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             if retry_after is not None:  # a plugin's or sidecar's number: bounded (inf would block forever)
                 retry_after = min(max(retry_after, 0.0), self._retry_cap) if retry_after == retry_after else None
             permanent = isinstance(exc, DeliveryError) and exc.permanent
+            if self.leases is not None and not self._serves(entry.channel_id):
+                # the connection moved to another host meanwhile: its new owner sends it
+                permanent, retry_after = False, 0.0
             if permanent or entry.attempts >= self._delivery_attempts:
                 log.warning("delivery %s dead-lettered: %s", entry.request_id, error)
                 await store.outbox.dead_letter(entry.id, error)
