@@ -302,7 +302,9 @@ class ConnectionManager:
             await self.host.client(record.plugin_id).resume(await self.connection_info(record))
             self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
         except RpcError as exc:
-            if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+            if exc.code == METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+                self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
+            else:
                 log.warning(
                     "plugin %s did not take over connection %s: %s; it gets it at its next start",
                     record.plugin_id,
@@ -440,6 +442,8 @@ class ConnectionManager:
                 self.runtime.wake()  # its deliveries may go out from here now
             elif outcome == "restart":
                 restart.add(record.plugin_id)
+        if leases is not None and leases.leaving:
+            return  # the host stops its plugins next: no restarts
         for plugin_id in sorted(restart):
             try:
                 await self.host.restart(plugin_id)  # initialize hands it exactly its connections now

@@ -147,6 +147,11 @@ class LeaseKeeper:
     def owned(self) -> Mapping[str, Lease]:
         return dict(self._owned)
 
+    @property
+    def leaving(self) -> bool:
+        """Handed over (a clean stop in progress): nothing is taken any more."""
+        return self._leaving
+
     def owns(self, connection_id: str) -> bool:
         return connection_id in self._owned
 

@@ -22,9 +22,12 @@ store test on memory, SQLite and PostgreSQL. What is PostgreSQL's own:
   (dedupe record, message id, inbox entry in one statement); an existing record
   is read `FOR UPDATE` and decided by `decide_begin`, so two hosts never both
   process one delivery;
-- group commit: the per-message hot paths (`accept_event`, `finish_inbound`,
-  `mark_sent`, `state.put`) share transactions (`Database.batched`), each call in
-  its own savepoint;
+- group commit is the server's: concurrent transactions on the pool's
+  connections share WAL flushes. Client-side batching (several calls in one
+  transaction, as the SQLite store does) would hold each call's conversation
+  locks until the shared commit, and two hosts' batches taking them in different
+  orders deadlock; every multi-lock transaction here takes its locks in one
+  global order instead (the inbox conversation, then the outbox ones sorted);
 - notices: `LISTEN`/`NOTIFY` wake other hosts when leases or the plugin registry
   change (they also poll, so a lost notice only delays).
 """
@@ -35,7 +38,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -102,8 +105,6 @@ POOL_TIMEOUT = 30.0  # seconds to wait for a free pooled connection
 CONNECT_TIMEOUT = 10  # seconds for the first connection (libpq's connect_timeout)
 OPERATION_TIMEOUT = 60.0  # one store call, end to end
 STATEMENT_TIMEOUT_MS = 30_000
-BATCH_MAX = 64  # calls sharing one group-committed transaction
-BATCHES_IN_FLIGHT = 2  # group-committed transactions at once (one commits while the next fills)
 NOTICE_PREFIX = "channel_runtime_"
 MIGRATION_LOCK = 0x43524D49  # advisory lock key: hosts starting together migrate one at a time
 
@@ -262,21 +263,6 @@ def notify_sql(topic: str) -> str:
 # ---------------------------------------------------------------- the database
 
 
-class _Batched(Generic[T]):
-    """One `Database.batched` call waiting for its shared transaction."""
-
-    def __init__(
-        self,
-        work: Callable[[Conn], Awaitable[T]],
-        recover: Callable[[Conn, Exception], Awaitable[None]] | None,
-    ) -> None:
-        self.work = work
-        self.recover = recover
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.finished = False
-
-
 class Database:
     """A connection pool with the migrations, transactions and group commit of one PostgreSQL database."""
 
@@ -292,9 +278,6 @@ class Database:
             open=False,
             name="channel-runtime",
         )
-        self._queue: list[_Batched[Any]] = []
-        self._in_flight = 0
-        self._batch_done = anyio.Event()
 
     @staticmethod
     async def _configure(conn: Conn) -> None:
@@ -335,6 +318,19 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             return await work(conn)
 
+    async def run_or_recover(
+        self, work: Callable[[Conn], Awaitable[T]], recover: Callable[[Conn, Exception], Awaitable[None]]
+    ) -> T:
+        """`work(conn)` in one transaction; when it fails, `recover(conn, exc)` in one of its own, then the error."""
+        try:
+            return await self.run(work)
+        except Exception as exc:
+            try:
+                await self.run(functools.partial(_recover_alone, recover, error=exc))
+            except Exception:
+                log.exception("recording a failed store operation failed")
+            raise
+
     async def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         async with self.connection() as conn:
             cur = await conn.execute(sql, params)
@@ -350,80 +346,6 @@ class Database:
         async with self.connection() as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
-
-    async def batched(
-        self,
-        work: Callable[[Conn], Awaitable[T]],
-        recover: Callable[[Conn, Exception], Awaitable[None]] | None = None,
-    ) -> T:
-        """`work(conn)` in a transaction shared with concurrent `batched` calls (group commit).
-
-        At most `BATCHES_IN_FLIGHT` transactions run at once; calls that arrive
-        meanwhile wait and go together in the next one. Each `work` runs in its
-        own savepoint, so it is still all or nothing; when it raises, its changes
-        are rolled back, `recover(conn, exc)` runs in their place, and only its
-        caller sees the error. Nobody returns before the commit.
-        """
-        item = _Batched(work, recover)
-        self._queue.append(item)
-        # the caller waits through cancellation: its work may be in a transaction already
-        with anyio.CancelScope(shield=True):
-            while not item.finished:
-                if self._in_flight < BATCHES_IN_FLIGHT:
-                    self._in_flight += 1
-                    try:
-                        await anyio.sleep(0)  # one loop turn: callers meanwhile join
-                        batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
-                        if batch:
-                            await self._run_batch(batch)
-                    finally:
-                        self._in_flight -= 1
-                        done, self._batch_done = self._batch_done, anyio.Event()
-                        done.set()
-                else:
-                    await self._batch_done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.result  # type: ignore[return-value]
-
-    async def _run_batch(self, batch: list[_Batched[Any]]) -> None:
-        try:
-            async with self.connection() as conn, conn.transaction():
-                for item in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint: rolled back alone on error
-                            item.result = await item.work(conn)
-                    except Exception as exc:
-                        if conn.closed or conn.broken:
-                            raise
-                        item.error = exc
-                        if item.recover is not None:
-                            try:
-                                async with conn.transaction():
-                                    await item.recover(conn, exc)
-                            except Exception:
-                                if conn.closed or conn.broken:
-                                    raise
-                                log.exception("recording a failed store operation failed")
-        except Exception as exc:
-            # nothing was committed: every caller fails, each recovers on its own
-            for item in batch:
-                item.result = None
-                if item.error is None:
-                    item.error = exc
-                if item.recover is not None:
-                    error = item.error if isinstance(item.error, Exception) else exc
-                    try:
-                        await self.run(functools.partial(_recover_alone, item.recover, error=error))
-                    except Exception:
-                        log.exception("recording a failed store operation failed")
-        except BaseException as exc:
-            for item in batch:
-                item.error, item.result = exc, None
-            raise
-        finally:
-            for item in batch:
-                item.finished = True
 
     @staticmethod
     async def _migrate(conn: Conn) -> None:
@@ -912,8 +834,7 @@ class PgOutbox(OutboxStore):
             "UPDATE outbox SET status = 'sent', result = %(result)s, head = false, claimed_until = NULL,"
             f" claimed_by = NULL, updated_at = %(now)s WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation"
         )
-        # the dispatcher's deliveries finish together: share their commit
-        return await q.db.batched(lambda conn: q.finish_in(conn, entry_id, change, params))
+        return await q.db.run(lambda conn: q.finish_in(conn, entry_id, change, params))
 
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
         return await self._queue.retry(entry_id, error, delay)
@@ -944,7 +865,7 @@ class PgOutbox(OutboxStore):
 
 
 class PgPipeline(PipelineStore):
-    """Each call one atomic unit (a savepoint) of a group-committed transaction (`Database.batched`)."""
+    """Each call one transaction; when `accept_event` fails, its failure is recorded in one of its own."""
 
     def __init__(self, db: Database, clock: Clock, dedupe: PgBridgeDedupe, inbox: PgInbox, outbox: PgOutbox) -> None:
         self._db = db
@@ -1031,19 +952,31 @@ class PgPipeline(PipelineStore):
                     ),
                 )
 
-        return await self._db.batched(accept, record_failure)
+        return await self._db.run_or_recover(accept, record_failure)
 
     async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:
+        # the outbox conversations' locks in one order everywhere: two hosts never wait for each other in a cycle
+        order = sorted(
+            range(len(deliveries)),
+            key=lambda i: (
+                deliveries[i].channel_id,
+                deliveries[i].conversation or outbox_conversation(deliveries[i].request_id),
+            ),
+        )
+
         async def finish(conn: Conn) -> list[bool] | None:
             if not await self._inbox.ack_in(conn, entry_id):
                 return None
             now = self._clock.time()
-            return [
-                await self._outbox.enqueue_in(conn, d.channel_id, d.request_id, d.payload, d.conversation, now)
-                for d in deliveries
-            ]
+            enqueued = [False] * len(deliveries)
+            for i in order:
+                d = deliveries[i]
+                enqueued[i] = await self._outbox.enqueue_in(
+                    conn, d.channel_id, d.request_id, d.payload, d.conversation, now
+                )
+            return enqueued
 
-        return await self._db.batched(finish)
+        return await self._db.run(finish)
 
 
 # ---------------------------------------------------------------- connections and sessions
@@ -1350,7 +1283,7 @@ class PgPluginState(PluginStateStore):
                     (plugin_id, scope),
                 )
 
-        await self._db.batched(write)
+        await self._db.run(write)
 
     async def drop(self, plugin_id: str, connection_id: str | None = None) -> int:
         async def drop(conn: Conn) -> int:
