@@ -444,8 +444,8 @@ def part_failover(report: Report, pg: PrivatePostgres, work: Path, kills: int) -
     store = pg.fresh("failover")
     probe_log = work / "probe.jsonl"
     env = {"PROBE_LOG": str(probe_log)}  # SPEC lease times: the defaults
-    hosts = {name: Host(name, work / "fo", store, cpu=None, env=env) for name in ("node-a", "node-b")}
     (work / "fo").mkdir(exist_ok=True)
+    hosts = {name: Host(name, work / "fo", store, cpu=None, env=env) for name in ("node-a", "node-b")}
     times: list[float] = []
     try:
         for h in hosts.values():

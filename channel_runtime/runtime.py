@@ -475,11 +475,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         if config is None or channel_id not in self._channels:
             return False
         connection_id = config.connection_id
-        if connection_id is None or self.leases is None:
-            return True
-        if self.connections is not None:
-            return self.connections.serving(connection_id)
-        return self.leases.owns(connection_id)
+        return connection_id is None or self._serves_connection(connection_id)
 
     async def _deliver_entry(self, entry: OutboxEntry) -> None:
         store = self.store
@@ -533,6 +529,26 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             await self.connections.on_leases_changed(gained, lost)
         if gained:
             self._outbox.wake()  # their deliveries may go out from here now
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        """Several hosts: the base URL of the host serving `connection_id` when it is another one (None: here or nobody)."""
+        if self.leases is None or self._serves_connection(connection_id):
+            return None
+        lease = await self.store.leases.get(connection_id)
+        if lease is None or lease.node_id in (None, self.leases.node_id) or lease.expires_at <= self.clock.time():
+            return None
+        for node in await self.store.leases.nodes():
+            if node.node_id == lease.node_id:
+                url = node.info.get("url")
+                return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+        return None
+
+    def _serves_connection(self, connection_id: str) -> bool:
+        if self.leases is None:
+            return True
+        if self.connections is not None:
+            return self.connections.serving(connection_id)
+        return self.leases.owns(connection_id)
 
     async def hand_over(self) -> None:
         """Several hosts: let other hosts serve this host's connections now (call before stopping the plugins)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
 # several hosts (SPEC 10); the lease times are knobs for tests and slow networks (defaults: SPEC's 10 s / 3 s)
 LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
 LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
+NODE_URL_ENV = "CHANNEL_RUNTIME_NODE_URL"  # where the other hosts reach this one (webhooks are passed on to it)
 
 DEFAULT_HOME = "./.channel-runtime"
 DEFAULT_HOST = "127.0.0.1"
@@ -150,12 +152,21 @@ class Settings:
             node_id=default_node_id(self.env),
             lease_ttl=_seconds(self.env, LEASE_TTL_ENV, LEASE_TTL),
             renew_every=_seconds(self.env, LEASE_RENEW_ENV, LEASE_RENEW),
-            info={"url": self.admin_url.removesuffix("/admin")},
+            info={"url": self.node_url},
         )
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
         return [s for s in (self.admin_token, self.bridge_token) if s]
+
+    @property
+    def node_url(self) -> str:
+        """This host's base URL for the other hosts: `CHANNEL_RUNTIME_NODE_URL`, else its name and port."""
+        explicit = (self.env.get(NODE_URL_ENV) or "").strip().rstrip("/")
+        if explicit:
+            return explicit
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else _url_host(self.host)
+        return f"http://{host}:{self.port}"
 
     @property
     def admin_url(self) -> str:

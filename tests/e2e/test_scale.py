@@ -260,6 +260,14 @@ def test_two_hosts_share_the_upload_one_plugin_process_serves_and_duplicates_run
     # both hosts ran handlers: the inbox is shared
     assert {r["pid"] for r in cluster.handled()} == {a.pid, b.pid}
 
+    # a platform's webhook may reach either host: it is answered by the plugin process that serves the account
+    owner_pid = cluster.serving(connection_id)[0]
+    for i, host in enumerate((a, b)):
+        answer = host.client.post(f"/webhooks/{connection_id}", json={"messageId": f"wh-{i}", "peerId": "wh"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"servedBy": owner_pid}
+    wait_for(lambda: {"wh-0", "wh-1"} <= {r["messageId"] for r in cluster.handled()}, what="webhook events handled")
+
     nodes = b.nodes()
     assert sorted(n["nodeId"] for n in nodes if n["live"]) == ["host-a", "host-b"]
     held = [(n["nodeId"], lease["connectionId"]) for n in nodes for lease in n["leases"]]

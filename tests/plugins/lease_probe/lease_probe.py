@@ -2,12 +2,14 @@
 
 Every line of $PROBE_LOG is one JSON record `{t, pid, event, connectionId, ...}`:
 `connect` (from `initialize.connections` or `connection.resume`), `disconnect`
-(`connection.release`), `send` (a `message.send` it served), `put` (the answer to
+(`connection.release`), `send` (a `message.send` it served), `webhook` (a
+`webhook.handle` it served: JSON `{messageId, peerId}` becomes one event), `put` (the answer to
 its own `state.put`, written every 0.2 s with the epoch `state.get` gave it, while
 it serves the connection: `ok`, or the error code, -32018 when fenced), `exit`.
 A send for a connection it does not serve is refused with -32011.
 """
 
+import base64
 import itertools
 import json
 import os
@@ -136,6 +138,37 @@ def handle(message):
             return
         record("send", connectionId=connection_id, requestId=params["requestId"], content=params.get("content"))
         result(request_id, {"providerMessageId": f"probe_{os.urandom(6).hex()}", "duplicate": False})
+    elif method == "webhook.handle":
+        connection_id = params["connectionId"]
+        if connection_id not in served:
+            error(request_id, -32011, f"this process does not serve {connection_id}")
+            return
+        body = json.loads(base64.b64decode(params["body"]) or b"{}")
+        record("webhook", connectionId=connection_id, messageId=body.get("messageId"))
+        event = {
+            "eventId": "wh-" + body["messageId"],
+            "timestamp": "2026-06-02T09:30:00Z",
+            "deliveryAttempt": 1,
+            "connectionId": connection_id,
+            "channelId": "",
+            "kind": "probe",
+            "accountId": "a",
+            "peerId": body.get("peerId", "wh"),
+            "peerType": "dm",
+            "userId": None,
+            "threadId": None,
+            "messageId": body["messageId"],
+            "messageType": "text",
+            "content": "from a webhook",
+            "metadata": {},
+        }
+        answer = {
+            "status": 200,
+            "headers": {"content-type": "application/json"},
+            "body": json.dumps({"servedBy": PID}),
+            "bodyEncoding": None,
+        }
+        result(request_id, {"response": answer, "events": [event]})
     elif method == "connection.logout":
         release(params["connectionId"])
         result(request_id, {})
