@@ -7,6 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from plugin_host.wire_schemas import wire_components
+
 _REF = "#/components/schemas/"
 
 
@@ -117,16 +119,6 @@ _SCHEMAS: dict[str, Any] = {
                     "details": {"type": "object"},
                 },
             }
-        },
-    },
-    "Connector": {
-        "type": "object",
-        "required": ["kind", "displayName", "authType"],
-        "properties": {
-            "kind": {"type": "string"},
-            "displayName": {"type": "string"},
-            "authType": {"type": "string", "enum": ["qr", "plugin_install", "credentials"]},
-            "capabilities": {"type": "array", "items": {"type": "string"}},
         },
     },
     "AvailableConnector": {
@@ -303,37 +295,6 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "BridgeEvent": {
-        "type": "object",
-        "required": ["eventId", "connectionId", "kind", "peerId", "messageId"],
-        "properties": {
-            "eventId": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "deliveryAttempt": {"type": "integer", "minimum": 1},
-            "connectionId": {"type": "string"},
-            "channelId": {"type": "string"},
-            "kind": {"type": "string"},
-            "accountId": {"type": "string"},
-            "peerId": {"type": "string"},
-            "peerType": {"type": "string", "enum": ["dm", "group", "channel", "unknown"]},
-            "userId": {"type": "string"},
-            "threadId": {"type": "string"},
-            "messageId": {"type": "string"},
-            "messageType": {"type": "string"},
-            "content": {"type": "string"},
-            "metadata": {"type": "object"},
-        },
-    },
-    "InboundAck": {
-        "type": "object",
-        "required": ["accepted", "duplicate", "pending"],
-        "properties": {
-            "accepted": {"type": "boolean"},
-            "duplicate": {"type": "boolean"},
-            "pending": {"type": "boolean"},
-            "retryAfterSeconds": {"type": ["integer", "null"]},
-        },
-    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -344,6 +305,13 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+# Wire shapes are not written here: they are generated from the protocol Structs (plugin_host.protocol),
+# the one definition that schemas/ is generated from too.
+_WIRE = wire_components(_REF + "{name}")
+_SCHEMAS.update(
+    {"Connector": _WIRE["ConnectorDescriptor"], "BridgeEvent": _WIRE["BridgeEvent"], "InboundAck": _WIRE["InboundAck"]}
+)
 
 
 def _plugin_action(summary: str, op_id: str) -> dict[str, Any]:

@@ -357,10 +357,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
             )
         if entry is None:  # a completed duplicate, or a message id this channel has seen
-            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True, pending=False))
         self.activity.count(connection.channel_id, "in")
         self._inbox.wake()
-        return IngestResult(200, InboundAck(accepted=True, pending=True))
+        return IngestResult(200, InboundAck(accepted=True, duplicate=False, pending=True))
 
     async def accept(self, message: InboundMessage) -> bool:
         """Commit a message from a local channel (runtime dedupe + inbox); False when already seen."""

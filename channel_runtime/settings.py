@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,9 @@ METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
 LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
 LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
 NODE_URL_ENV = "CHANNEL_RUNTIME_NODE_URL"  # where the other hosts reach this one (webhooks are passed on to it)
+# a remote `channel-runtime sidecar` (SPEC 11) serving the connector kinds no local plugin provides
+SIDECAR_URL_ENV = "CHANNEL_RUNTIME_SIDECAR_URL"
+SIDECAR_TOKEN_ENV = "CHANNEL_RUNTIME_SIDECAR_TOKEN"
 
 DEFAULT_HOME = "./.channel-runtime"
 DEFAULT_HOST = "127.0.0.1"
@@ -72,19 +75,6 @@ def load_or_create_admin_token(home: Path) -> tuple[str, bool]:
     return token, True
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not 0 < value < 3600:
-        raise ValueError(f"{name} must be between 0 and 3600 seconds, not {raw}")
-    return value
-
-
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -103,6 +93,8 @@ class Settings:
     bridge_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
     metrics_open: bool = False
+    sidecar_url: str | None = None
+    sidecar_token: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -135,6 +127,8 @@ class Settings:
             bridge_token=(env.get(BRIDGE_TOKEN_ENV) or "").strip() or None,
             public_url=(env.get(PUBLIC_URL_ENV) or "").strip().rstrip("/") or None,
             metrics_open=_flag(env.get(METRICS_OPEN_ENV)),
+            sidecar_url=(env.get(SIDECAR_URL_ENV) or "").strip().rstrip("/") or None,
+            sidecar_token=(env.get(SIDECAR_TOKEN_ENV) or "").strip() or None,
             env=env,
         )
 
@@ -150,14 +144,14 @@ class Settings:
 
         return NodeSettings(
             node_id=default_node_id(self.env),
-            lease_ttl=_seconds(self.env, LEASE_TTL_ENV, LEASE_TTL),
-            renew_every=_seconds(self.env, LEASE_RENEW_ENV, LEASE_RENEW),
+            lease_ttl=_seconds(self.env, LEASE_TTL_ENV) or LEASE_TTL,
+            renew_every=_seconds(self.env, LEASE_RENEW_ENV) or LEASE_RENEW,
             info={"url": self.node_url},
         )
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
-        return [s for s in (self.admin_token, self.bridge_token) if s]
+        return [s for s in (self.admin_token, self.bridge_token, self.sidecar_token) if s]
 
     @property
     def node_url(self) -> str:
@@ -178,3 +172,92 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------- sidecar mode (SPEC 11): the seed's names
+
+CONNECTOR_HOME_ENV = "CONNECTOR_HOME"
+CONNECTOR_API_TOKEN_ENV = "CONNECTOR_API_TOKEN"
+BRIDGE_BASE_URL_ENV = "BEAVER_BRIDGE_BASE_URL"
+APP_BRIDGE_TOKEN_ENV = "BEAVER_BRIDGE_TOKEN"
+COMMAND_TIMEOUT_ENV = "CONNECTOR_COMMAND_TIMEOUT_SECONDS"
+# ours: the longest wait between two tries of an event the application did not take
+FORWARD_RETRY_CAP_ENV = "CHANNEL_RUNTIME_FORWARD_RETRY_CAP_SECONDS"
+SIDECAR_DEFAULT_HOME = "./.channel-runtime-sidecar"
+SIDECAR_DEFAULT_HOST = "0.0.0.0"
+SIDECAR_DEFAULT_PORT = 8787
+FORWARD_RETRY_CAP = 30.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used (the message names it)."""
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """`channel-runtime sidecar`: the service settings plus the seed's connector environment."""
+
+    service: Settings
+    # None: every connector-API request is refused
+    connector_token: str | None = field(default=None, repr=False)
+    bridge_base_url: str | None = None
+    bridge_token: str | None = field(default=None, repr=False)
+    # the timeout of each plugin call made for a connector-API request; None: the manifests'
+    command_timeout: float | None = None
+    forward_retry_cap: float = FORWARD_RETRY_CAP
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        create_admin_token: bool = True,
+    ) -> SidecarSettings:
+        env = dict(os.environ if env is None else env)
+        chosen = (
+            home if home is not None else (env.get(CONNECTOR_HOME_ENV) or env.get(HOME_ENV) or SIDECAR_DEFAULT_HOME)
+        )
+        home_path = Path(chosen).expanduser().resolve()
+        service = Settings.load(
+            env,
+            home=home_path,
+            host=host or SIDECAR_DEFAULT_HOST,
+            port=SIDECAR_DEFAULT_PORT if port is None else port,
+            create_admin_token=create_admin_token,
+        )
+        # a sidecar has no bridge of its own: it posts to the application's
+        service = replace(service, bridge_token=None)
+        base_url = (env.get(BRIDGE_BASE_URL_ENV) or "").strip().rstrip("/") or None
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{BRIDGE_BASE_URL_ENV} must be an http:// or https:// URL")
+        return cls(
+            service=service,
+            connector_token=(env.get(CONNECTOR_API_TOKEN_ENV) or "").strip() or None,
+            bridge_base_url=base_url,
+            bridge_token=(env.get(APP_BRIDGE_TOKEN_ENV) or "").strip() or None,
+            command_timeout=_seconds(env, COMMAND_TIMEOUT_ENV),
+            forward_retry_cap=_seconds(env, FORWARD_RETRY_CAP_ENV) or FORWARD_RETRY_CAP,
+        )
+
+    @property
+    def home(self) -> Path:
+        return self.service.home
+
+    def secrets(self) -> list[str]:
+        return [*self.service.secrets(), *(s for s in (self.connector_token, self.bridge_token) if s)]

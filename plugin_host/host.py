@@ -385,7 +385,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "lastError": snap.get("lastError"),
             "lastErrorAt": snap.get("lastErrorAt"),
             "nextAttemptInSeconds": snap.get("nextAttemptInSeconds"),
-            "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+            "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
         }
         if detail:
             view["counters"] = snap.get(
@@ -414,7 +414,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             descriptors: builtins.list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
-                else self._manifest(record.id, record.active_version).connectors
+                else [c.descriptor() for c in self._manifest(record.id, record.active_version).connectors]
             )
             redactor = running.supervisor.redactor if running else None
             for d in descriptors:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import Refusal
-from .protocol import ConnectorDescriptor
+from .protocol import AuthType, ConnectorDescriptor
 
 MANIFEST_NAME = "plugin.json"
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -38,9 +38,34 @@ class Timeouts(_M):
         return self.methods.get(method, self.call_ms) / 1000.0
 
 
+class OutboundLimits(_M):
+    """SPEC 4 / 6.4: what the platform tolerates (enforced by the host's dispatcher); None = no limit."""
+
+    per_peer_per_minute: int | None = None
+    per_connection_per_minute: int | None = None
+    min_interval_ms: int | None = None
+    reply_window_seconds: int | None = None
+    max_replies_per_inbound: int | None = None
+
+
 class Limits(_M):
     max_concurrency: int = 16
     max_message_bytes: int = 524_288
+    outbound: OutboundLimits = msgspec.field(default_factory=OutboundLimits)
+
+
+class ManifestConnector(_M):
+    """A connector as plugin.json declares it: `capabilities` and `optionsSchema` may be left out."""
+
+    kind: str
+    display_name: str
+    auth_type: AuthType
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    options_schema: dict[str, Any] | None = None
+
+    def descriptor(self) -> ConnectorDescriptor:
+        """The wire shape announced for it (SPEC 3.5)."""
+        return ConnectorDescriptor(self.kind, self.display_name, self.auth_type, self.capabilities, self.options_schema)
 
 
 class Manifest(_M):
@@ -50,7 +75,7 @@ class Manifest(_M):
     version: str
     protocol_version: int
     runtime: Runtime
-    connectors: list[ConnectorDescriptor]
+    connectors: list[ManifestConnector]
     description: str = ""
     config_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
     env: list[str] = msgspec.field(default_factory=list)

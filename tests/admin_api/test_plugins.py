@@ -185,6 +185,7 @@ async def test_enabled_plugin_comes_back_after_a_server_restart(tmp_path: Path) 
                 "displayName": "Echo",
                 "authType": "credentials",
                 "capabilities": ["receive_text", "send_text", "direct_messages"],
+                "optionsSchema": None,
                 "pluginId": "echo",
                 "available": True,
             }

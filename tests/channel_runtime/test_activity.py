@@ -61,7 +61,7 @@ async def test_the_runtime_counts_inbound_messages_and_delivery_outcomes() -> No
             attempts += 1
             if attempts == 1:
                 raise ConnectionError("down once")
-            return SendResult(provider_message_id=f"p{attempts}")
+            return SendResult(duplicate=False, provider_message_id=f"p{attempts}")
 
         channel.on_send = flaky
         assert await channel.receive("u1", "hi", message_id="m1")

@@ -66,7 +66,7 @@ async def assert_responsive(sup: PluginSupervisor, n: int = 3) -> None:
 async def test_start_call_stop(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, "well_behaved")
     events: list[tuple[str, dict[str, Any]]] = []
-    conn = ConnectionInfo(connection_id="conn_1", channel_id="ch", kind="test", credentials={"k": "v"})
+    conn = ConnectionInfo("conn_1", "ch", "test", "acc", "Test", options={}, credentials={"k": "v"})
 
     class Services(HostServices):
         async def resumable_connections(self, plugin_id: str) -> list[ConnectionInfo]:

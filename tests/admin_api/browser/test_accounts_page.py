@@ -104,7 +104,7 @@ def test_the_connect_form_comes_from_the_options_schema(page: Any, server: Serve
     connector = open_wizard(page, "Dana phone")
     expect(connector.get_by_label("Region")).to_have_js_property("tagName", "SELECT")
     expect(connector.get_by_label("App secret")).to_be_hidden()  # only the link choice needs it
-    connector.get_by_label("How").select_option("link")
+    connector.get_by_label("How", exact=True).select_option("link")
     expect(connector.get_by_label("App secret")).to_have_attribute("type", "password")
     connector.get_by_label("Region").select_option("eu")
     connector.get_by_label("App secret").fill("dana-App-Secret-0123456789")

@@ -225,9 +225,11 @@ def test_no_horizontal_overflow_at_390_px(phone_page: Any, tab: str) -> None:
 
 def test_keyboard_only(page: Any, server: Server) -> None:
     def tab_to(name: str) -> None:
-        for _ in range(80):
+        # by accessible name: several plugins (the bundled ones too) have a "Configure" button
+        focused = "document.activeElement && (document.activeElement.getAttribute('aria-label') || document.activeElement.textContent.trim())"
+        for _ in range(120):
             page.keyboard.press("Tab")
-            if page.evaluate("document.activeElement && document.activeElement.textContent.trim()") == name:
+            if page.evaluate(focused) == name:
                 return
         raise AssertionError(f"Tab never reached {name}")
 
@@ -235,7 +237,7 @@ def test_keyboard_only(page: Any, server: Server) -> None:
     tab_to("Plugins")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", level=1, name="Plugins")).to_be_visible()
-    tab_to("Configure")
+    tab_to("Configure QR demo (qrdemo)")
     page.keyboard.press("Enter")
     dialog = page.get_by_role("dialog", name="Configure QR demo (qrdemo)")
     expect(dialog).to_be_visible()

@@ -66,6 +66,7 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         status="qr_ready",
         qr_code=f"https://qrdemo.invalid/login/{params.session_id}",
         instructions=["Open the QR demo app on your phone.", "Scan this code, then confirm the login."],
+        metadata={},
         display_name=params.display_name or None,
     )
     sessions[params.session_id] = view
@@ -135,7 +136,7 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
         raise RpcError(UNSUPPORTED, "the demo platform refuses sends right now")
     sent += 1
     plugin.log.info("sent %s to %s", params.request_id, params.target.peer_id)
-    return SendResult(provider_message_id=f"qrdemo_{sent}")
+    return SendResult(duplicate=False, provider_message_id=f"qrdemo_{sent}")
 
 
 @plugin.method("webhook.handle")
@@ -171,6 +172,7 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
             BridgeEvent(
                 event_id=f"evt_{body['messageId']}",
                 timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                delivery_attempt=1,
                 connection_id=connection_id,
                 channel_id=info.channel_id,
                 kind=info.kind,
@@ -178,7 +180,9 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
                 peer_id=str(body.get("peerId", "peer_1")),
                 peer_type="dm",
                 message_id=str(body["messageId"]),
+                message_type="text",
                 content=str(body.get("text", "")),
+                metadata={},
             )
         )
     elif action == "failSends":
@@ -211,7 +215,7 @@ def _set(view: ConnectorSessionView, **changes: Any) -> ConnectorSessionView:
 
 
 def _answer(status: int, text: str) -> WebhookResult:
-    return WebhookResult(response=WebhookResponse(status=status, body=text))
+    return WebhookResult(response=WebhookResponse(status=status, headers={}, body=text), events=[])
 
 
 if __name__ == "__main__":
