@@ -47,7 +47,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_host.clock import Clock
-from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES
+from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES, BridgeEvent
 
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
@@ -65,6 +65,8 @@ from .base import (
     ConnectorSessionStore,
     DedupeRecord,
     Delivery,
+    ForwardEntry,
+    ForwardQueueStore,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -79,6 +81,8 @@ from .base import (
     OutboxStore,
     PipelineStore,
     PluginStateStore,
+    SendBegin,
+    SendDedupeStore,
     StateLimitError,
     Store,
     StoreError,
@@ -89,6 +93,7 @@ from .base import (
     decide_begin,
     dedupe_key,
     error_text,
+    event_conversation,
     new_connection_id,
     new_session_id,
     outbox_conversation,
@@ -243,6 +248,45 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # one row: bumped by every registry change, so a host polls one number
         "CREATE TABLE registry_revision (id integer PRIMARY KEY CHECK (id = 1), revision bigint NOT NULL)",
         "INSERT INTO registry_revision (id, revision) VALUES (1, 0)",
+    ),
+    # sidecar mode (SPEC 11): events on their way to the application (the outbox's layout, `channel_id`
+    # holds the connection id), and `/send` dedupe with each completed result
+    (
+        """CREATE TABLE forward_queue (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            channel_id text NOT NULL,
+            conversation text NOT NULL,
+            item_key text NOT NULL UNIQUE,
+            payload text NOT NULL,
+            status text NOT NULL CHECK (status IN ('pending', 'claimed', 'sent', 'dead')),
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at double precision NOT NULL,
+            claimed_until double precision,
+            claimed_by text,
+            last_error text,
+            result text,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            head boolean NOT NULL DEFAULT false
+        )""",
+        "CREATE INDEX forward_queue_live ON forward_queue (channel_id, conversation, id)"
+        " WHERE status IN ('pending', 'claimed')",
+        "CREATE INDEX forward_queue_heads ON forward_queue (id) WHERE head",
+        "CREATE INDEX forward_queue_dead ON forward_queue (id) WHERE status = 'dead'",
+        "CREATE INDEX forward_queue_sent ON forward_queue (updated_at) WHERE status = 'sent'",
+        """CREATE TABLE send_dedupe (
+            dedupe_key text PRIMARY KEY,
+            connection_id text NOT NULL,
+            event_id text NOT NULL,
+            status text NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+            first_seen_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            delivery_attempts integer NOT NULL,
+            message_id text NOT NULL DEFAULT '',
+            last_error text,
+            result text
+        )""",
+        "CREATE INDEX send_dedupe_by_status ON send_dedupe (status, updated_at)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -419,8 +463,10 @@ def _conninfo(url: str) -> str:
 # ---------------------------------------------------------------- dedupe
 
 
-async def _get_dedupe(conn: Conn, key: str, *, for_update: bool = False) -> DedupeRecord | None:
-    sql = "SELECT * FROM bridge_dedupe WHERE dedupe_key = %s" + (" FOR UPDATE" if for_update else "")
+async def _get_dedupe(
+    conn: Conn, key: str, *, for_update: bool = False, table: str = "bridge_dedupe"
+) -> DedupeRecord | None:
+    sql = f"SELECT * FROM {table} WHERE dedupe_key = %s" + (" FOR UPDATE" if for_update else "")
     cur = await conn.execute(sql, (key,))
     row = await cur.fetchone()
     return None if row is None else rows.dedupe_record(row)
@@ -449,12 +495,14 @@ def _dedupe_params(record: DedupeRecord) -> dict[str, Any]:
     }
 
 
-async def _put_dedupe(conn: Conn, record: DedupeRecord) -> None:
+async def _put_dedupe(conn: Conn, record: DedupeRecord, table: str = "bridge_dedupe") -> None:
+    # a send record processing again forgets its old result
+    forget = ", result = NULL" if table == "send_dedupe" else ""
     await conn.execute(
-        f"INSERT INTO bridge_dedupe ({_DEDUPE_COLUMNS}) VALUES ({_DEDUPE_VALUES})"
+        f"INSERT INTO {table} ({_DEDUPE_COLUMNS}) VALUES ({_DEDUPE_VALUES})"
         " ON CONFLICT (dedupe_key) DO UPDATE SET status = excluded.status, first_seen_at = excluded.first_seen_at,"
         " updated_at = excluded.updated_at, delivery_attempts = excluded.delivery_attempts,"
-        " message_id = excluded.message_id, last_error = excluded.last_error",
+        f" message_id = excluded.message_id, last_error = excluded.last_error{forget}",
         _dedupe_params(record),
     )
 
@@ -1417,6 +1465,134 @@ class PgLeases(LeaseStore):
         return await self._db.run(release)
 
 
+# ---------------------------------------------------------------- sidecar mode (SPEC 11)
+
+
+class PgForwardQueue(ForwardQueueStore):
+    def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
+        self._queue = _Queue(db, clock, "forward_queue", lease)
+
+    async def enqueue(self, event: BridgeEvent) -> bool:
+        q = self._queue
+        key, payload, now = dedupe_key(event.connection_id, event.event_id), _json(event), q.clock.time()
+        conversation = event_conversation(event)
+        entry_id = await q.db.run(
+            lambda conn: q.add(conn, event.connection_id, conversation, key, payload, now, unique=True)
+        )
+        return entry_id is not None
+
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]:
+        return [rows.forward_entry(r) for r in await self._queue.claim(limit, lease, None)]
+
+    async def release_claims(self) -> int:
+        return await self._queue.release(None)
+
+    async def mark_sent(self, entry_id: int) -> bool:
+        q = self._queue
+        params = {"now": q.clock.time()}
+        change = (
+            "UPDATE forward_queue SET status = 'sent', head = false, claimed_until = NULL, claimed_by = NULL,"
+            f" updated_at = %(now)s WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation"
+        )
+        return await q.db.run(lambda conn: q.finish_in(conn, entry_id, change, params))
+
+    async def retry(self, entry_id: int, error: str, delay: float) -> bool:
+        return await self._queue.retry(entry_id, error, delay)
+
+    async def dead_letter(self, entry_id: int, error: str) -> bool:
+        return await self._queue.dead_letter(entry_id, error)
+
+    async def get(self, entry_id: int) -> ForwardEntry | None:
+        row = await self._queue.get(entry_id)
+        return None if row is None else rows.forward_entry(row)
+
+    async def list_dead(self, limit: int = 100) -> list[ForwardEntry]:
+        return [rows.forward_entry(r) for r in await self._queue.dead(limit)]
+
+    async def pending_count(self) -> int:
+        return await self._queue.pending_count()
+
+    async def dead_count(self) -> int:
+        row = await self._queue.db.one("SELECT count(*) AS n FROM forward_queue WHERE status = 'dead'")
+        return int(row["n"]) if row is not None else 0
+
+    async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
+        cutoff = self._queue.clock.time() - retention
+        return await self._queue.db.execute(
+            "DELETE FROM forward_queue WHERE status = 'sent' AND updated_at <= %s", (cutoff,)
+        )
+
+
+class PgSendDedupe(SendDedupeStore):
+    def __init__(
+        self, db: Database, clock: Clock, *, ttl: float = DEDUPE_IN_PROGRESS_TTL, retention: float = DEDUPE_RETENTION
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self.ttl = ttl
+        self.retention = retention
+
+    async def begin(self, connection_id: str, request_id: str) -> SendBegin:
+        key = dedupe_key(connection_id, request_id)
+
+        async def begin(conn: Conn) -> SendBegin:
+            now = self._clock.time()
+            _, fresh, _ = decide_begin(
+                None, connection_id=connection_id, event_id=request_id, message_id="", now=now, ttl=self.ttl
+            )
+            cur = await conn.execute(
+                f"INSERT INTO send_dedupe ({_DEDUPE_COLUMNS}) VALUES ({_DEDUPE_VALUES})"
+                " ON CONFLICT (dedupe_key) DO NOTHING",
+                _dedupe_params(fresh),
+            )
+            if cur.rowcount:
+                return SendBegin(outcome="new", record=fresh)
+            outcome, record, changed = decide_begin(
+                await _get_dedupe(conn, key, for_update=True, table="send_dedupe"),
+                connection_id=connection_id,
+                event_id=request_id,
+                message_id="",
+                now=now,
+                ttl=self.ttl,
+            )
+            if changed:  # stale or retry: processing again, without an old result
+                await _put_dedupe(conn, record, "send_dedupe")
+                return SendBegin(outcome=outcome, record=record)
+            result = None
+            if outcome == "duplicate":
+                cur = await conn.execute("SELECT result FROM send_dedupe WHERE dedupe_key = %s", (key,))
+                row = await cur.fetchone()
+                result = _unjson(row["result"]) if row is not None else None
+            return SendBegin(outcome=outcome, record=record, result=result)
+
+        return await self._db.run(begin)
+
+    async def complete(self, key: str, result: dict[str, Any]) -> bool:
+        return (
+            await self._db.execute(
+                "UPDATE send_dedupe SET status = 'completed', result = %s, last_error = NULL, updated_at = %s"
+                " WHERE dedupe_key = %s",
+                (_json(result), self._clock.time(), key),
+            )
+            > 0
+        )
+
+    async def fail(self, key: str, error: str) -> bool:
+        return (
+            await self._db.execute(
+                "UPDATE send_dedupe SET status = 'failed', last_error = %s, updated_at = %s WHERE dedupe_key = %s",
+                (error, self._clock.time(), key),
+            )
+            > 0
+        )
+
+    async def prune(self, retention: float | None = None) -> int:
+        cutoff = self._clock.time() - (self.retention if retention is None else retention)
+        return await self._db.execute(
+            "DELETE FROM send_dedupe WHERE status = 'completed' AND updated_at <= %s", (cutoff,)
+        )
+
+
 # ---------------------------------------------------------------- open
 
 
@@ -1449,4 +1625,6 @@ async def open_postgres_store(
         listen=db.listen,
         close=db.close,
         shared=True,
+        forward=PgForwardQueue(db, clock, lease=lease),
+        send_dedupe=PgSendDedupe(db, clock, ttl=dedupe_ttl, retention=retention),
     )

@@ -10,8 +10,19 @@ from typing import Any, Protocol
 
 import msgspec
 
+from plugin_host.protocol import BridgeEvent
+
 from ..messages import InboundMessage
-from .base import ConnectionRecord, ConnectorSessionRecord, DedupeRecord, InboxEntry, Lease, NodeRecord, OutboxEntry
+from .base import (
+    ConnectionRecord,
+    ConnectorSessionRecord,
+    DedupeRecord,
+    ForwardEntry,
+    InboxEntry,
+    Lease,
+    NodeRecord,
+    OutboxEntry,
+)
 
 
 class Row(Protocol):
@@ -122,4 +133,21 @@ def lease(row: Row) -> Lease:
         node_id=row["node_id"],
         epoch=int(row["epoch"]),
         expires_at=float(row["expires_at"]),
+    )
+
+
+def forward_entry(row: Row) -> ForwardEntry:
+    """A sidecar's forward queue (the outbox's layout; `channel_id` holds the connection id)."""
+    return ForwardEntry(
+        id=row["id"],
+        connection_id=row["channel_id"],
+        conversation=row["conversation"],
+        event=msgspec.json.decode(row["payload"], type=BridgeEvent),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=float(row["next_attempt_at"]),
+        claimed_until=float_or_none(row["claimed_until"]),
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
     )

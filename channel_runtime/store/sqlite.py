@@ -1301,22 +1301,6 @@ class SqliteLeases(LeaseStore):
 # ---------------------------------------------------------------- sidecar mode (SPEC 11)
 
 
-def _forward_entry(row: sqlite3.Row) -> ForwardEntry:
-    return ForwardEntry(
-        id=row["id"],
-        connection_id=row["channel_id"],
-        conversation=row["conversation"],
-        event=msgspec.json.decode(row["payload"], type=BridgeEvent),
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=float(row["next_attempt_at"]),
-        claimed_until=rows.float_or_none(row["claimed_until"]),
-        last_error=row["last_error"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
-
-
 class SqliteForwardQueue(ForwardQueueStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "forward_queue", lease)
@@ -1332,7 +1316,7 @@ class SqliteForwardQueue(ForwardQueueStore):
         return entry_id is not None
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]:
-        return [_forward_entry(r) for r in self._queue.claim(limit, lease)]
+        return [rows.forward_entry(r) for r in self._queue.claim(limit, lease)]
 
     async def release_claims(self) -> int:
         return self._queue.release()
@@ -1351,10 +1335,10 @@ class SqliteForwardQueue(ForwardQueueStore):
 
     async def get(self, entry_id: int) -> ForwardEntry | None:
         row = self._queue.get(entry_id)
-        return None if row is None else _forward_entry(row)
+        return None if row is None else rows.forward_entry(row)
 
     async def list_dead(self, limit: int = 100) -> list[ForwardEntry]:
-        return [_forward_entry(r) for r in self._queue.dead(limit)]
+        return [rows.forward_entry(r) for r in self._queue.dead(limit)]
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
