@@ -142,6 +142,7 @@ class LeaseKeeper:
         self._lock = anyio.Lock()  # one tick (or hand-over) at a time
         self._leaving = False
         self._ticks = 0
+        self._renewed_at = clock.monotonic()
 
     @property
     def owned(self) -> Mapping[str, Lease]:
@@ -183,6 +184,11 @@ class LeaseKeeper:
         except Exception as exc:
             # the store may be unreachable for a moment: leases run out only after `ttl`
             log.warning("lease renewal of node %s failed: %s", self.node_id, error_text(exc))
+            if self._owned and self.clock.monotonic() - self._renewed_at > self.settings.lease_ttl * 0.8:
+                # before they run out and another host takes them, this one stops serving them
+                log.warning("node %s could not renew its leases in time: letting its connections go", self.node_id)
+                async with self._lock:
+                    await self._apply({})
 
     async def tick(self) -> None:
         async with self._lock:
@@ -190,7 +196,9 @@ class LeaseKeeper:
                 return
             store, ttl = self.store, self.settings.lease_ttl
             await store.leases.heartbeat(self.node_id, ttl, {**self.settings.info, "nodeId": self.settings.node_id})
+            renewed_at = self.clock.monotonic()
             renewed = {lease.connection_id: lease for lease in await store.leases.renew(self.node_id, ttl)}
+            self._renewed_at = renewed_at
             await store.inbox.renew_claims(self.node_id, ttl)
             await store.outbox.renew_claims(self.node_id, ttl)
             now = self.clock.time()

@@ -79,3 +79,46 @@ def test_lease_times_must_leave_room_for_renewal() -> None:
         except ValueError:
             continue
         raise AssertionError((ttl, renew))
+
+
+async def _keeper_losing_its_store() -> tuple[list[str], dict]:
+    from channel_runtime.leases import LeaseKeeper
+    from channel_runtime.store import open_store
+    from plugin_host.clock import FakeClock
+
+    clock = FakeClock()
+    lost: list[str] = []
+    async with await open_store("memory://", clock=clock) as store:
+        record = await store.connections.create(kind="k", plugin_id="p", status="connected")
+
+        async def on_change(gained: list, gone: list[str]) -> None:
+            lost.extend(gone)
+
+        keeper = LeaseKeeper(
+            store,
+            NodeSettings(node_id="n", lease_ttl=10, renew_every=3),
+            clock,
+            connections=store.connections.list,
+            on_change=on_change,
+        )
+        await keeper._tick_logged()
+        held = dict(keeper.owned)
+
+        async def unreachable(*args: object, **kwargs: object) -> None:
+            raise OSError("the database is unreachable")
+
+        store.leases.heartbeat = unreachable  # type: ignore[method-assign]
+        clock.advance(3)
+        await keeper._tick_logged()  # one failed renewal: still well within the lease
+        still = keeper.owns(record.connection_id)
+        clock.advance(6)  # 9 s without renewing: stop serving before another host may take it
+        await keeper._tick_logged()
+        return lost, {"held": list(held), "still": still, "after": dict(keeper.owned)}
+
+
+def test_a_host_that_cannot_renew_lets_its_connections_go_before_they_run_out() -> None:
+    import anyio
+
+    lost, seen = anyio.run(_keeper_losing_its_store)
+    assert len(seen["held"]) == 1 and seen["still"] is True
+    assert seen["after"] == {} and lost == seen["held"]
