@@ -27,7 +27,7 @@ from tests.support import REPO, ServeProcess, wait_for
 ADMIN = "scale-admin-token-0123456789"
 BRIDGE = "scale-bridge-token-0123456789"
 SECRET_KEY = "scale-shared-credentials-key-0123456789"
-SHORT = {"ttl": 2.0, "renew": 0.5}  # lease times that keep a test within seconds
+SHORT = {"ttl": 4.0, "renew": 1.0}  # lease times that keep a test within seconds (and survive a loaded machine)
 SPEC = {"ttl": 10.0, "renew": 3.0}  # the real ones
 
 
