@@ -36,7 +36,7 @@ from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
 from .remote import REMOTE_PROVIDER, SidecarClient, SidecarError
-from .store.base import ConnectionRecord, ConnectorSessionRecord
+from .store.base import ConnectionRecord, ConnectorSessionRecord, Lease
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
@@ -95,6 +95,9 @@ class ConnectionManager:
         # per session: how many plugin updates were applied; a call's answer older than one is not applied
         self._update_seq: dict[str, int] = {}
         self._tg: anyio.abc.TaskGroup | None = None  # the owner's: hand-overs and remote session polls
+        # several hosts (SPEC 10): what each plugin process was handed and still has to let go
+        self._handed: dict[str, set[str]] = {}
+        self._unreleased: dict[str, set[str]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -137,10 +140,19 @@ class ConnectionManager:
         )
 
     async def connection_infos(self, plugin_id: str) -> list[ConnectionInfo]:
-        """Connections a (re)starting plugin resumes through `initialize`, with their credentials."""
+        """Connections a (re)starting plugin resumes through `initialize`, with their credentials.
+
+        Several hosts: only those this host holds the lease of (SPEC 10).
+        """
         if not self.runtime.started:
             return []
         records = await self.runtime.store.connections.list(plugin_id=plugin_id, status="connected")
+        leases = self.runtime.leases
+        if leases is not None:
+            records = [r for r in records if leases.owns(r.connection_id)]
+            # a (re)started process serves exactly these, and has nothing to let go
+            self._handed[plugin_id] = {r.connection_id for r in records}
+            self._unreleased.pop(plugin_id, None)
         return [await self.connection_info(record) for record in records]
 
     async def usage(self, plugin_id: str) -> int:
@@ -438,8 +450,14 @@ class ConnectionManager:
         if current is None or current.status == "revoked":
             return  # logout is final: a late update cannot bring the connection back
         first = current.status != "connected"
+        leases = self.runtime.leases
+        fence = None
+        if leases is not None and (first or credentials):
+            # the login happened here, with this host's plugin: this host serves the account now
+            lease = await leases.take(connection_id)
+            fence = leases.fence(connection_id, lease.epoch)
         if credentials:
-            await store.connections.set_credentials(connection_id, credentials)
+            await store.connections.set_credentials(connection_id, credentials, fence=fence)
         record = await store.connections.update(
             connection_id,
             account_id=view.get("accountId") or None,
@@ -465,8 +483,11 @@ class ConnectionManager:
             return  # revoked (or expired) meanwhile: nothing to hand over
         try:
             await self.host.client(record.plugin_id).resume(await self.connection_info(current))
+            self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
         except RpcError as exc:
-            if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+            if exc.code == METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+                self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
+            else:
                 log.warning(
                     "plugin %s did not take over connection %s: %s; it gets it at its next start",
                     record.plugin_id,
@@ -551,6 +572,98 @@ class ConnectionManager:
         await self.runtime.remove_channel(record.channel_id)
         await store.connections.set_credentials(record.connection_id, {})
         await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
+
+    # ---------------------------------------------------------------- several hosts (SPEC 10)
+
+    def serving(self, connection_id: str) -> bool:
+        """This host holds the connection's lease and its plugin process has it (sends may go out)."""
+        leases = self.runtime.leases
+        if leases is None:
+            return True
+        return leases.owns(connection_id) and any(connection_id in handed for handed in self._handed.values())
+
+    async def sync_channels(self, records: list[ConnectionRecord]) -> None:
+        """Channels follow the shared store: another host's new connection runs here too, a revoked one stops.
+
+        Every host runs every connected connection's channel (its handler's replies
+        are built anywhere); only the lease holder hands it to its plugin and sends.
+        """
+        running = self.runtime.channels
+        for record in records:
+            if record.status == "connected" and record.channel_id not in running:
+                try:
+                    await self.runtime.add_channel(record.channel_id, self._channel_config(record))
+                except Exception as exc:
+                    log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+            elif record.status == "revoked" and record.channel_id in running:
+                await self.runtime.remove_channel(record.channel_id)
+
+    async def on_leases_changed(self, gained: list[Lease], lost: list[str]) -> None:
+        """Hand gained connections to their plugin (`connection.resume`), take lost ones back (`.release`).
+
+        A plugin that answers -32601 restarts with its new set. Hand-overs a plugin
+        missed (it was starting) are retried at every tick until they land.
+        """
+        store = self.runtime.store
+        leases = self.runtime.leases
+        restart: set[str] = set()
+        for connection_id in lost:
+            for plugin_id, handed in self._handed.items():
+                if connection_id in handed:
+                    handed.discard(connection_id)
+                    self._unreleased.setdefault(plugin_id, set()).add(connection_id)
+        for plugin_id, pending in list(self._unreleased.items()):
+            for connection_id in sorted(pending):
+                if leases is not None and leases.owns(connection_id):
+                    pending.discard(connection_id)  # ours again: nothing to let go
+                    continue
+                outcome = await self._call_plugin(plugin_id, "release", connection_id)
+                if outcome != "retry":
+                    pending.discard(connection_id)
+                if outcome == "restart":
+                    restart.add(plugin_id)
+            if not pending:
+                self._unreleased.pop(plugin_id, None)
+        owned = leases.owned if leases is not None else {}
+        for connection_id in sorted(owned):
+            record = await store.connections.get(connection_id)
+            if record is None or record.status != "connected":
+                continue
+            handed = self._handed.setdefault(record.plugin_id, set())
+            fresh = any(lease.connection_id == connection_id for lease in gained)
+            if connection_id in handed and not fresh:
+                continue
+            outcome = await self._call_plugin(record.plugin_id, "resume", record)
+            if outcome == "done":
+                handed.add(connection_id)
+                self.runtime.wake()  # its deliveries may go out from here now
+            elif outcome == "restart":
+                restart.add(record.plugin_id)
+        if leases is not None and leases.leaving:
+            return  # the host stops its plugins next: no restarts
+        for plugin_id in sorted(restart):
+            try:
+                await self.host.restart(plugin_id)  # initialize hands it exactly its connections now
+            except Exception as exc:
+                log.warning("plugin %s did not restart with its new connections: %s", plugin_id, exc)
+
+    async def _call_plugin(self, plugin_id: str, action: str, target: ConnectionRecord | str) -> str:
+        """`done`, `restart` (the plugin does not know the method) or `retry` (not running now)."""
+        client = self.host.client(plugin_id)
+        try:
+            if isinstance(target, str):
+                await client.release(target)
+            else:
+                await client.resume(await self.connection_info(target))
+        except RpcError as exc:
+            if exc.code == METHOD_NOT_FOUND:
+                return "restart"
+            if exc.code == UNAVAILABLE:
+                # not running: a start hands it exactly its connections; a starting one is asked again
+                return "retry" if self.host.supervisor(plugin_id) is not None else "done"
+            log.warning("plugin %s: connection.%s failed: %s", plugin_id, action, redact(exc.message))
+            return "retry"
+        return "done"
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         if record.plugin_id == REMOTE_PROVIDER:

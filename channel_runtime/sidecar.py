@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +40,9 @@ from .store.base import RETRY_AFTER_SECONDS, error_text
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
+
+    from .channels import Channel
+    from .leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 # the plugin may still be sending it (it did not answer in time): SPEC 11's in-progress rules apply;
@@ -132,6 +135,25 @@ class Sidecar(anyio.AsyncContextManagerMixin):
 
     async def remove_channel(self, channel_id: str) -> None:
         """No channels here (see `add_channel`)."""
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        return {}
+
+    # a sidecar is one host with its own store (SPEC 11): no leases, nothing to hand over
+
+    @property
+    def leases(self) -> LeaseKeeper | None:
+        return None
+
+    def wake(self) -> None:
+        return None
+
+    async def hand_over(self) -> None:
+        return None
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        return None
 
     # ---------------------------------------------------------------- lifetime
 

@@ -5,7 +5,8 @@
         begin, entry = await store.pipeline.accept_event(connection_id, event_id, message)
 
 URLs: `memory://` (an in-memory SQLite database: tests, throwaway runtimes), `sqlite:///PATH` (relative PATH) or
-`sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
+`sqlite:////abs/PATH` (the embedded default), both single-host; `postgresql://user:password@host:port/db`
+(also `postgres://`; libpq's query parameters pass through) for several hosts on one database (SPEC 10).
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ from .base import (
     ConnectorSessionStore,
     DedupeRecord,
     Delivery,
+    FencedError,
     ForwardEntry,
     ForwardQueueStore,
     InboxEntry,
     InboxStore,
     KeyValueStore,
+    Lease,
+    LeaseFence,
+    LeaseStore,
+    Listener,
     MessageDedupeStore,
+    NodeRecord,
     NotFoundError,
     OutboxEntry,
     OutboxStore,
@@ -78,7 +85,40 @@ async def open_application_store(
         cipher = CredentialCipher.ephemeral()
     else:
         cipher = load_cipher(key_home or Path("."), env)
-    return await open_store(url, clock=clock, cipher=cipher, **options)
+    store = await open_store(url, clock=clock, cipher=cipher, **options)
+    if store.shared:
+        try:
+            await _check_shared_key(store, cipher)
+        except BaseException:
+            await store.aclose()
+            raise
+    return store
+
+
+_KEY_CHECK = "channel_runtime.secret_key_check"  # the kv key other hosts wrote: keep its name
+
+
+async def _check_shared_key(store: Store, cipher: CredentialCipher) -> None:
+    """Several hosts decrypt each other's credentials: refuse to start with a key that differs from theirs."""
+    from ..crypto import SECRET_KEY_ENV, CredentialDecryptError
+
+    token = await store.kv.get(_KEY_CHECK)
+    if token is None:
+        await store.kv.set(_KEY_CHECK, cipher.encrypt({"check": "channel-runtime"}).decode("ascii"))
+        return
+    try:
+        cipher.decrypt(str(token).encode("ascii"))
+    except CredentialDecryptError:
+        raise StoreError(
+            f"this host's credentials key differs from the other hosts' of {store!r}: "
+            f"set {SECRET_KEY_ENV} to the same key on every host"
+        ) from None
+
+
+def is_shared_url(url: str) -> bool:
+    """True for the store several hosts share (`postgresql://`, SPEC 10); the embedded ones are single-host."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in ("postgresql", "postgres")
 
 
 async def open_store(
@@ -118,12 +158,22 @@ async def open_store(
         return open_sqlite_store(
             url, rest[1:], clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
         )
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+    if sep and scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import open_postgres_store
+        except ImportError as exc:  # the driver is the `postgresql` extra
+            raise UnsupportedStoreError(
+                f"{safe_url(url)!r} needs the PostgreSQL driver: pip install 'channel-runtime[postgresql]' ({exc})"
+            ) from None
+        return await open_postgres_store(
+            url, clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
+        )
+    if scheme.startswith(("postgresql+", "postgres+")):
         raise UnsupportedStoreError(
-            f"PostgreSQL stores are not yet supported ({safe_url(url)!r}); use sqlite:///PATH or memory://"
+            f"unknown store URL {safe_url(url)!r}: write postgresql://... (the driver is psycopg, built in)"
         )
     raise UnsupportedStoreError(
-        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// (postgresql:// is planned)"
+        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// or postgresql://..."
     )
 
 
@@ -141,12 +191,18 @@ __all__ = [
     "ConnectorSessionStore",
     "DedupeRecord",
     "Delivery",
+    "FencedError",
     "ForwardEntry",
     "ForwardQueueStore",
     "InboxEntry",
     "InboxStore",
     "KeyValueStore",
+    "Lease",
+    "LeaseFence",
+    "LeaseStore",
+    "Listener",
     "MessageDedupeStore",
+    "NodeRecord",
     "NotFoundError",
     "OutboxEntry",
     "OutboxStore",
@@ -159,6 +215,7 @@ __all__ = [
     "StoreError",
     "UnsupportedStoreError",
     "dedupe_key",
+    "is_shared_url",
     "event_conversation",
     "open_application_store",
     "open_store",
