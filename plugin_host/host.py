@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import msgspec
 from .client import PluginClient
 from .clock import Clock, SystemClock
 from .errors import Refusal
+from .files import private_dir
 from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
@@ -25,6 +27,7 @@ from .process import LaunchSpec
 from .protocol import ConnectorDescriptor
 from .redact import secret_values
 from .registry import PluginRecord, PluginRegistry, VersionRecord
+from .sandbox import Sandbox
 from .services import HostServices
 from .supervisor import PluginSupervisor, StartError
 
@@ -61,10 +64,13 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         clock: Clock | None = None,
         host_env: Mapping[str, str] | None = None,
         supervisor_options: dict[str, Any] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        self.home = Path(home)
+        self.home = private_dir(Path(home))
         self.plugins_dir = self.home / "plugins"
         self.data_dir = self.home / "plugin-data"
+        # SPEC 5.3: every plugin confined; the home (state, keys, other plugins) is out of its reach
+        self.sandbox = sandbox or Sandbox(hidden=[self.home], search_path=(host_env or os.environ).get("PATH"))
         self._clock = clock or SystemClock()
         self._host_env = host_env
         self._services = services
@@ -100,6 +106,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[PluginHost]:
         sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
+        await self.sandbox.probe()  # once, before any plugin starts; a missing mechanism is logged loudly
         try:
             async with owned_task_group() as tg:
                 self._tg = tg
@@ -313,6 +320,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             state = snap.get("state", "stopped")
         else:
             state = "stopped" if record.enabled else "disabled"
+        permissions = manifest.permissions_view if manifest else None
         view: dict[str, Any] = {
             "id": plugin_id,
             "name": manifest.name if manifest else plugin_id,
@@ -320,7 +328,15 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "activeVersion": active,
             "runningVersion": running.version if running else None,
             "versions": [
-                {"version": v.version, "sha256": v.sha256, "installedAt": v.installed_at, "source": v.source}
+                {
+                    "version": v.version,
+                    "sha256": v.sha256,
+                    "installedAt": v.installed_at,
+                    "source": v.source,
+                    # what activating this version would grant: shown before an upgrade
+                    "permissions": v.manifest.permissions_view,
+                    "permissionsChanged": permissions is not None and v.manifest.permissions_view != permissions,
+                }
                 for v in versions
             ],
             "enabled": record.enabled,
@@ -329,6 +345,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
             "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+            "permissions": permissions,
+            "sandbox": self.sandbox.status.view(),
         }
         if detail:
             view["counters"] = snap.get(
@@ -417,6 +435,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             data_dir=self.data_dir / plugin_id,
             manifest=manifest,
             host_env=self._host_env,
+            sandbox=self.sandbox,
         )
         sup = PluginSupervisor(
             spec,

@@ -43,6 +43,17 @@ class Limits(_M):
     max_message_bytes: int = 524_288
 
 
+class Permissions(_M):
+    """What a plugin asks for beyond its sandbox (docs/SECURITY.md): shown to the admin before enabling."""
+
+    network: bool = True  # false: the plugin runs in an empty network namespace
+    read_paths: list[str] = msgspec.field(default_factory=list)  # extra absolute paths it may read
+
+    def view(self, env: list[str]) -> dict[str, Any]:
+        """As the API shows it: with the host variables (`env`) the plugin may see."""
+        return {"network": self.network, "readPaths": list(self.read_paths), "env": list(env)}
+
+
 class Manifest(_M):
     manifest_version: int
     id: str
@@ -57,6 +68,11 @@ class Manifest(_M):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: Limits = msgspec.field(default_factory=Limits)
     health_interval_ms: int = 10000
+    permissions: Permissions = msgspec.field(default_factory=Permissions)
+
+    @property
+    def permissions_view(self) -> dict[str, Any]:
+        return self.permissions.view(self.env)
 
 
 class ManifestError(Refusal):

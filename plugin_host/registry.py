@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from .clock import Clock, SystemClock
+from .files import private_database
 from .manifest import Manifest
 
 _SCHEMA = """
@@ -67,9 +68,8 @@ def _semver_key(version: str) -> tuple:
 
 class PluginRegistry:
     def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock or SystemClock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(private_database(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")

@@ -26,14 +26,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_host_and_sdk_traffic_matches_the_schemas(tmp_path: Path) -> None:
-    log = tmp_path / "tap.jsonl"
+    home = tmp_path / "home"
+    # the plugin's data folder: the only place a sandboxed plugin may write
+    log = home / "plugin-data" / "tap" / "tap.jsonl"
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "TAP_LOG": str(log),
         "TAP_ECHO_DIR": str(REPO / "plugins" / "echo"),
         "TAP_PYTHON": sys.executable,
     }
-    home = tmp_path / "home"
     replies: list[str] = []
 
     async def handler(message: InboundMessage) -> OutboundMessage | None:
