@@ -54,13 +54,19 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
     from channel_runtime.runtime import ChannelRuntime
     from plugin_host.host import PluginHost
 
-    host = PluginHost(settings.home)
+    secret_key = settings.secret_key()
+    # every secret the host holds is masked in whatever its plugins say (logs, stderr, answers)
+    host = PluginHost(
+        settings.home,
+        secrets=[*settings.secrets(), *(part.strip() for part in secret_key.split(","))],
+        sandbox=settings.sandbox(),
+    )
     runtime = ChannelRuntime(
         handler=load_handler(settings.handler),
         store=settings.store_url,
         plugin_host=host,
         home=settings.home,
-        secret_key=settings.secret_key(),
+        secret_key=secret_key,
     )
 
     async def first_start(host: PluginHost) -> None:

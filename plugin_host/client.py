@@ -24,6 +24,7 @@ from .protocol import (
     WebhookParams,
     WebhookResult,
 )
+from .redact import secret_strings
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -73,6 +74,9 @@ class PluginClient:
 
     async def resume(self, info: ConnectionInfo) -> None:
         """SPEC 10: serve this connection from now on (credentials included)."""
+        sup = self._host.supervisor(self.plugin_id)
+        if sup is not None:  # whatever the plugin logs of them from now on is masked
+            sup.redactor.add(*secret_strings(info.credentials))
         await self._call("connection.resume", info, Empty)
 
     async def release(self, connection_id: str) -> None:

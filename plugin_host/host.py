@@ -6,7 +6,7 @@ import builtins
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
 from .process import LaunchSpec
 from .protocol import ConnectorDescriptor
-from .redact import secret_values
+from .redact import Redactor, secret_values
 from .registry import PluginRecord, PluginRegistry, VersionRecord
 from .sandbox import Sandbox
 from .services import HostServices
@@ -65,6 +65,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         host_env: Mapping[str, str] | None = None,
         supervisor_options: dict[str, Any] | None = None,
         sandbox: Sandbox | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.home = private_dir(Path(home))
         self.plugins_dir = self.home / "plugins"
@@ -75,6 +76,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._host_env = host_env
         self._services = services
         self._supervisor_options = supervisor_options or {}
+        # the host's own secrets (admin and bridge tokens, credentials key): masked in every plugin's output
+        self._secrets: list[str] = [s for s in secrets if s]
         self.registry = PluginRegistry(self.home / "state.db", clock=self._clock)
         self._running: dict[str, _Running] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -96,6 +99,18 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         if self._started:
             raise RuntimeError("bind the host's services before it starts")
         self._services = services
+
+    def add_secrets(self, *values: str) -> None:
+        """More of the host's own secrets: every plugin's output masks them from now on."""
+        fresh = [v for v in values if v]
+        self._secrets += fresh
+        for running in self._running.values():
+            running.supervisor.redactor.add(*fresh)
+
+    def redactor(self, plugin_id: str) -> Redactor:
+        """What masks `plugin_id`'s words: its supervisor's redactor (every secret it was handed), or the host's."""
+        running = self._running.get(plugin_id)
+        return running.supervisor.redactor if running else Redactor(self._secrets)
 
     def client(self, plugin_id: str) -> PluginClient:
         """Typed host -> plugin calls to `plugin_id` (valid across restarts and hot swaps)."""
@@ -272,7 +287,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             record = self._record(plugin_id)
             manifest = self._manifest(plugin_id, record.active_version) if record.active_version else None
             if manifest is not None:
-                validate_config(manifest, config)
+                await validate_config(manifest, config)
             self.registry.set_config(plugin_id, config)
             running = self._running.get(plugin_id)
             if running is not None:
@@ -444,7 +459,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             clock=self._clock,
             **self._supervisor_options,
         )
-        sup.redactor.add(*secret_values(record.config or {}, manifest.config_schema))
+        sup.redactor.add(*self._secrets, *secret_values(record.config or {}, manifest.config_schema))
         return sup
 
     def _require_started(self) -> None:

@@ -162,6 +162,18 @@ def _walk(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def log_safe(text: str) -> str:
+    """`text` with control characters (ESC, CR, NUL... but not tab) written as `\\xNN`, for one log line.
+
+    A plugin's words reach the host's log: raw ESC sequences would drive the operator's
+    terminal and a CR would overwrite what the line seems to say.
+    """
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _CONTROLS.search(text) else text
+
+
 class Redactor:
     """`redact` bound to a growing set of known secrets (tokens, credentials)."""
 

@@ -26,7 +26,7 @@ import msgspec
 from .clock import Clock, SystemClock
 from .errors import ERROR_NAMES, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
 from .lifetime import owned_task_group
-from .process import LaunchError, LaunchSpec, PluginProcess, StderrRing, plugin_logger
+from .process import LaunchError, LaunchSpec, LogBudget, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
     HealthResult,
@@ -36,7 +36,7 @@ from .protocol import (
     NameVersion,
     PluginRef,
 )
-from .redact import Redactor, secret_strings
+from .redact import Redactor, log_safe, secret_strings
 from .rpc import RequestContext
 from .services import HostServices, dispatch_notification, dispatch_request
 
@@ -57,6 +57,12 @@ EventHook = Callable[["PluginSupervisor", str, dict[str, Any]], None]
 log = logging.getLogger(__name__)
 # call durations and latency samples; anyio.current_time() costs a backend lookup per call
 _monotonic = time.monotonic
+
+
+class _Credentials(msgspec.Struct):
+    """The one field of `session.update` read in the read loop: its secrets are registered first."""
+
+    credentials: Any = None
 
 
 class StartError(Exception):
@@ -264,6 +270,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         self._closing = anyio.Event()
         self._lifecycle = anyio.Lock()  # start/stop/restart/disable one at a time
         self._violations_logged = 0
+        self._log_budget = LogBudget()  # `log` notifications, like stderr lines
 
     # ---------------------------------------------------------------- ownership
 
@@ -509,6 +516,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             on_request=self._handle_request,
             on_notification=self._handle_notification,
             on_violation=self._handle_violation,
+            on_incoming=self._register_secrets,
             redactor=self.redactor,
             stderr_ring=self._stderr_ring,
             shutdown_timeout=self.shutdown_timeout,
@@ -601,6 +609,10 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
 
     def _running(self, proc: PluginProcess, result: InitializeResult) -> None:
         self.initialize_result = result
+        if self._attempt is not None:
+            # a start or restart someone asked for succeeded: the old failure is history (an automatic
+            # recovery keeps it, so the admin still sees why the plugin restarted)
+            self.last_error = None
         self.started_at = self.clock.time()
         self.health = "ok"
         self.policy.on_started(self.clock.monotonic())
@@ -624,7 +636,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         if crashed:
             self.counters.crashes += 1
             self._emit("crash", exitCode=exit_code, error=self.last_error)
-        self.logger.warning("plugin %s: %s", self.spec.plugin_id, self.last_error)
+        self.logger.warning("plugin %s: %s", self.spec.plugin_id, log_safe(self.last_error))
         attempt = self._attempt
         if attempt is not None:
             self._attempt = None
@@ -706,6 +718,17 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             return
         await dispatch_notification(self._services, self.spec.plugin_id, method, params)
 
+    def _register_secrets(self, method: str, params: msgspec.Raw | None) -> None:
+        """In the read loop: credentials are known secrets before anything the plugin says next is logged."""
+        if method != "session.update" or params is None:
+            return
+        try:
+            credentials = msgspec.json.decode(params, type=_Credentials).credentials
+        except msgspec.DecodeError:
+            return  # the dispatcher reports the bad params
+        if credentials:
+            self.redactor.add(*secret_strings(credentials))
+
     def _plugin_log(self, params: msgspec.Raw | None) -> None:
         try:
             entry = msgspec.json.decode(params or b"{}", type=LogParams)
@@ -717,10 +740,17 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             level = logging.INFO
         if not self.logger.isEnabledFor(level):
             return
+        budget = self._log_budget
+        dropped = budget.dropped
+        if not budget.take(anyio.current_time()):
+            return
+        if dropped:
+            budget.dropped = 0
+            self.logger.warning("plugin %s: %d log notifications not logged (flood)", self.spec.plugin_id, dropped)
         text = entry.message
         if entry.fields:
             text += " " + msgspec.json.encode(entry.fields).decode()
-        self.logger.log(level, "%s", self.redactor(text))
+        self.logger.log(level, "%s", log_safe(self.redactor(text)))
 
     def _handle_violation(self, kind: str, head: bytes) -> None:
         if kind == "oversized":
@@ -735,7 +765,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
                 self.spec.plugin_id,
                 kind,
                 n,
-                self.redactor(head[:200].decode("utf-8", "replace")),
+                log_safe(self.redactor(head[:200].decode("utf-8", "replace"))),
             )
         self._emit("violation", kind=kind)
 
