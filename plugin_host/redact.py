@@ -8,6 +8,9 @@ secret, well-known API-key prefixes, and long high-entropy runs. Identifiers sta
 readable: a run that starts with a lower-case id prefix (`out_`, `conn_`, `ou_`,
 `oc_`, `om_`...), a UUID, or a 32/64-digit hex digest is not a token shape.
 
+Values of `VERBATIM_FIELDS` (a session's `qrCode`, `qrImage`) are masked only where
+they hold a known secret: a QR payload is shown to be scanned, whatever it looks like.
+
 A field is secret (`is_secret_field`) when its JSON Schema says so (`writeOnly`,
 `format: password`, `x-secret`/`secret: true`) or its name names a secret
 (token, secret, password, key, credential...): config forms, answers and logs use
@@ -152,11 +155,24 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     return _walk(value, known)
 
 
+# what a person must act on as it is (a QR code to scan, its rendering): only known secrets are
+# masked there; a token shape inside a QR payload is the payload, and masking it breaks the code
+VERBATIM_FIELDS = frozenset({"qrCode", "qrImage"})
+
+
+def _known_only(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+    return value
+
+
 def _walk(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, Mapping):
-        return {k: _walk(v, secrets) for k, v in value.items()}
+        return {k: _known_only(v, secrets) if k in VERBATIM_FIELDS else _walk(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_walk(v, secrets) for v in value]
     return value

@@ -24,11 +24,13 @@ import anyio.abc
 import msgspec
 
 from .clock import Clock, SystemClock
-from .errors import ERROR_NAMES, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
+from .errors import ERROR_NAMES, METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
 from .lifetime import owned_task_group
 from .process import LaunchError, LaunchSpec, LogBudget, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
+    ConnectionInfo,
+    Empty,
     HealthResult,
     InitializeParams,
     InitializeResult,
@@ -48,6 +50,10 @@ UNHEALTHY_THRESHOLD = 3
 _LOCAL_CODES = frozenset({TIMED_OUT, UNAVAILABLE, TOO_LARGE, OVERLOADED})
 _VIOLATION_LOG_FIRST = 10
 _VIOLATION_LOG_EVERY = 1000
+# room for the JSON-RPC envelope around initialize's params ({"jsonrpc":"2.0","id":N,"method":...})
+_ENVELOPE_BYTES = 128
+# connection.resume calls in flight at once while the connections left out of initialize follow
+_RESUME_CONCURRENCY = 8
 
 State = Literal["stopped", "starting", "running", "degraded", "backoff", "failed", "disabled"]
 CALLABLE_STATES = frozenset({"running", "degraded"})
@@ -202,6 +208,19 @@ class _Attempt:
         return self.result
 
 
+# ---------------------------------------------------------------- resuming in pages
+
+
+def _first_page(connections: list[ConnectionInfo], budget: int) -> tuple[list[ConnectionInfo], list[ConnectionInfo]]:
+    """The leading connections whose encoding fits `budget` bytes (in initialize), and the rest."""
+    used = 0
+    for i, info in enumerate(connections):
+        used += len(msgspec.json.encode(info)) + 1  # the comma between items
+        if used > budget:
+            return connections[:i], connections[i:]
+    return connections, []
+
+
 # ---------------------------------------------------------------- supervisor
 
 
@@ -271,6 +290,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         self._lifecycle = anyio.Lock()  # start/stop/restart/disable one at a time
         self._violations_logged = 0
         self._log_budget = LogBudget()  # `log` notifications, like stderr lines
+        self._resume_after_start: list[ConnectionInfo] = []  # what did not fit in initialize
 
     # ---------------------------------------------------------------- ownership
 
@@ -570,8 +590,12 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             plugin=PluginRef(id=self.spec.plugin_id, version=self.spec.version),
             state_dir=str(self.spec.data_dir),
             config=self.config,
-            connections=connections,
+            connections=[],
         )
+        # SPEC 10: initialize carries what fits in one message; the rest follows through connection.resume
+        budget = self.manifest.limits.max_message_bytes - len(msgspec.json.encode(params)) - _ENVELOPE_BYTES
+        first, self._resume_after_start = _first_page(connections, budget)
+        params = msgspec.structs.replace(params, connections=first)
         try:
             result: InitializeResult = await proc.call(
                 "initialize",
@@ -670,7 +694,49 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
 
             tg.start_soon(exit_watch)
             tg.start_soon(health_watch)
+            if self._resume_after_start:
+                rest, self._resume_after_start = self._resume_after_start, []
+                tg.start_soon(self._resume_rest, rest)
         return outcome[0] if outcome else None
+
+    async def _resume_rest(self, rest: list[ConnectionInfo]) -> None:
+        """The connections left out of initialize, handed over one `connection.resume` each (SPEC 10)."""
+        not_resumed: list[tuple[ConnectionInfo, str]] = []
+        unsupported = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[ConnectionInfo](len(rest))
+        for info in rest:
+            send.send_nowait(info)
+        send.close()
+
+        async def worker() -> None:
+            async for info in receive:
+                if unsupported.is_set():
+                    not_resumed.append((info, "it does not implement connection.resume"))
+                    continue
+                try:
+                    await self.call("connection.resume", info, result_type=Empty)
+                except RpcError as exc:
+                    if exc.code == METHOD_NOT_FOUND:
+                        unsupported.set()
+                        not_resumed.append((info, "it does not implement connection.resume"))
+                    elif exc.code == UNAVAILABLE:
+                        return  # the process is gone: its next start resumes them all again
+                    else:
+                        not_resumed.append((info, exc.message))
+
+        async with receive, anyio.create_task_group() as tg:
+            for _ in range(min(_RESUME_CONCURRENCY, len(rest))):
+                tg.start_soon(worker)
+        if not_resumed:
+            reasons = sorted({reason for _, reason in not_resumed})
+            ids = ", ".join(info.connection_id for info, _ in not_resumed[:5])
+            more = f" and {len(not_resumed) - 5} more" if len(not_resumed) > 5 else ""
+            self.last_error = self.redactor(
+                f"{len(not_resumed)} of {len(rest)} connection(s) that did not fit in initialize were not resumed "
+                f"({ids}{more}): {'; '.join(reasons)[:500]}"
+            )
+            self.logger.warning("plugin %s: %s", self.spec.plugin_id, log_safe(self.last_error))
+            self._emit("resume_incomplete", notResumed=len(not_resumed))
 
     async def _health_loop(self, proc: PluginProcess) -> str:
         interval = self.manifest.health_interval_ms / 1000.0
