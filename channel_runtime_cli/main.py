@@ -95,11 +95,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
     import uvicorn
 
+    from channel_runtime.settings import SettingsError
+
+    from .server import hide_query_strings, open_files_raised, quiet_repeats, server_config
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    settings = Settings.load(home=args.home, store=args.store, host=args.host, port=args.port, handler=args.handler)
+    try:
+        settings = Settings.load(home=args.home, store=args.store, host=args.host, port=args.port, handler=args.handler)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    open_files = open_files_raised()  # before anything opens: sockets, plugins' pipes, the database
     app = build_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_level="info")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings, open_files=open_files))
+    quiet_repeats()  # uvicorn's loggers exist now
+    hide_query_strings()
     print(f"channel-runtime: admin page at {settings.admin_url}", flush=True)
     if settings.admin_token_generated:
         # printed once, on the terminal only: never through the logger
