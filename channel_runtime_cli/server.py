@@ -12,7 +12,7 @@
 - Time: a connection has `header_timeout` seconds to send each request's headers
   (uvicorn itself only times out idle keep-alive connections: a slow or silent client
   would hold its socket forever); `keepalive_timeout` between requests.
-- Logs: a line repeated (same logger, level and message template) more than
+- Logs: a line repeated (same logger, level and text) more than
   `REPEATS_PER_WINDOW` times in `REPEAT_WINDOW` seconds is held back and counted; the
   count is added to the next one let through. The access log never shows query strings.
 """
@@ -213,7 +213,8 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], list[float | int]] = {}  # key -> [window start, count, held]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        # the text itself: plugins' lines all share the template "%s", and only repeats are the flood
+        key = (record.name, record.levelno, record.getMessage()[:300])
         now = self.clock()
         entry = self._seen.get(key)
         if entry is None or now - entry[0] >= self.window:
