@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -12,12 +12,12 @@ from starlette.routing import BaseRoute, Route
 
 from plugin_host.host import PluginHost
 
+from . import page
 from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from .metrics import metrics_endpoint, metrics_registry
 from .openapi import openapi_json
-from .page import admin_page
-from .routes import bridge, channels, connectors, health, onboarding, plugins
+from .routes import bridge, channels, connectors, health, onboarding, overview, plugins
 
 if TYPE_CHECKING:
     from channel_runtime.settings import Settings
@@ -42,27 +42,7 @@ def create_app(
     mounted app's lifespan does not run).
     """
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not manage_lifecycle:
-            yield
-            return
-        # the runtime first: starting plugins ask it for the connections they resume;
-        # and last to stop: stopping plugins may still deliver events to it
-        if runtime is not None:
-            await runtime.start()
-        try:
-            await host.start()
-            try:
-                for setup in host_setup:
-                    await setup(host)
-                yield
-            finally:
-                await host.stop()
-        finally:
-            if runtime is not None:
-                await runtime.stop()
-
+    lifespan = owned_lifespan(host, runtime, host_setup) if manage_lifecycle else None
     routes: list[BaseRoute] = [
         # the hot paths first: Starlette tries routes in order
         *bridge.routes,
@@ -70,11 +50,12 @@ def create_app(
         *connectors.routes,
         *onboarding.routes,
         *channels.routes,
+        *overview.routes,
         *extra_routes,
         *health.routes,
-        Route("/metrics", metrics_endpoint(metrics_registry(_snapshots(host))), methods=["GET"]),
+        Route("/metrics", metrics_endpoint(metrics_registry(plugin_snapshots(host))), methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/admin", admin_page, methods=["GET"]),
+        *page.routes,
     ]
     app = Starlette(
         routes=routes,
@@ -99,7 +80,41 @@ def create_app(
     return app
 
 
-def _snapshots(host: PluginHost) -> Callable[[], dict[str, dict[str, Any]]]:
+class Owned(Protocol):
+    """An application that a lifespan starts before the plugin host and stops after it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def owned_lifespan(
+    host: PluginHost, runtime: Owned | None, host_setup: Sequence[HostSetup] = ()
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: start the runtime (or sidecar), then the host, run `host_setup`; stop in reverse."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # the runtime first: starting plugins ask it for the connections they resume;
+        # and last to stop: stopping plugins may still deliver events to it
+        if runtime is not None:
+            await runtime.start()
+        try:
+            await host.start()
+            try:
+                for setup in host_setup:
+                    await setup(host)
+                yield
+            finally:
+                await host.stop()
+        finally:
+            if runtime is not None:
+                await runtime.stop()
+
+    return lifespan
+
+
+def plugin_snapshots(host: PluginHost) -> Callable[[], dict[str, dict[str, Any]]]:
     """Every installed plugin: the supervisor's snapshot when it runs, else its registry state."""
 
     def snapshots() -> dict[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from plugin_host.wire_schemas import wire_components
+
 _REF = "#/components/schemas/"
 
 
@@ -52,7 +54,58 @@ _TAIL = {
     "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
 }
 
+_TIMESTAMPS = {
+    "name": "timestamps",
+    "in": "query",
+    "required": False,
+    "description": "true: each line as {seq, at, line} (arrival time, sequence number for `after`)",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "only lines whose sequence number is greater (a live tail)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_SERIES = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
 _SCHEMAS: dict[str, Any] = {
+    "LogLine": {
+        "type": "object",
+        "required": ["seq", "at", "line"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "line": {"type": "string"},
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": ["start", "minutes", "channels"],
+        "properties": {
+            "start": {"type": "integer", "description": "epoch second the first minute begins at"},
+            "minutes": {"type": "integer"},
+            "channels": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["channelId", "series"],
+                    "properties": {
+                        "channelId": {"type": "string"},
+                        "connectionId": {"type": ["string", "null"]},
+                        "kind": {"type": ["string", "null"]},
+                        "displayName": {"type": "string"},
+                        "series": {
+                            "type": "object",
+                            "description": "counts per minute, oldest first: messages in, deliveries sent, deferred, dead",
+                            "properties": {"in": _SERIES, "sent": _SERIES, "deferred": _SERIES, "dead": _SERIES},
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -66,16 +119,6 @@ _SCHEMAS: dict[str, Any] = {
                     "details": {"type": "object"},
                 },
             }
-        },
-    },
-    "Connector": {
-        "type": "object",
-        "required": ["kind", "displayName", "authType"],
-        "properties": {
-            "kind": {"type": "string"},
-            "displayName": {"type": "string"},
-            "authType": {"type": "string", "enum": ["qr", "plugin_install", "credentials"]},
-            "capabilities": {"type": "array", "items": {"type": "string"}},
         },
     },
     "AvailableConnector": {
@@ -226,37 +269,6 @@ _SCHEMAS: dict[str, Any] = {
             "startedAt": {},
         },
     },
-    "BridgeEvent": {
-        "type": "object",
-        "required": ["eventId", "connectionId", "kind", "peerId", "messageId"],
-        "properties": {
-            "eventId": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "deliveryAttempt": {"type": "integer", "minimum": 1},
-            "connectionId": {"type": "string"},
-            "channelId": {"type": "string"},
-            "kind": {"type": "string"},
-            "accountId": {"type": "string"},
-            "peerId": {"type": "string"},
-            "peerType": {"type": "string", "enum": ["dm", "group", "channel", "unknown"]},
-            "userId": {"type": "string"},
-            "threadId": {"type": "string"},
-            "messageId": {"type": "string"},
-            "messageType": {"type": "string"},
-            "content": {"type": "string"},
-            "metadata": {"type": "object"},
-        },
-    },
-    "InboundAck": {
-        "type": "object",
-        "required": ["accepted", "duplicate", "pending"],
-        "properties": {
-            "accepted": {"type": "boolean"},
-            "duplicate": {"type": "boolean"},
-            "pending": {"type": "boolean"},
-            "retryAfterSeconds": {"type": ["integer", "null"]},
-        },
-    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -267,6 +279,13 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+# Wire shapes are not written here: they are generated from the protocol Structs (plugin_host.protocol),
+# the one definition that schemas/ is generated from too.
+_WIRE = wire_components(_REF + "{name}")
+_SCHEMAS.update(
+    {"Connector": _WIRE["ConnectorDescriptor"], "BridgeEvent": _WIRE["BridgeEvent"], "InboundAck": _WIRE["InboundAck"]}
+)
 
 
 def _plugin_action(summary: str, op_id: str) -> dict[str, Any]:
@@ -378,9 +397,17 @@ _PATHS: dict[str, Any] = {
             "summary": "Last stderr lines of the plugin, redacted",
             "operationId": "pluginLogs",
             "tags": ["plugins"],
-            "parameters": [_PLUGIN_ID, _TAIL],
+            "parameters": [_PLUGIN_ID, _TAIL, _TIMESTAMPS, _AFTER],
             "responses": {
-                "200": _json({"type": "array", "items": {"type": "string"}}, "Log lines"),
+                "200": _json(
+                    {
+                        "oneOf": [
+                            {"type": "array", "items": {"type": "string"}},
+                            {"type": "array", "items": _ref("LogLine")},
+                        ]
+                    },
+                    "Log lines: text, or {seq, at, line} with timestamps=true",
+                ),
                 "400": _error("Bad tail"),
                 **_ERRORS,
             },
@@ -572,6 +599,33 @@ _PATHS: dict[str, Any] = {
             },
         }
         for method in ("get", "post", "put", "patch", "delete", "options")
+    },
+    "/api/overview": {
+        "get": {
+            "summary": "Messages and delivery outcomes per minute over the last hour, per connection (this server's)",
+            "operationId": "overview",
+            "tags": ["channels"],
+            "responses": {"200": _json(_ref("Overview"), "Per-minute counts"), "401": _ERRORS["401"]},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "Redirect to the admin page",
+            "operationId": "root",
+            "tags": ["page"],
+            "security": [],
+            "responses": {"307": {"description": "To /admin"}},
+        }
+    },
+    "/admin/static/{name}": {
+        "get": {
+            "summary": "The admin page's script and style",
+            "operationId": "adminStatic",
+            "tags": ["page"],
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "admin.js or admin.css"}, "404": {"description": "No such file"}},
+        }
     },
     "/healthz": {
         "get": {

@@ -1,5 +1,8 @@
 """The ingest ceiling: a bare Starlette app doing one SQLite insert per bridge POST.
 
+It also has a bare `/send` (decode the body, answer a send result; nothing stored,
+no plugin): the reference of bench/sidecar.py's `/send` figures.
+
 Same file location type and durability as our store (WAL, synchronous=NORMAL),
 same body, same route; no auth, no validation, no dedupe, no inbox.
 `BENCH_CEILING_DB` names the SQLite file.
@@ -41,4 +44,15 @@ async def events(request: Request) -> JSONResponse:
     return JSONResponse({"accepted": True, "duplicate": False, "pending": True, "retryAfterSeconds": None})
 
 
-app = Starlette(routes=[Route("/api/channel-connector-bridge/events", events, methods=["POST"])], lifespan=lifespan)
+async def send(request: Request) -> JSONResponse:
+    body = msgspec.json.decode(await request.body())
+    return JSONResponse({"providerMessageId": f"bare_{body['requestId']}", "duplicate": False})
+
+
+app = Starlette(
+    routes=[
+        Route("/api/channel-connector-bridge/events", events, methods=["POST"]),
+        Route("/send", send, methods=["POST"]),
+    ],
+    lifespan=lifespan,
+)

@@ -1,7 +1,10 @@
 """Loopback HTTP/1.1 load generator for the bridge: keep-alive connections, one BridgeEvent per POST.
 
     python bench/_loadgen.py --port P --token T --connection-id C --prefix RUN
-        (--count N | --duration S) [--connections 32] [--peers 64]
+        (--count N | --duration S) [--connections 32] [--peers 64] [--shape bridge|send|send-same]
+
+`--shape send` POSTs SPEC 3.6 send requests to `/send` instead (a sidecar's), each with a
+unique requestId; `send-same` repeats one requestId (completed duplicates).
 
 Runs in its own process (so it does not share the server's core budget inside
 one interpreter). Every request carries a unique eventId/messageId. Prints one
@@ -43,10 +46,35 @@ def event_body(prefix: str, n: int, connection_id: str, peers: int) -> bytes:
     ).encode()
 
 
+def send_body(prefix: str, n: int, connection_id: str, peers: int) -> bytes:
+    return json.dumps(
+        {
+            "requestId": f"out_{prefix}_{n}",
+            "connectionId": connection_id,
+            "channelId": connection_id,
+            "kind": "echo",
+            "target": {"peerId": f"peer_{n % peers}", "peerType": "dm", "threadId": None, "replyToMessageId": None},
+            "content": f"reply {prefix}_{n}",
+            "contentType": "text",
+            "metadata": {},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def body_for(args: argparse.Namespace, n: int) -> bytes:
+    if args.shape == "send":
+        return send_body(args.prefix, n, args.connection_id, args.peers)
+    if args.shape == "send-same":
+        return send_body(args.prefix, 0, args.connection_id, args.peers)
+    return event_body(args.prefix, n, args.connection_id, args.peers)
+
+
 async def worker(args: argparse.Namespace, counter: collections.Counter, state: dict, deadline: float) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+    path = PATH if args.shape == "bridge" else "/send"
     head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nAuthorization: Bearer {args.token}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nAuthorization: Bearer {args.token}\r\n"
         "Content-Type: application/json\r\n"
     ).encode()
     try:
@@ -58,7 +86,7 @@ async def worker(args: argparse.Namespace, counter: collections.Counter, state: 
                 return
             n = state["issued"]
             state["issued"] += 1
-            body = event_body(args.prefix, n, args.connection_id, args.peers)
+            body = body_for(args, n)
             if state["first"] is None:
                 state["first"] = time.time()
             writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -107,6 +135,7 @@ def main() -> None:
     p.add_argument("--duration", type=float)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--peers", type=int, default=64)
+    p.add_argument("--shape", choices=["bridge", "send", "send-same"], default="bridge")
     args = p.parse_args()
     if (args.count is None) == (args.duration is None):
         p.error("give exactly one of --count and --duration")

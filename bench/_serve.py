@@ -1,12 +1,14 @@
 """Run one app of the ingest bench under uvicorn with the bench's fixed settings.
 
-    python -m bench._serve ours|ceiling --port P [--home DIR]
+    python -m bench._serve ours|sidecar|ceiling --port P [--home DIR]
 
 Both apps get the same uvicorn settings: one worker (this process), the asyncio
 loop, the h11 HTTP implementation, access log off, lifespan on. `ours` is the
 full service `channel-runtime serve` builds (`channel_runtime_cli.compose.build_app`),
 without the first-start install of the bundled plugins; its settings come from
-the environment (CHANNEL_RUNTIME_BRIDGE_TOKEN, ...) like the CLI's.
+the environment (CHANNEL_RUNTIME_BRIDGE_TOKEN, ...) like the CLI's. `sidecar` is
+`channel-runtime sidecar`'s app (`compose.build_sidecar_app`, bundled plugins installed),
+its settings from the seed's environment (CONNECTOR_API_TOKEN, BEAVER_BRIDGE_BASE_URL, ...).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import uvicorn
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("app", choices=["ours", "ceiling"])
+    p.add_argument("app", choices=["ours", "sidecar", "ceiling"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--home")
     p.add_argument("--handler", default="bench._handlers:noop")
@@ -32,6 +34,11 @@ def main() -> None:
 
         settings = Settings.load(home=args.home, port=args.port, handler=args.handler)
         app = build_app(settings, bundled=False)
+    elif args.app == "sidecar":
+        from channel_runtime.settings import SidecarSettings
+        from channel_runtime_cli.compose import build_sidecar_app
+
+        app = build_sidecar_app(SidecarSettings.load(home=args.home, port=args.port))
     else:
         from bench._ceiling_app import app
     config = uvicorn.Config(

@@ -13,6 +13,9 @@ system alike, and reports the median over repeats with its reference beside it:
 - the sandbox (SPEC 5.3, `plugin_host.sandbox`): the same SDK plugin sandboxed vs not, sequential
   p50 and cold start (targets: <= 1.1x and <= +30 ms)
 - idle RSS of the SDK plugin after the handshake vs a bare process that imported msgspec and anyio
+- host-kept state: `plugin.state.put` round trips timed inside an SDK plugin (`bench/plugins/sdk_state`)
+  through the real `PluginHost` and `ChannelRuntime` (SQLite store), sequential (p50) and 16 in
+  flight (puts/s), beside the same writes made on the store directly (no RPC)
 
 Targets are reported PASS/MISS, never asserted. This is a benchmark, not a test.
 """
@@ -50,6 +53,8 @@ from plugin_host.supervisor import PluginSupervisor  # noqa: E402
 
 PLUGINS = BENCH_DIR / "plugins"
 IN_FLIGHT = 64
+STATE_IN_FLIGHT = 16
+STATE_PLUGIN = "bench_sdk_state"
 FAST_STOP = {"shutdown_timeout": 1.0, "exit_timeout": 0.5, "term_timeout": 0.5}
 Call = Callable[[int], Awaitable[Any]]
 
@@ -265,6 +270,84 @@ async def idle_rss_bare(spec: LaunchSpec, settle: float) -> float:
             await process.wait()
 
 
+# ---------------------------------------------------------------- host-kept state
+
+
+StatePuts = Callable[[int, int], Awaitable[dict[str, float]]]  # (count, in flight) -> p50Us, p99Us, perSecond
+
+
+@contextlib.asynccontextmanager
+async def state_writers(tmp: Path) -> AsyncIterator[tuple[StatePuts, StatePuts]]:
+    """(through the plugin, on the store directly): the same puts, timed the same way."""
+    from channel_runtime.runtime import ChannelRuntime
+    from plugin_host.host import PluginHost
+    from plugin_host.package import pack_directory
+
+    home = tmp / "state-home"
+    home.mkdir()
+
+    async def no_reply(message: Any) -> None:
+        return None
+
+    host = PluginHost(home)
+    runtime = ChannelRuntime(no_reply, f"sqlite:///{home / 'state.db'}", plugin_host=host, home=home)
+    async with runtime, host:
+        await host.install(pack_directory(PLUGINS / "sdk_state", tmp / "sdk_state.zip"))
+        await host.enable(STATE_PLUGIN)
+        record = await runtime.store.connections.create(kind=STATE_PLUGIN, plugin_id=STATE_PLUGIN, status="connected")
+        supervisor = host.supervisor(STATE_PLUGIN)
+        assert supervisor is not None
+        store = runtime.store.plugin_state
+
+        async def through_plugin(count: int, in_flight: int) -> dict[str, float]:
+            params = {"connectionId": record.connection_id, "count": count, "inFlight": in_flight}
+            result: dict[str, float] = await supervisor.call("bench.state", params, timeout=300)
+            return result
+
+        async def on_store(count: int, in_flight: int) -> dict[str, float]:
+            clock = time.perf_counter
+            latencies: list[float] = []
+            todo = iter(range(count))
+
+            async def writer() -> None:
+                for i in todo:
+                    began = clock()
+                    value = {"offset": i, "token": "t" * 32}
+                    await store.put(STATE_PLUGIN, record.connection_id, f"cursor_{i % 64}", value)
+                    latencies.append(clock() - began)
+
+            began = clock()
+            async with anyio.create_task_group() as tg:
+                for _ in range(in_flight):
+                    tg.start_soon(writer)
+            elapsed = clock() - began
+            latencies.sort()
+            return {
+                "p50Us": percentile(latencies, 50) * 1e6,
+                "p99Us": percentile(latencies, 99) * 1e6,
+                "perSecond": count / elapsed,
+            }
+
+        yield through_plugin, on_store
+
+
+async def state_figures(settings: Settings, tmp: Path, figures: dict[str, dict[str, Runs]], progress: Any) -> None:
+    async with state_writers(tmp) as (through_plugin, on_store):
+        await through_plugin(settings.warmup_calls, 1)
+        await on_store(settings.warmup_calls, 1)
+        for r in range(settings.seq_repeats):
+            for name, puts in (("state", through_plugin), ("store", on_store)):
+                progress(f"state.put sequential {r + 1}/{settings.seq_repeats} {name}")
+                result = await puts(settings.seq_calls, 1)
+                figures[name]["p50"].values.append(result["p50Us"])
+                figures[name]["p99"].values.append(result["p99Us"])
+        for r in range(settings.tput_repeats):
+            for name, puts in (("state", through_plugin), ("store", on_store)):
+                progress(f"state.put {STATE_IN_FLIGHT} in flight {r + 1}/{settings.tput_repeats} {name}")
+                result = await puts(settings.seq_calls * 2, STATE_IN_FLIGHT)
+                figures[name]["tput"].values.append(result["perSecond"])
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -273,7 +356,8 @@ SYSTEMS = ("sdk", "raw", "mcp", "sbx")
 
 async def run(settings: Settings, progress: Callable[[str], None]) -> dict[str, dict[str, Runs]]:
     figures: dict[str, dict[str, Runs]] = {
-        name: {m: Runs() for m in ("p50", "p99", "tput", "cold", "rss")} for name in (*SYSTEMS, "floor")
+        name: {m: Runs() for m in ("p50", "p99", "tput", "cold", "rss")}
+        for name in (*SYSTEMS, "floor", "state", "store")
     }
     with tempfile.TemporaryDirectory(prefix="bench-rpc-") as tmp:
         data_root = Path(tmp)
@@ -314,6 +398,7 @@ async def run(settings: Settings, progress: Callable[[str], None]) -> dict[str, 
             progress(f"idle rss {r + 1}/{settings.rss_samples}")
             figures["sdk"]["rss"].values.append(await idle_rss_ours(sdk_spec, settle=0.5))
             figures["floor"]["rss"].values.append(await idle_rss_bare(sdk_spec, settle=0.5))
+        await state_figures(settings, data_root, figures, progress)
     return figures
 
 
@@ -438,6 +523,27 @@ def rows_of(f: dict[str, dict[str, Runs]]) -> list[Row]:
             "<= 1.3x bare",
             rss_ratio <= 1.3,
         ),
+        Row(
+            "state.put round trip p50 (us)",
+            f["state"]["p50"].median,
+            "store.put, no RPC",
+            f["store"]["p50"].median,
+            f"{paired(f['state']['p50'], f['store']['p50'], lambda a, b: a - b):+.0f} us",
+        ),
+        Row(
+            "state.put round trip p99 (us)",
+            f["state"]["p99"].median,
+            "store.put, no RPC",
+            f["store"]["p99"].median,
+            f"{paired(f['state']['p99'], f['store']['p99'], lambda a, b: a - b):+.0f} us",
+        ),
+        Row(
+            f"state.put/s, {STATE_IN_FLIGHT} in flight",
+            f["state"]["tput"].median,
+            "store.put, no RPC",
+            f["store"]["tput"].median,
+            f"{paired(f['state']['tput'], f['store']['tput'], ratio):.2f}x",
+        ),
     ]
 
 
@@ -467,14 +573,18 @@ def table(rows: list[Row]) -> str:
 
 def spread(f: dict[str, dict[str, Runs]]) -> str:
     """Every repeat of every figure, so a reader can judge the noise behind each median."""
-    names = {"sdk": "ours", "raw": "raw floor", "mcp": "MCP SDK", "floor": "floor", "sbx": "sandboxed"}
+    names = {
+        "sdk": "ours",
+        "raw": "raw floor",
+        "mcp": "MCP SDK",
+        "floor": "floor",
+        "state": "state.put",
+        "store": "store",
+        "sbx": "sandboxed",
+    }
     out = []
     for metric, unit in (("p50", "us"), ("p99", "us"), ("tput", "calls/s"), ("cold", "ms"), ("rss", "MiB")):
-        parts = [
-            f"{names[s]} " + "/".join(fmt(v) for v in f[s][metric].values)
-            for s in ("sdk", "raw", "mcp", "floor", "sbx")
-            if f[s][metric].values
-        ]
+        parts = [f"{names[s]} " + "/".join(fmt(v) for v in f[s][metric].values) for s in names if f[s][metric].values]
         out.append(f"  {metric:<4} ({unit}): " + "; ".join(parts))
     return "\n".join(out)
 

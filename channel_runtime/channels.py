@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import msgspec
 
-from plugin_host.errors import IN_PROGRESS, UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import IN_PROGRESS, RATE_LIMITED, REFUSED, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import SendRequest, SendResult
 
 from .config import ChannelConfig
@@ -92,7 +92,7 @@ class MemoryChannel(_BaseChannel):
     async def send(self, request: SendRequest) -> SendResult:
         result = await self.on_send(request) if self.on_send is not None else None
         self.sent.append(request)
-        return result or SendResult(provider_message_id=f"mem_{len(self.sent)}")
+        return result or SendResult(duplicate=False, provider_message_id=f"mem_{len(self.sent)}")
 
     async def receive(
         self, peer_id: str, content: str, *, message_id: str, peer_type: str = "dm", **fields: Any
@@ -175,9 +175,17 @@ class HttpChannel(_BaseChannel):
         if response.status_code >= 400:
             raise DeliveryError(f"sidecar refused the delivery with {response.status_code}", permanent=True)
         try:
-            return msgspec.json.decode(response.content or b"{}", type=SendResult)
+            answer = msgspec.json.decode(response.content or b"{}", type=_SidecarSendAnswer)
         except msgspec.DecodeError:
             raise DeliveryError("sidecar answered an invalid send result", permanent=True) from None
+        return SendResult(duplicate=answer.duplicate, provider_message_id=answer.provider_message_id)
+
+
+class _SidecarSendAnswer(msgspec.Struct, rename="camel"):
+    """A sidecar's answer to POST /send: read leniently, seed sidecars may send only providerMessageId."""
+
+    duplicate: bool = False
+    provider_message_id: str | None = None
 
 
 def _retry_after(response: httpx.Response, default: float | None = 5) -> float | None:
@@ -193,11 +201,11 @@ def _retry_after(response: httpx.Response, default: float | None = 5) -> float |
 
 def rpc_delivery_error(exc: RpcError) -> DeliveryError:
     """How a plugin's answer to `message.send` maps onto a retry decision."""
-    if exc.code == IN_PROGRESS:
+    if exc.code in (IN_PROGRESS, RATE_LIMITED):
         data = exc.data if isinstance(exc.data, dict) else {}
         return DeliveryError(exc.message, retry_after=float(data.get("retryAfterSeconds", 5)))
-    # -32602 invalid params, -32011 unknown connection, -32012 unsupported: retrying cannot help
-    permanent = exc.code in (-32602, -32601, UNKNOWN_CONNECTION, -32012)
+    # -32602 invalid params, -32011 unknown connection, -32012 unsupported, -32019 refused: retrying cannot help
+    permanent = exc.code in (-32602, -32601, UNKNOWN_CONNECTION, -32012, REFUSED)
     return DeliveryError(f"{exc.name}: {exc.message}", permanent=permanent)
 
 

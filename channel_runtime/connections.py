@@ -4,6 +4,11 @@ start_session → connection `pairing` → plugin `session.start` → `session.u
 notifications → on `connected`: credentials stored encrypted, connection
 `connected`, `add_channel` (the channel runs at once). Logout → plugin
 `connection.logout` → `remove_channel` → `revoked`.
+
+The owner is an `Application`: the channel runtime (`serve`) or a sidecar (SPEC 11,
+which passes the application's own connection and channel ids). A kind no local
+plugin provides is onboarded through a remote sidecar when one is configured
+(`remote.SidecarClient`); such connections carry `plugin_id = REMOTE_PROVIDER`.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from plugin_host.protocol import (
 from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
+from .remote import REMOTE_PROVIDER, SidecarClient, SidecarError
 from .store.base import ConnectionRecord, ConnectorSessionRecord
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
 
-    from .runtime import ChannelRuntime
+    from .application import Application
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +87,19 @@ def with_qr_image(view: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConnectionManager:
-    def __init__(self, runtime: ChannelRuntime, host: PluginHost) -> None:
+    def __init__(
+        self,
+        runtime: Application,
+        host: PluginHost,
+        *,
+        remote: SidecarClient | None = None,
+        call_timeout: float | None = None,
+    ) -> None:
         self.runtime = runtime
         self.host = host
+        self.remote = remote
+        # the timeout of each onboarding call to a plugin (None: the manifest's per-method timeouts)
+        self.call_timeout = call_timeout
         self._subscribers: dict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = {}
         self._session_locks: dict[str, anyio.Lock] = {}
 
@@ -133,22 +149,26 @@ class ConnectionManager:
     # ---------------------------------------------------------------- sessions
 
     async def start_session(
-        self, kind: str, display_name: str = "", options: dict[str, Any] | None = None
+        self,
+        kind: str,
+        display_name: str = "",
+        options: dict[str, Any] | None = None,
+        *,
+        connection_id: str | None = None,
+        channel_id: str | None = None,
     ) -> dict[str, Any]:
+        """A new onboarding session; `connection_id` (a sidecar's application chooses it) reuses or creates
+        that connection, and `channel_id` names its channel (default: the connection id)."""
         options = options or {}
         plugin_id = self.host.plugin_for_kind(kind)
+        if plugin_id is None and self.remote is not None:
+            return await self._start_remote_session(kind, display_name, options, connection_id, channel_id)
         if plugin_id is None:
             raise OnboardingError("unknown_kind", f"no enabled plugin provides connector kind {kind!r}", status=404)
         if self.host.supervisor(plugin_id) is None:
             raise OnboardingError("plugin_unavailable", f"plugin {plugin_id} is not running", status=503)
         store = self.runtime.store
-        connection = await store.connections.create(
-            kind=kind,
-            plugin_id=plugin_id,
-            display_name=display_name,
-            options=public_options(options),
-            status="pairing",
-        )
+        connection = await self._pairing_connection(kind, plugin_id, display_name, options, connection_id, channel_id)
         session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
         hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
         self.host.redactor(plugin_id).add(*hidden)  # an app secret the admin typed never shows in its logs
@@ -161,7 +181,7 @@ class ConnectionManager:
             options=options,
         )
         try:
-            view = await self.host.client(plugin_id).session_start(params)
+            view = await self.host.client(plugin_id).session_start(params, timeout=self.call_timeout)
         except RpcError as exc:
             message = redact(self.host.redactor(plugin_id)(exc.message), hidden)
             await store.sessions.update(
@@ -177,9 +197,95 @@ class ConnectionManager:
                 status=503 if exc.code == UNAVAILABLE else 502,
             ) from None
         await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
-        return await self.session_view(session.session_id)
+        return await self._current_view(session.session_id)
+
+    async def _pairing_connection(
+        self,
+        kind: str,
+        plugin_id: str,
+        display_name: str,
+        options: dict[str, Any],
+        connection_id: str | None,
+        channel_id: str | None,
+    ) -> ConnectionRecord:
+        """The connection a new session pairs: a new one, or the named one again (a new login for it)."""
+        store = self.runtime.store
+        existing = await store.connections.get(connection_id) if connection_id else None
+        if existing is None:
+            return await store.connections.create(
+                kind=kind,
+                plugin_id=plugin_id,
+                channel_id=channel_id or None,
+                display_name=display_name,
+                options=public_options(options),
+                status="pairing",
+                connection_id=connection_id,
+            )
+        if (existing.kind, existing.plugin_id) != (kind, plugin_id):
+            raise OnboardingError(
+                "connection_conflict",
+                f"connection {existing.connection_id} is a {existing.kind} connection of {existing.plugin_id}",
+                {"connectionId": existing.connection_id, "kind": existing.kind},
+                status=409,
+            )
+        await store.connections.update(
+            existing.connection_id,
+            channel_id=channel_id or None,
+            display_name=display_name or None,
+            options=public_options(options),
+        )
+        return await store.connections.update_status(existing.connection_id, "pairing")
+
+    async def _start_remote_session(
+        self,
+        kind: str,
+        display_name: str,
+        options: dict[str, Any],
+        connection_id: str | None,
+        channel_id: str | None,
+    ) -> dict[str, Any]:
+        """Onboard through the remote sidecar: its session id becomes this session's id."""
+        assert self.remote is not None
+        store = self.runtime.store
+        connection = await self._pairing_connection(
+            kind, REMOTE_PROVIDER, display_name, options, connection_id, channel_id
+        )
+        try:
+            view = await self.remote.start_session(
+                kind=kind,
+                connection_id=connection.connection_id,
+                channel_id=connection.channel_id,
+                display_name=display_name,
+                options=options,
+            )
+        except SidecarError as exc:
+            await store.connections.update_status(connection.connection_id, "error", exc.message)
+            raise
+        session = await store.sessions.create(
+            connection_id=connection.connection_id,
+            kind=kind,
+            plugin_id=REMOTE_PROVIDER,
+            session_id=str(view["sessionId"]),
+        )
+        await self._apply_view(session.session_id, view, from_call=True)
+        return await self._current_view(session.session_id)
 
     async def session_view(self, session_id: str) -> dict[str, Any]:
+        """The session and its connection; a live session of a remote sidecar is read from it first."""
+        session = await self.runtime.store.sessions.get(session_id)
+        if (
+            session is not None
+            and session.plugin_id == REMOTE_PROVIDER
+            and session.status not in TERMINAL_SESSION_STATUSES
+            and self.remote is not None
+        ):
+            try:
+                await self._apply_view(session_id, await self.remote.get_session(session_id), from_call=True)
+            except SidecarError as exc:
+                log.warning("session %s: the sidecar did not answer: %s", session_id, exc.message)
+        return await self._current_view(session_id)
+
+    async def _current_view(self, session_id: str) -> dict[str, Any]:
         store = self.runtime.store
         session = await store.sessions.get(session_id)
         if session is None:
@@ -192,25 +298,34 @@ class ConnectionManager:
 
     async def session_input(self, session_id: str, value: Any) -> dict[str, Any]:
         session = await self._live_session(session_id)
+        if session.plugin_id == REMOTE_PROVIDER:
+            raise OnboardingError(
+                "session_input_unsupported",
+                "a sidecar's sessions take no input (SPEC 11 has no such route)",
+                status=409,
+            )
         try:
-            view = await self.host.client(session.plugin_id).session_input(session_id, value)
+            view = await self.host.client(session.plugin_id).session_input(session_id, value, timeout=self.call_timeout)
         except RpcError as exc:
             raise OnboardingError(
                 "session_input_failed", self.host.redactor(session.plugin_id)(exc.message), status=502
             ) from None
         await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
-        return await self.session_view(session_id)
+        return await self._current_view(session_id)
 
     async def cancel_session(self, session_id: str) -> dict[str, Any]:
         session = await self._live_session(session_id)
         try:
-            await self.host.client(session.plugin_id).session_cancel(session_id)
-        except RpcError as exc:
+            if session.plugin_id == REMOTE_PROVIDER and self.remote is not None:
+                await self.remote.cancel_session(session_id)
+            else:
+                await self.host.client(session.plugin_id).session_cancel(session_id, timeout=self.call_timeout)
+        except (RpcError, SidecarError) as exc:
             log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, exc.message)
         view = dict(session.view) or {"sessionId": session_id, "kind": session.kind}
         view["status"] = "cancelled"
         await self._apply_view(session_id, view, from_call=False)
-        return await self.session_view(session_id)
+        return await self._current_view(session_id)
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -220,7 +335,7 @@ class ConnectionManager:
 
         A subscriber that falls `_SUBSCRIBER_BUFFER` views behind is dropped: its stream ends.
         """
-        current = await self.session_view(session_id)
+        current = await self._current_view(session_id)
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](_SUBSCRIBER_BUFFER)
         self._subscribers.setdefault(session_id, set()).add(send)
         try:
@@ -304,7 +419,7 @@ class ConnectionManager:
         except Exception as exc:
             await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
             return
-        if first or credentials:
+        if (first or credentials) and record.plugin_id != REMOTE_PROVIDER:
             await self._hand_over(record)
 
     async def _hand_over(self, record: ConnectionRecord) -> None:
@@ -324,7 +439,7 @@ class ConnectionManager:
         subscribers = self._subscribers.get(session_id)
         if not subscribers:
             return
-        view = await self.session_view(session_id)
+        view = await self._current_view(session_id)
         for stream in list(subscribers):
             try:
                 stream.send_nowait(view)
@@ -358,8 +473,11 @@ class ConnectionManager:
             raise OnboardingError("connection_not_found", f"no connection {connection_id}", status=404)
         if record.status != "revoked":
             try:
-                await self.host.client(record.plugin_id).logout(connection_id)
-            except RpcError as exc:
+                if record.plugin_id == REMOTE_PROVIDER and self.remote is not None:
+                    await self.remote.logout(connection_id)
+                else:
+                    await self.host.client(record.plugin_id).logout(connection_id, timeout=self.call_timeout)
+            except (RpcError, SidecarError) as exc:
                 # revoking locally must not depend on the plugin being up
                 log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, exc.message)
             await self._revoke(record)
@@ -385,6 +503,12 @@ class ConnectionManager:
         await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
+        if record.plugin_id == REMOTE_PROVIDER:
+            if self.remote is None:
+                raise OnboardingError(
+                    "sidecar_not_configured", f"connection {record.connection_id} needs its sidecar", status=503
+                )
+            return self.remote.channel_config(record)
         return ChannelConfig.for_connection(
             plugin_id=record.plugin_id,
             connection_id=record.connection_id,

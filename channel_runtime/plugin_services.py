@@ -1,7 +1,8 @@
 """The channel runtime's answers to plugin → host methods (SPEC 3.4): `RuntimeServices`.
 
-`ChannelRuntime` binds one to its plugin host when it is built; see
-`plugin_host.services` for the table of who answers which method.
+`ChannelRuntime` binds one to its plugin host when it is built (a `Sidecar` too: its
+`ingest` forwards instead); see `plugin_host.services` for the table of who answers
+which method.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from plugin_host.services import HostServices
 from .store import StateLimitError
 
 if TYPE_CHECKING:
+    from .application import Application
     from .connections import ConnectionManager
-    from .runtime import ChannelRuntime
 
 STATE_KEY_MAX_CHARS = 512
 
 
 class RuntimeServices(HostServices):
-    def __init__(self, runtime: ChannelRuntime, connections: ConnectionManager) -> None:
+    def __init__(self, runtime: Application, connections: ConnectionManager) -> None:
         self._runtime = runtime
         self._connections = connections
 

@@ -23,6 +23,7 @@ from plugin_host.errors import Refusal
 from plugin_host.lifetime import owned_task_group
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult, Target
 
+from .activity import ActivityCounts
 from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
 from .config import ChannelConfig
 from .messages import InboundMessage, OutboundMessage
@@ -96,6 +97,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._channels: dict[str, Channel] = {}
         self._configs: dict[str, ChannelConfig] = {}
         self._states: dict[str, ChannelState] = {}
+        self.activity = ActivityCounts(self.clock)  # the admin page's overview
         self._lifecycle = anyio.Lock()
         self._handler_attempts = handler_attempts
         self._delivery_attempts = delivery_attempts
@@ -323,14 +325,16 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
             )
         if entry is None:  # a completed duplicate, or a message id this channel has seen
-            return IngestResult(200, InboundAck(accepted=True, duplicate=True))
+            return IngestResult(200, InboundAck(accepted=True, duplicate=True, pending=False))
+        self.activity.count(connection.channel_id, "in")
         self._inbox.wake()
-        return IngestResult(200, InboundAck(accepted=True, pending=True))
+        return IngestResult(200, InboundAck(accepted=True, duplicate=False, pending=True))
 
     async def accept(self, message: InboundMessage) -> bool:
         """Commit a message from a local channel (runtime dedupe + inbox); False when already seen."""
         entry = await self.store.inbox.commit(message)
         if entry is not None:
+            self.activity.count(message.channel_id, "in")
             self._inbox.wake()
         return entry is not None
 
@@ -423,6 +427,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             if permanent or entry.attempts >= self._delivery_attempts:
                 log.warning("delivery %s dead-lettered: %s", entry.request_id, error)
                 await store.outbox.dead_letter(entry.id, error)
+                self.activity.count(entry.channel_id, "dead")
             else:
                 delay = (
                     retry_after
@@ -430,8 +435,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                     else backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
                 )
                 await store.outbox.retry(entry.id, error, delay)
+                self.activity.count(entry.channel_id, "deferred")
             return
         await store.outbox.mark_sent(entry.id, msgspec.to_builtins(result))
+        self.activity.count(entry.channel_id, "sent")
 
     def wake(self) -> None:
         """Look for due work now (after moving a fake clock, or after an outside change)."""

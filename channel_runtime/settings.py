@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,9 @@ SANDBOX_ENV = "CHANNEL_RUNTIME_SANDBOX"  # auto (default) | off | required (docs
 MAX_CONNECTIONS_ENV = "CHANNEL_RUNTIME_MAX_CONNECTIONS"  # open HTTP connections; default from the fd limit
 HEADER_TIMEOUT_ENV = "CHANNEL_RUNTIME_HEADER_TIMEOUT"  # seconds a connection has to send a request's headers
 KEEPALIVE_TIMEOUT_ENV = "CHANNEL_RUNTIME_KEEPALIVE_TIMEOUT"  # seconds an idle keep-alive connection stays
+# a remote `channel-runtime sidecar` (SPEC 11) serving the connector kinds no local plugin provides
+SIDECAR_URL_ENV = "CHANNEL_RUNTIME_SIDECAR_URL"
+SIDECAR_TOKEN_ENV = "CHANNEL_RUNTIME_SIDECAR_TOKEN"
 
 DEFAULT_HOME = "./.channel-runtime"
 DEFAULT_HOST = "127.0.0.1"
@@ -77,10 +80,6 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use; the message names it."""
-
-
 def _number(env: Mapping[str, str], name: str, default: float | None, *, minimum: float) -> float | None:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -122,6 +121,8 @@ class Settings:
     max_connections: int | None = None
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    sidecar_url: str | None = None
+    sidecar_token: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -160,6 +161,8 @@ class Settings:
             or DEFAULT_HEADER_TIMEOUT,
             keepalive_timeout=_number(env, KEEPALIVE_TIMEOUT_ENV, DEFAULT_KEEPALIVE_TIMEOUT, minimum=0.1)
             or DEFAULT_KEEPALIVE_TIMEOUT,
+            sidecar_url=(env.get(SIDECAR_URL_ENV) or "").strip().rstrip("/") or None,
+            sidecar_token=(env.get(SIDECAR_TOKEN_ENV) or "").strip() or None,
             env=env,
         )
 
@@ -177,7 +180,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
-        return [s for s in (self.admin_token, self.bridge_token) if s]
+        return [s for s in (self.admin_token, self.bridge_token, self.sidecar_token) if s]
 
     @property
     def admin_url(self) -> str:
@@ -193,3 +196,92 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------- sidecar mode (SPEC 11): the seed's names
+
+CONNECTOR_HOME_ENV = "CONNECTOR_HOME"
+CONNECTOR_API_TOKEN_ENV = "CONNECTOR_API_TOKEN"
+BRIDGE_BASE_URL_ENV = "BEAVER_BRIDGE_BASE_URL"
+APP_BRIDGE_TOKEN_ENV = "BEAVER_BRIDGE_TOKEN"
+COMMAND_TIMEOUT_ENV = "CONNECTOR_COMMAND_TIMEOUT_SECONDS"
+# ours: the longest wait between two tries of an event the application did not take
+FORWARD_RETRY_CAP_ENV = "CHANNEL_RUNTIME_FORWARD_RETRY_CAP_SECONDS"
+SIDECAR_DEFAULT_HOME = "./.channel-runtime-sidecar"
+SIDECAR_DEFAULT_HOST = "0.0.0.0"
+SIDECAR_DEFAULT_PORT = 8787
+FORWARD_RETRY_CAP = 30.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used (the message names it)."""
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """`channel-runtime sidecar`: the service settings plus the seed's connector environment."""
+
+    service: Settings
+    # None: every connector-API request is refused
+    connector_token: str | None = field(default=None, repr=False)
+    bridge_base_url: str | None = None
+    bridge_token: str | None = field(default=None, repr=False)
+    # the timeout of each plugin call made for a connector-API request; None: the manifests'
+    command_timeout: float | None = None
+    forward_retry_cap: float = FORWARD_RETRY_CAP
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        create_admin_token: bool = True,
+    ) -> SidecarSettings:
+        env = dict(os.environ if env is None else env)
+        chosen = (
+            home if home is not None else (env.get(CONNECTOR_HOME_ENV) or env.get(HOME_ENV) or SIDECAR_DEFAULT_HOME)
+        )
+        home_path = Path(chosen).expanduser().resolve()
+        service = Settings.load(
+            env,
+            home=home_path,
+            host=host or SIDECAR_DEFAULT_HOST,
+            port=SIDECAR_DEFAULT_PORT if port is None else port,
+            create_admin_token=create_admin_token,
+        )
+        # a sidecar has no bridge of its own: it posts to the application's
+        service = replace(service, bridge_token=None)
+        base_url = (env.get(BRIDGE_BASE_URL_ENV) or "").strip().rstrip("/") or None
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{BRIDGE_BASE_URL_ENV} must be an http:// or https:// URL")
+        return cls(
+            service=service,
+            connector_token=(env.get(CONNECTOR_API_TOKEN_ENV) or "").strip() or None,
+            bridge_base_url=base_url,
+            bridge_token=(env.get(APP_BRIDGE_TOKEN_ENV) or "").strip() or None,
+            command_timeout=_seconds(env, COMMAND_TIMEOUT_ENV),
+            forward_retry_cap=_seconds(env, FORWARD_RETRY_CAP_ENV) or FORWARD_RETRY_CAP,
+        )
+
+    @property
+    def home(self) -> Path:
+        return self.service.home
+
+    def secrets(self) -> list[str]:
+        return [*self.service.secrets(), *(s for s in (self.connector_token, self.bridge_token) if s)]

@@ -10,7 +10,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from channel_runtime.settings import Settings
+from channel_runtime.settings import Settings, SidecarSettings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -50,7 +50,6 @@ def load_handler(spec: str) -> Any:
 def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
     """The whole service as one ASGI app: runtime, plugin host, admin API; the lifespan owns them."""
     from admin_api import create_app
-    from channel_runtime.bundled import install_bundled
     from channel_runtime.runtime import ChannelRuntime
     from plugin_host.host import PluginHost
 
@@ -69,9 +68,45 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
         secret_key=secret_key,
     )
 
-    async def first_start(host: PluginHost) -> None:
-        installed = await install_bundled(host)
-        if installed:
-            log.info("installed bundled plugins: %s", ", ".join(installed))
+    if settings.sidecar_url and runtime.connections is not None:
+        from channel_runtime.remote import SidecarClient
 
-    return create_app(host=host, runtime=runtime, settings=settings, host_setup=[first_start] if bundled else [])
+        # kinds no local plugin provides are onboarded through the remote sidecar (SPEC 11)
+        try:
+            runtime.connections.remote = SidecarClient(
+                settings.sidecar_url, settings.sidecar_token or "", callback_base_url=settings.public_url
+            )
+        except ValueError as exc:
+            raise CliError(f"CHANNEL_RUNTIME_SIDECAR_URL: {exc}") from None
+
+    return create_app(host=host, runtime=runtime, settings=settings, host_setup=[_first_start] if bundled else [])
+
+
+def build_sidecar_app(settings: SidecarSettings, *, bundled: bool = True) -> Starlette:
+    """`channel-runtime sidecar` as one ASGI app: the plugin host, the sidecar, the connector API (SPEC 11)."""
+    from admin_api.sidecar import create_sidecar_app
+    from channel_runtime.sidecar import Sidecar
+    from plugin_host.host import PluginHost
+
+    host = PluginHost(settings.home)
+    sidecar = Sidecar(
+        plugin_host=host,
+        store=settings.service.store_url,
+        bridge_base_url=settings.bridge_base_url,
+        bridge_token=settings.bridge_token,
+        home=settings.home,
+        secret_key=settings.service.secret_key(),
+        command_timeout=settings.command_timeout,
+        forward_retry_cap=settings.forward_retry_cap,
+    )
+    return create_sidecar_app(
+        host=host, sidecar=sidecar, settings=settings, host_setup=[_first_start] if bundled else []
+    )
+
+
+async def _first_start(host: PluginHost) -> None:
+    from channel_runtime.bundled import install_bundled
+
+    installed = await install_bundled(host)
+    if installed:
+        log.info("installed bundled plugins: %s", ", ".join(installed))

@@ -1,6 +1,7 @@
 """The `channel-runtime` command (SPEC 8).
 
 channel-runtime serve [--home DIR] [--host 127.0.0.1] [--port 8080] [--store URL] [--handler echo|module:function]
+channel-runtime sidecar [--home DIR] [--host 0.0.0.0] [--port 8787]
 channel-runtime plugin new NAME [--kind KIND]
 channel-runtime plugin validate DIR|ZIP
 channel-runtime plugin pack DIR [-o FILE.zip]
@@ -17,9 +18,17 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from channel_runtime.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+from channel_runtime.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    SIDECAR_DEFAULT_HOST,
+    SIDECAR_DEFAULT_PORT,
+    Settings,
+    SettingsError,
+    SidecarSettings,
+)
 
-from .compose import CliError, build_app
+from .compose import CliError, build_app, build_sidecar_app
 from .plugin_commands import cmd_check, cmd_install, cmd_list, cmd_new, cmd_pack, cmd_validate
 
 # ---------------------------------------------------------------- arguments
@@ -49,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help="store URL (default $CHANNEL_RUNTIME_STORE or sqlite:///<home>/state.db)")
     serve.add_argument("--handler", help="message handler: echo (default) or module:function")
     serve.set_defaults(run=cmd_serve)
+
+    sidecar = commands.add_parser(
+        "sidecar", help="serve the external-connector HTTP contract for an application (SPEC 11)"
+    )
+    sidecar.add_argument("--home", help="state folder (default $CONNECTOR_HOME or ./.channel-runtime-sidecar)")
+    sidecar.add_argument(
+        "--host", default=SIDECAR_DEFAULT_HOST, help=f"address to listen on (default {SIDECAR_DEFAULT_HOST})"
+    )
+    sidecar.add_argument(
+        "--port", type=_port, default=SIDECAR_DEFAULT_PORT, help=f"port (default {SIDECAR_DEFAULT_PORT})"
+    )
+    sidecar.set_defaults(run=cmd_sidecar)
 
     plugin = commands.add_parser("plugin", help="write, check, pack and install plugins")
     actions = plugin.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -92,30 +113,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
-    import uvicorn
-
-    from channel_runtime.settings import SettingsError
-
-    from .server import hide_query_strings, open_files_raised, quiet_repeats, server_config
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    _configure_logging()
     try:
         settings = Settings.load(home=args.home, store=args.store, host=args.host, port=args.port, handler=args.handler)
     except SettingsError as exc:
         raise CliError(str(exc)) from None
+    from .server import open_files_raised
+
     open_files = open_files_raised()  # before anything opens: sockets, plugins' pipes, the database
     app = build_app(settings)
-    server = uvicorn.Server(server_config(app, settings, open_files=open_files))
-    quiet_repeats()  # uvicorn's loggers exist now
-    hide_query_strings()
     print(f"channel-runtime: admin page at {settings.admin_url}", flush=True)
+    _print_admin_token(settings)
+    return _run(app, settings, open_files)
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    _configure_logging()
+    try:
+        settings = SidecarSettings.load(home=args.home, host=args.host, port=args.port)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    from .server import open_files_raised
+
+    open_files = open_files_raised()
+    app = build_sidecar_app(settings)
+    service = settings.service
+    print(f"channel-runtime sidecar: connector API on http://{service.host}:{service.port}", flush=True)
+    if not settings.connector_token:
+        print("channel-runtime sidecar: CONNECTOR_API_TOKEN is not set: every connector request is refused", flush=True)
+    if not settings.bridge_base_url:
+        print(
+            "channel-runtime sidecar: BEAVER_BRIDGE_BASE_URL is not set: inbound events wait in the queue", flush=True
+        )
+    print(f"channel-runtime sidecar: admin page at {service.admin_url}", flush=True)
+    _print_admin_token(service)
+    return _run(app, service, open_files)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+
+
+def _print_admin_token(settings: Settings) -> None:
     if settings.admin_token_generated:
         # printed once, on the terminal only: never through the logger
         print(
             f"channel-runtime: admin token (saved in {settings.home / 'admin-token'}): {settings.admin_token}",
             flush=True,
         )
+
+
+def _run(app: object, settings: Settings, open_files: int) -> int:
+    import anyio
+    import uvicorn
+
+    from .server import hide_query_strings, quiet_repeats, server_config
+
+    server = uvicorn.Server(server_config(app, settings, open_files=open_files))
+    quiet_repeats()  # uvicorn's loggers exist now
+    hide_query_strings()
     # uvicorn re-raises the signal that stopped it once it is done; after a graceful stop, exit 0 instead
     received: list[int] = []
     previous = {

@@ -49,25 +49,25 @@ class PluginClient:
     async def health(self, *, timeout: float | None = None) -> HealthResult:
         return await self._call("health", Empty(), HealthResult, timeout)
 
-    async def session_start(self, params: SessionStartParams) -> ConnectorSessionView:
-        return await self._call("session.start", params, ConnectorSessionView)
+    async def session_start(self, params: SessionStartParams, *, timeout: float | None = None) -> ConnectorSessionView:
+        return await self._call("session.start", params, ConnectorSessionView, timeout)
 
     async def session_get(self, session_id: str) -> ConnectorSessionView:
         return await self._call("session.get", SessionRef(session_id=session_id), ConnectorSessionView)
 
-    async def session_input(self, session_id: str, value: Any) -> ConnectorSessionView:
+    async def session_input(self, session_id: str, value: Any, *, timeout: float | None = None) -> ConnectorSessionView:
         return await self._call(
-            "session.input", SessionInputParams(session_id=session_id, input=value), ConnectorSessionView
+            "session.input", SessionInputParams(session_id=session_id, input=value), ConnectorSessionView, timeout
         )
 
-    async def session_cancel(self, session_id: str) -> None:
-        await self._call("session.cancel", SessionRef(session_id=session_id), Empty)
+    async def session_cancel(self, session_id: str, *, timeout: float | None = None) -> None:
+        await self._call("session.cancel", SessionRef(session_id=session_id), Empty, timeout)
 
-    async def logout(self, connection_id: str) -> None:
-        await self._call("connection.logout", ConnectionRef(connection_id=connection_id), Empty)
+    async def logout(self, connection_id: str, *, timeout: float | None = None) -> None:
+        await self._call("connection.logout", ConnectionRef(connection_id=connection_id), Empty, timeout)
 
-    async def send(self, request: SendRequest) -> SendResult:
-        return await self._call("message.send", request, SendResult)
+    async def send(self, request: SendRequest, *, timeout: float | None = None) -> SendResult:
+        return await self._call("message.send", request, SendResult, timeout)
 
     async def webhook(self, params: WebhookParams) -> WebhookResult:
         return await self._call("webhook.handle", params, WebhookResult)

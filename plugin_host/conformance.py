@@ -5,10 +5,13 @@ package rules of SPEC 5.1, spawned with the isolation of SPEC 5.3, and driven
 over raw stdio, so that malformed input can be sent and every stdout line seen:
 
     package, spawn, initialize, initialized, health, unknown method,
-    malformed input, stdout, shutdown, exit on EOF
+    malformed input, shutdown, stdout, every field, exit on EOF
 
 Each check prints one line (PASS/FAIL/SKIP + reason); the run fails when any
-check fails. Every message the plugin writes is validated against `schemas/`.
+check fails. Every message the plugin writes is validated against `schemas/`;
+`every field` names each field the plugin leaves out of a message (SPEC 3.1:
+optional ones go out as null, never missing). The plugin's `state.get` /
+`state.put` requests are answered from memory, as a host would.
 """
 
 from __future__ import annotations
@@ -27,16 +30,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import msgspec
 
-from .errors import METHOD_NOT_FOUND
+from .errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from .launch import LaunchError, LaunchSpec, prepare_launch
 from .manifest import Manifest
 from .package import PackageError, install_package, pack_directory
 from .process_group import GroupProcess, spawn
-from .protocol import PROTOCOL_VERSION
+from .protocol import PROTOCOL_VERSION, StateGetParams, StatePutParams
 from .redact import redact
+from .sdk.testing import MemoryState
 from .streams import FdReceiveStream, FdSendStream
-from .wire_schemas import message_errors
+from .wire_schemas import message_errors, missing_fields
 
 HOST_INFO = {"name": "channel-runtime-check", "version": "1"}
 SHUTDOWN_TIMEOUT = 2.0
@@ -97,6 +102,7 @@ CHECKS = [
     "malformed input",
     "shutdown",
     "stdout",
+    "every field",
     "exit on EOF",
 ]
 
@@ -112,6 +118,8 @@ class _Peer:
         self.responses: dict[Any, dict[str, Any]] = {}
         self.null_id_errors: list[dict[str, Any]] = []
         self.violations: list[str] = []
+        self.missing: dict[str, list[str]] = {}  # message -> fields it left out
+        self.state = MemoryState()
         self.eof = anyio.Event()
         self._arrived = anyio.Event()
 
@@ -158,27 +166,40 @@ class _Peer:
             )
             return
         method = self.sent_methods.get(message.get("id")) if "method" not in message else None
-        for issue in message_errors("plugin_to_host", message, method=method)[:3]:
-            what = message.get("method") or f"answer to {method or message.get('id')!r}"
+        what = message.get("method") or f"answer to {method or message.get('id')!r}"
+        # missing fields are reported by name in their own check; here what a host would refuse
+        for issue in message_errors("plugin_to_host", message, method=method, complete=False)[:3]:
             self.violations.append(f"{what}: {issue['path'] or '/'}: {issue['message']}")
+        if "result" in message or "method" in message:
+            missing = missing_fields("plugin_to_host", message, method=method)
+            if missing:
+                self.missing.setdefault(what, [])
+                self.missing[what] += [f for f in missing if f not in self.missing[what]]
         if "method" in message:
-            if "id" in message:  # a request of the plugin: this stand-in host serves none
-                await self.send(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": message["id"],
-                        "error": {
-                            "code": METHOD_NOT_FOUND,
-                            "message": "the conformance check does not serve host methods",
-                        },
-                    }
-                )
+            if "id" in message:  # a request of the plugin
+                await self.send(self._answer(message))
             return
         if message.get("id") is None:
             self.null_id_errors.append(message)
         else:
             self.responses[message["id"]] = message
         self._notify()
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A host's answer to a plugin request: state.* from memory, nothing else."""
+        method, params = request["method"], request.get("params", {})
+        try:
+            if method == "state.get":
+                result: Any = self.state.get(msgspec.convert(params, StateGetParams))
+            elif method == "state.put":
+                result = self.state.put(msgspec.convert(params, StatePutParams))
+            else:
+                raise RpcError(METHOD_NOT_FOUND, f"the conformance check does not serve {method}")
+        except msgspec.ValidationError as exc:
+            return _error(request["id"], INVALID_PARAMS, f"invalid {method} params: {exc}")
+        except RpcError as exc:
+            return _error(request["id"], exc.code, exc.message)
+        return {"jsonrpc": "2.0", "id": request["id"], "result": msgspec.json.decode(msgspec.json.encode(result))}
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(message, separators=(",", ":")).encode())
@@ -200,6 +221,10 @@ class _Peer:
             while id_ not in self.responses and not self.eof.is_set():
                 await self._arrived.wait()
         return self.responses.get(id_)
+
+
+def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
 @contextmanager
@@ -356,6 +381,13 @@ async def _converse(peer: _Peer, process: GroupProcess, spec: LaunchSpec, report
     else:
         report.add("stdout", True, "only valid JSON-RPC messages")
 
+    # -- every field (SPEC 3.1): judged on everything written so far
+    if peer.missing:
+        left_out = "; ".join(f"{what} leaves out {', '.join(fields)}" for what, fields in peer.missing.items())
+        report.add("every field", False, left_out + " (send optional fields as null)")
+    else:
+        report.add("every field", True, "no message leaves a field out")
+
     # -- exit on EOF
     await peer.stdin.aclose()
     started = time.monotonic()
@@ -384,7 +416,7 @@ def _check_answer(
         err = answer["error"]
         report.add(name, False, f"answered error {err.get('code')}: {redact(str(err.get('message')))}")
         return False
-    issues = message_errors("plugin_to_host", answer, method=name)
+    issues = message_errors("plugin_to_host", answer, method=name, complete=False)
     if issues:
         report.add(name, False, f"result does not match the schema: {issues[0]['path']}: {issues[0]['message']}")
         return False

@@ -23,7 +23,7 @@ from .files import private_dir
 from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import InstalledPackage, install_package, sweep_temporary
-from .process import LaunchSpec
+from .process import LaunchSpec, LogLine
 from .protocol import ConnectorDescriptor
 from .redact import Redactor, secret_values
 from .registry import PluginRecord, PluginRegistry, VersionRecord
@@ -359,7 +359,9 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "health": snap.get("health"),
             "restarts": snap.get("counters", {}).get("restarts", 0),
             "lastError": snap.get("lastError"),
-            "connectors": [msgspec.to_builtins(c) for c in (manifest.connectors if manifest else [])],
+            "lastErrorAt": snap.get("lastErrorAt"),
+            "nextAttemptInSeconds": snap.get("nextAttemptInSeconds"),
+            "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
             "permissions": permissions,
             "sandbox": self.sandbox.status.view(),
         }
@@ -390,7 +392,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             descriptors: builtins.list[ConnectorDescriptor] = (
                 list(result.connectors)
                 if result and result.connectors
-                else self._manifest(record.id, record.active_version).connectors
+                else [c.descriptor() for c in self._manifest(record.id, record.active_version).connectors]
             )
             redactor = running.supervisor.redactor if running else None
             for d in descriptors:
@@ -406,6 +408,11 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._record(plugin_id)
         running = self._running.get(plugin_id)
         return running.supervisor.logs(tail) if running else []
+
+    def log_lines(self, plugin_id: str, tail: int = 200, after: int = 0) -> builtins.list[LogLine]:
+        self._record(plugin_id)
+        running = self._running.get(plugin_id)
+        return running.supervisor.log_lines(tail, after) if running else []
 
     def snapshots(self) -> dict[str, dict[str, Any]]:
         return {pid: r.supervisor.snapshot() for pid, r in self._running.items()}

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import Refusal
-from .protocol import ConnectorDescriptor
+from .protocol import AuthType, ConnectorDescriptor
 
 MANIFEST_NAME = "plugin.json"
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -45,6 +45,20 @@ class Limits(_M):
     max_message_bytes: int = 524_288
 
 
+class ManifestConnector(_M):
+    """A connector as plugin.json declares it: `capabilities` and `optionsSchema` may be left out."""
+
+    kind: str
+    display_name: str
+    auth_type: AuthType
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    options_schema: dict[str, Any] | None = None
+
+    def descriptor(self) -> ConnectorDescriptor:
+        """The wire shape announced for it (SPEC 3.5)."""
+        return ConnectorDescriptor(self.kind, self.display_name, self.auth_type, self.capabilities, self.options_schema)
+
+
 class Permissions(_M):
     """What a plugin asks for beyond its sandbox (docs/SECURITY.md): shown to the admin before enabling."""
 
@@ -63,7 +77,7 @@ class Manifest(_M):
     version: str
     protocol_version: int
     runtime: Runtime
-    connectors: list[ConnectorDescriptor]
+    connectors: list[ManifestConnector]
     description: str = ""
     config_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
     env: list[str] = msgspec.field(default_factory=list)

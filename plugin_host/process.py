@@ -10,9 +10,12 @@ hold stdout/stderr open long after the plugin died).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,28 +44,49 @@ def plugin_logger(plugin_id: str) -> logging.Logger:
     return logging.getLogger(f"plugin_host.plugin.{plugin_id}")
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One redacted stderr line: its sequence number, arrival time (epoch seconds) and text."""
+
+    seq: int
+    at: float
+    text: str
+
+
+_LINE_SEQUENCE = itertools.count(1)
+
+
 class StderrRing:
     """The last lines of a plugin's stderr, kept raw and redacted on the way out.
 
-    Every read (`tail`) redacts with the secrets known at that moment: a credential
-    the host learns after the line was written is masked all the same, and a
-    flooding plugin costs the host a line split per line, not a regex pass.
+    Every read (`tail`, `entries`) redacts with the secrets known at that moment: a
+    credential the host learns after the line was written is masked all the same, and
+    a flooding plugin costs the host a line split per line, not a regex pass. Each line
+    keeps its arrival time and a sequence number unique in this process (so a reader
+    asks only for what is newer, across rings of one plugin).
     """
 
     def __init__(self, redactor: Redactor | None = None, maxlen: int = STDERR_RING_LINES) -> None:
         self.redactor = redactor or Redactor()
-        self._lines: collections.deque[str] = collections.deque(maxlen=maxlen)
+        # (raw text, arrival wall time, sequence number)
+        self._lines: collections.deque[tuple[str, float, int]] = collections.deque(maxlen=maxlen)
 
     def __len__(self) -> int:
         return len(self._lines)
 
     def append(self, text: str) -> None:
-        self._lines.append(text)
+        # a label for the admin, not logic: the wall clock is enough
+        self._lines.append((text, time.time(), next(_LINE_SEQUENCE)))
 
     def tail(self, n: int) -> list[str]:
+        return [line.text for line in self.entries(n)]
+
+    def entries(self, n: int, after: int = 0) -> list[LogLine]:
+        """The last `n` lines with a sequence number above `after`, oldest first."""
         if n <= 0:
             return []
-        return [self.redactor(line) for line in list(self._lines)[-n:]]
+        lines = [line for line in list(self._lines)[-n:] if line[2] > after]
+        return [LogLine(seq=seq, at=at, text=self.redactor(text)) for text, at, seq in lines]
 
 
 class LogBudget:

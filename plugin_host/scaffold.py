@@ -56,37 +56,60 @@ _MAIN = '''"""{title}: a connector written with `plugin_host.sdk`.
 
 Replace the bodies below with calls to the platform. The host starts this module
 with `python -m {module}`; name, version and connectors come from plugin.json.
+
+Life of a connection: `session.start` onboards an account and reports the
+credentials (`session.update`); the host then hands the connection over with
+`connection.resume` (after a restart: `initialize.connections`) and the SDK calls
+`on_connect`, where the account's receive loop starts. `on_disconnect` stops it.
+Anything that must survive a restart (cursors, tokens) goes to `ctx.state`.
 """
 from __future__ import annotations
 
 import secrets
 
+import anyio
+
 from plugin_host.errors import INVALID_PARAMS, UNKNOWN_CONNECTION
-from plugin_host.protocol import ConnectionRef, SessionRef, SessionStartParams
 from plugin_host.sdk import (
     ConnectionInfo,
+    ConnectionRef,
     ConnectorSessionView,
     Context,
     HealthResult,
-    InitializeParams,
     Plugin,
     RpcError,
     SendRequest,
     SendResult,
+    SessionRef,
+    SessionStartParams,
     SessionUpdate,
 )
 
 plugin = Plugin()
 
-connections: dict[str, ConnectionInfo] = {{}}
 sessions: dict[str, ConnectorSessionView] = {{}}
+receivers: dict[str, anyio.CancelScope] = {{}}
 
 
-@plugin.on_initialize
-async def resume(ctx: Context, params: InitializeParams) -> None:
-    """Connections the host hands back after a restart, with their stored credentials."""
-    connections.clear()
-    connections.update((c.connection_id, c) for c in params.connections)
+@plugin.on_connect
+async def connect(ctx: Context, info: ConnectionInfo) -> None:
+    """Serve one account: start its receive loop (a long poll, a socket...)."""
+    receivers[info.connection_id] = plugin.start_background(receive, info)
+
+
+@plugin.on_disconnect
+async def disconnect(ctx: Context, connection_id: str) -> None:
+    scope = receivers.pop(connection_id, None)
+    if scope is not None:
+        scope.cancel()
+
+
+async def receive(info: ConnectionInfo) -> None:
+    """The account's receive loop: fetch from the platform, `await plugin.host.inbound(event)` each message."""
+    cursor = await plugin.state.get("cursor", connection_id=info.connection_id, type=str)
+    while True:
+        await anyio.sleep(30)  # replace with a call to the platform, from `cursor` on
+        await plugin.state.put("cursor", cursor, connection_id=info.connection_id)
 
 
 @plugin.method("session.start")
@@ -96,25 +119,20 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         session_id=params.session_id,
         kind=params.kind,
         status="connected",
+        instructions=[],
+        metadata={{}},
         account_id=f"{name}_{{params.connection_id}}",
         display_name=params.display_name or "{title}",
     )
     credentials = {{"token": secrets.token_urlsafe(24)}}
     sessions[params.session_id] = view
-    connections[params.connection_id] = ConnectionInfo(
-        connection_id=params.connection_id,
-        channel_id=params.channel_id,
-        kind=params.kind,
-        account_id=view.account_id or "",
-        display_name=view.display_name or "",
-        options=params.options,
-        credentials=credentials,
-    )
     await ctx.host.session_update(
         SessionUpdate(
             session_id=view.session_id,
             kind=view.kind,
             status=view.status,
+            instructions=view.instructions,
+            metadata=view.metadata,
             account_id=view.account_id,
             display_name=view.display_name,
             connection_id=params.connection_id,
@@ -134,23 +152,24 @@ async def get_session(ctx: Context, params: SessionRef) -> ConnectorSessionView:
 
 @plugin.method("connection.logout")
 async def logout(ctx: Context, params: ConnectionRef) -> dict:
-    if connections.pop(params.connection_id, None) is not None:
+    """Log the account out at the platform; the SDK then calls on_disconnect."""
+    if params.connection_id in plugin.connections:
         await ctx.host.connection_status(params.connection_id, "revoked")
     return {{}}
 
 
 @plugin.method("message.send", idempotent=True)
 async def send(ctx: Context, params: SendRequest) -> SendResult:
-    """Deliver one message; the SDK dedupes retries of the same requestId."""
-    if params.connection_id not in connections:
+    """Deliver one message; the SDK dedupes retries of the same requestId (SPEC 3.6)."""
+    if params.connection_id not in plugin.connections:
         raise RpcError(UNKNOWN_CONNECTION, f"unknown connection {{params.connection_id}}")
     ctx.log.info("send to %s: %d characters", params.target.peer_id, len(params.content))
-    return SendResult(provider_message_id=f"{name}_{{secrets.token_hex(8)}}")
+    return SendResult(duplicate=False, provider_message_id=f"{name}_{{secrets.token_hex(8)}}")
 
 
 @plugin.method("health")
 async def health(ctx: Context, params: object) -> HealthResult:
-    return HealthResult("ok", connections={{cid: "connected" for cid in connections}})
+    return HealthResult("ok", detail=None, connections={{cid: "connected" for cid in plugin.connections}})
 
 
 if __name__ == "__main__":
@@ -168,8 +187,15 @@ import anyio
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PLUGIN_DIR))
 
-from plugin_host.sdk import ConnectorSessionView, PluginHarness, SendRequest, SendResult  # noqa: E402
-from plugin_host.protocol import SessionStartParams, Target  # noqa: E402
+from plugin_host.sdk import (  # noqa: E402
+    ConnectionInfo,
+    ConnectorSessionView,
+    PluginHarness,
+    SendRequest,
+    SendResult,
+    SessionStartParams,
+    Target,
+)
 
 
 def test_connect_and_send_in_process() -> None:
@@ -179,14 +205,19 @@ def test_connect_and_send_in_process() -> None:
         async with PluginHarness.in_process(plugin, plugin_id="{name}", version="0.1.0") as h:
             view = await h.call(
                 "session.start",
-                SessionStartParams("cs_1", "{kind}", "conn_1", "ch_1"),
+                SessionStartParams("cs_1", "{kind}", "conn_1", "ch_1", "Me", {{}}),
                 result_type=ConnectorSessionView,
             )
             assert view.status == "connected"
-            request = SendRequest("req_1", "conn_1", "ch_1", "{kind}", Target("peer_1"), "hi")
+            [update] = h.session_updates
+            await h.resume(ConnectionInfo("conn_1", "ch_1", "{kind}", "", "Me", {{}}, update.credentials or {{}}))
+            assert "conn_1" in plugin.connections
+            request = SendRequest("req_1", "conn_1", "ch_1", "{kind}", Target("peer_1", "dm"), "hi", "text", {{}})
             first = await h.call("message.send", request, result_type=SendResult)
             again = await h.call("message.send", request, result_type=SendResult)
             assert again.duplicate and again.provider_message_id == first.provider_message_id
+            await h.release("conn_1")
+            assert "conn_1" not in plugin.connections
 
     anyio.run(scenario)
 
@@ -195,7 +226,7 @@ def test_health_as_a_child_process() -> None:
     async def scenario() -> None:
         async with PluginHarness.subprocess(PLUGIN_DIR) as h:
             health = await h.call("health", {{}})
-            assert health["status"] == "ok"
+            assert health == {{"status": "ok", "detail": None, "connections": {{}}}}
 
     anyio.run(scenario)
 '''

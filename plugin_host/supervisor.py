@@ -26,7 +26,7 @@ import msgspec
 from .clock import Clock, SystemClock
 from .errors import ERROR_NAMES, METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
 from .lifetime import owned_task_group
-from .process import LaunchError, LaunchSpec, LogBudget, PluginProcess, StderrRing, plugin_logger
+from .process import LaunchError, LaunchSpec, LogBudget, LogLine, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
     ConnectionInfo,
@@ -269,6 +269,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         self.started_at: float | None = None  # wall clock of the last successful handshake
         self.initialize_result: InitializeResult | None = None
         self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall clock of the last failure
         self.counters = Counters()
         self.latency: dict[str, LatencyStats] = {}
         # calls that ended in an error, by code; codes outside SPEC 3.7 count as "other"
@@ -375,12 +376,13 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         """The last `tail` redacted stderr lines of this plugin (across restarts)."""
         return self._stderr_ring.tail(tail)
 
+    def log_lines(self, tail: int = 100, after: int = 0) -> list[LogLine]:
+        """`logs` with each line's arrival time and sequence number; only lines after `after`."""
+        return self._stderr_ring.entries(tail, after)
+
     def snapshot(self) -> dict[str, Any]:
-        started = (
-            datetime.fromtimestamp(self.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            if self.started_at is not None and self.state in CALLABLE_STATES
-            else None
-        )
+        started = _rfc3339(self.started_at) if self.state in CALLABLE_STATES else None
+        next_at = self.next_attempt_at
         return {
             "state": self.state,
             "health": self.health,
@@ -392,6 +394,9 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
                 for method, s in sorted(self.latency.items())
             },
             "lastError": self.last_error,
+            "lastErrorAt": _rfc3339(self.last_error_at),
+            # seconds until the next automatic start in backoff or with the circuit open
+            "nextAttemptInSeconds": None if next_at is None else round(max(0.0, next_at - self.clock.monotonic()), 1),
             "rpcErrors": {str(code): n for code, n in sorted(self.rpc_errors.items(), key=lambda kv: str(kv[0]))},
         }
 
@@ -656,6 +661,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         """Record a failure and decide what comes next (state, next attempt time)."""
         now = self.clock.monotonic()
         self.last_error = self.redactor(message)
+        self.last_error_at = self.clock.time()
         self.health = None
         if crashed:
             self.counters.crashes += 1
@@ -852,3 +858,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             self._on_event(self, event, data)
         except Exception:
             log.exception("plugin %s: event hook failed on %s", self.spec.plugin_id, event)
+
+
+def _rfc3339(wall: float | None) -> str | None:
+    return None if wall is None else datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

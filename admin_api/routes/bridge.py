@@ -1,7 +1,8 @@
 """The connector bridge and platform webhooks: the HTTP doors of the inbound pipeline (SPEC 6.3, 7.3).
 
 Both end in `ChannelRuntime.ingest`: an answer of 200 means the event is
-committed to the durable inbox.
+committed to the durable inbox. The webhook door also serves a sidecar (SPEC 11),
+whose `ingest` commits to its forward queue.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from channel_runtime.application import Application
 from channel_runtime.runtime import ChannelRuntime
 from plugin_host.errors import OVERLOADED, TIMED_OUT, UNAVAILABLE, RpcError
 from plugin_host.protocol import WebhookParams, WebhookResult
@@ -38,6 +40,14 @@ def runtime_of(request: Request) -> ChannelRuntime:
     return runtime
 
 
+def application_of(request: Request) -> Application:
+    """The runtime, or a sidecar: whichever owns this app's plugin host."""
+    application = request.app.state.runtime
+    if application is None or not application.started:
+        raise ApiError("runtime_unavailable", "the channel runtime is not running", status=503)
+    return application
+
+
 async def bridge_event(request: Request) -> Response:
     runtime = runtime_of(request)
     event, problems = decode_bridge_event(await read_body(request, JSON_LIMIT, "JSON body"))
@@ -48,7 +58,7 @@ async def bridge_event(request: Request) -> Response:
 
 
 async def webhook(request: Request) -> Response:
-    runtime = runtime_of(request)
+    runtime = application_of(request)
     host = runtime.plugin_host
     connection = await runtime.store.connections.get(request.path_params["connection_id"])
     if host is None or connection is None or connection.status == "revoked":

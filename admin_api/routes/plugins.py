@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -44,6 +45,13 @@ def _flag(request: Request, name: str) -> bool:
     if value in ("false", "0", "no", ""):
         return False
     raise ApiError("invalid_parameter", f"{name} must be true or false", {"parameter": name}, status=400)
+
+
+def _after(request: Request) -> int:
+    raw = request.query_params.get("after", "0")
+    if not raw.strip().isdigit() or len(raw) > 18:
+        raise ApiError("invalid_parameter", "after must be a line sequence number", {"parameter": "after"}, status=400)
+    return int(raw)
 
 
 def _tail(request: Request) -> int:
@@ -137,7 +145,18 @@ async def plugin_logs(request: Request) -> Response:
     host = _host(request)
     record_view = host.describe(plugin_id, detail=True)
     secrets = _secrets(request) + secret_values(record_view.get("config"), record_view.get("configSchema"))
-    return JSONResponse(redact_all(host.logs(plugin_id, tail), secrets))
+    lines = host.log_lines(plugin_id, tail, _after(request))
+    texts = redact_all([line.text for line in lines], secrets)
+    if not _flag(request, "timestamps"):
+        return JSONResponse(texts)
+    # timestamps=true: {seq, at, line} per line, so a live tail asks only for what is newer (after=seq)
+    return JSONResponse(
+        [{"seq": line.seq, "at": _rfc3339(line.at), "line": text} for line, text in zip(lines, texts, strict=True)]
+    )
+
+
+def _rfc3339(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def put_config(request: Request) -> Response:

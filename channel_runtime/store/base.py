@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-from plugin_host.protocol import SessionStatus
+from plugin_host.protocol import BridgeEvent, SessionStatus
 from plugin_host.redact import redact
 
 from ..crypto import CredentialCipher
@@ -577,6 +577,116 @@ class PluginStateStore(abc.ABC):
         """Forget every value of one scope (or of the whole plugin when `connection_id` is None); count."""
 
 
+# ---------------------------------------------------------------- sidecar mode (SPEC 11)
+
+
+def event_conversation(event: BridgeEvent) -> str:
+    """The conversation of an event, for ordering: `{connectionId}:{peerType}:{peerId}` (+ `:{threadId}`)."""
+    base = f"{event.connection_id}:{event.peer_type}:{event.peer_id}"
+    return f"{base}:{event.thread_id}" if event.thread_id else base
+
+
+class ForwardEntry(_Record, frozen=True):
+    """One event a sidecar forwards to its application's bridge; `attempts` counts the deliveries tried."""
+
+    id: int
+    connection_id: str
+    conversation: str
+    event: BridgeEvent
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: float
+    claimed_until: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+class ForwardQueueStore(abc.ABC):
+    """Durable queue of inbound events on their way to the application (a sidecar's, SPEC 11).
+
+    Unique by `connectionId + eventId` (a plugin's repeated event is not queued
+    twice), ordered per `event_conversation`, with the queue model of this module:
+    claims are leases, `attempts` counts the claims. Delivered entries stay `sent`
+    (so a late repeat is still known) until `prune`.
+    """
+
+    @abc.abstractmethod
+    async def enqueue(self, event: BridgeEvent) -> bool:
+        """Queue the event as received; False (nothing changes) when its `connectionId + eventId` is known."""
+
+    @abc.abstractmethod
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]: ...
+
+    @abc.abstractmethod
+    async def release_claims(self) -> int:
+        """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
+
+    @abc.abstractmethod
+    async def mark_sent(self, entry_id: int) -> bool:
+        """The application accepted it; False when the entry is no longer live."""
+
+    @abc.abstractmethod
+    async def retry(self, entry_id: int, error: str, delay: float) -> bool:
+        """Back to pending, due `delay` seconds from now; its conversation waits for it."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, entry_id: int, error: str) -> bool:
+        """Give up (the application refuses it for good): kept visible; its conversation moves on."""
+
+    @abc.abstractmethod
+    async def get(self, entry_id: int) -> ForwardEntry | None: ...
+
+    @abc.abstractmethod
+    async def list_dead(self, limit: int = 100) -> list[ForwardEntry]: ...
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int:
+        """Entries not yet delivered (pending or claimed): the backlog."""
+
+    @abc.abstractmethod
+    async def dead_count(self) -> int: ...
+
+    @abc.abstractmethod
+    async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
+        """Remove `sent` entries last updated `retention` seconds ago or more; count."""
+
+
+class SendBegin(_Record, frozen=True):
+    """What a sidecar does with a `/send`: `should_send` for new/stale/retry; `result` of a completed one."""
+
+    outcome: BeginOutcome
+    record: DedupeRecord
+    result: dict[str, Any] | None = None
+
+    @property
+    def should_send(self) -> bool:
+        return self.outcome in ("new", "stale", "retry")
+
+
+class SendDedupeStore(abc.ABC):
+    """A sidecar's `/send` dedupe by `connectionId + requestId` (SPEC 11): the rules of `decide_begin`
+    (the request id in `event_id`), keeping each completed send's result for its duplicates."""
+
+    ttl: float
+    retention: float
+
+    @abc.abstractmethod
+    async def begin(self, connection_id: str, request_id: str) -> SendBegin:
+        """Record a send and say what to do with it (atomic: one caller gets `new`)."""
+
+    @abc.abstractmethod
+    async def complete(self, key: str, result: dict[str, Any]) -> bool: ...
+
+    @abc.abstractmethod
+    async def fail(self, key: str, error: str) -> bool:
+        """The send did not complete: the next delivery of the request sends again."""
+
+    @abc.abstractmethod
+    async def prune(self, retention: float | None = None) -> int:
+        """Remove completed records not updated for `retention` seconds (default: the store's); count."""
+
+
 # ---------------------------------------------------------------- facade
 
 
@@ -597,6 +707,8 @@ class Store:
         pipeline: PipelineStore,
         plugin_state: PluginStateStore,
         close: Callable[[], Awaitable[None]],
+        forward: ForwardQueueStore | None = None,
+        send_dedupe: SendDedupeStore | None = None,
     ) -> None:
         self.url = url
         self.bridge_dedupe = bridge_dedupe
@@ -608,8 +720,23 @@ class Store:
         self.kv = kv
         self.pipeline = pipeline
         self.plugin_state = plugin_state
+        # sidecar mode's areas (SPEC 11): a backend without them cannot be a sidecar's store
+        self._forward = forward
+        self._send_dedupe = send_dedupe
         self._close = close
         self._closed = False
+
+    @property
+    def forward(self) -> ForwardQueueStore:
+        if self._forward is None:
+            raise StoreError(f"{safe_url(self.url)} has no sidecar forward queue; use sqlite:/// or memory://")
+        return self._forward
+
+    @property
+    def send_dedupe(self) -> SendDedupeStore:
+        if self._send_dedupe is None:
+            raise StoreError(f"{safe_url(self.url)} has no sidecar send dedupe; use sqlite:/// or memory://")
+        return self._send_dedupe
 
     async def aclose(self) -> None:
         if not self._closed:

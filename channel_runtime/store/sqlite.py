@@ -28,7 +28,7 @@ import msgspec
 
 from plugin_host.clock import Clock
 from plugin_host.files import private_database
-from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES
+from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES, BridgeEvent
 
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
@@ -45,6 +45,8 @@ from .base import (
     ConnectorSessionStore,
     DedupeRecord,
     Delivery,
+    ForwardEntry,
+    ForwardQueueStore,
     InboxEntry,
     InboxStore,
     KeyValueStore,
@@ -54,6 +56,8 @@ from .base import (
     OutboxStore,
     PipelineStore,
     PluginStateStore,
+    SendBegin,
+    SendDedupeStore,
     StateLimitError,
     Store,
     StoreError,
@@ -63,6 +67,7 @@ from .base import (
     decide_begin,
     dedupe_key,
     error_text,
+    event_conversation,
     new_connection_id,
     new_session_id,
     outbox_conversation,
@@ -191,6 +196,44 @@ MIGRATIONS: list[tuple[str, ...]] = [
             keys INTEGER NOT NULL,
             PRIMARY KEY (plugin_id, scope)
         ) WITHOUT ROWID""",
+    ),
+    # sidecar mode (SPEC 11): events on their way to the application (the outbox's layout, so `_Queue`
+    # serves it; channel_id holds the connection id), and `/send` dedupe with each completed result
+    (
+        """CREATE TABLE forward_queue (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            channel_id TEXT NOT NULL,
+            conversation TEXT NOT NULL,
+            item_key TEXT NOT NULL UNIQUE,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'claimed', 'sent', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            claimed_until REAL,
+            last_error TEXT,
+            result TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            head INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX forward_queue_live ON forward_queue (channel_id, conversation, id)"
+        " WHERE status IN ('pending', 'claimed')",
+        "CREATE INDEX forward_queue_heads ON forward_queue (id) WHERE head = 1",
+        "CREATE INDEX forward_queue_dead ON forward_queue (id) WHERE status = 'dead'",
+        "CREATE INDEX forward_queue_sent ON forward_queue (updated_at) WHERE status = 'sent'",
+        """CREATE TABLE send_dedupe (
+            dedupe_key TEXT PRIMARY KEY,
+            connection_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+            first_seen_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            delivery_attempts INTEGER NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            last_error TEXT,
+            result TEXT
+        )""",
+        "CREATE INDEX send_dedupe_by_status ON send_dedupe (status, updated_at)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -373,14 +416,14 @@ def _dedupe_record(row: sqlite3.Row) -> DedupeRecord:
     )
 
 
-def _get_dedupe(conn: sqlite3.Connection, key: str) -> DedupeRecord | None:
-    row = conn.execute("SELECT * FROM bridge_dedupe WHERE dedupe_key = ?", (key,)).fetchone()
+def _get_dedupe(conn: sqlite3.Connection, key: str, table: str = "bridge_dedupe") -> DedupeRecord | None:
+    row = conn.execute(f"SELECT * FROM {table} WHERE dedupe_key = ?", (key,)).fetchone()
     return None if row is None else _dedupe_record(row)
 
 
-def _put_dedupe(conn: sqlite3.Connection, record: DedupeRecord) -> None:
+def _put_dedupe(conn: sqlite3.Connection, record: DedupeRecord, table: str = "bridge_dedupe") -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO bridge_dedupe (dedupe_key, connection_id, event_id, status,"
+        f"INSERT OR REPLACE INTO {table} (dedupe_key, connection_id, event_id, status,"
         " first_seen_at, updated_at, delivery_attempts, message_id, last_error)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -1165,6 +1208,140 @@ class SqlitePluginState(PluginStateStore):
             ).rowcount
 
 
+# ---------------------------------------------------------------- sidecar mode (SPEC 11)
+
+
+def _forward_entry(row: sqlite3.Row) -> ForwardEntry:
+    return ForwardEntry(
+        id=row["id"],
+        connection_id=row["channel_id"],
+        conversation=row["conversation"],
+        event=msgspec.json.decode(row["payload"], type=BridgeEvent),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=float(row["next_attempt_at"]),
+        claimed_until=_float_or_none(row["claimed_until"]),
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+class SqliteForwardQueue(ForwardQueueStore):
+    def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
+        self._queue = _Queue(db, clock, "forward_queue", lease)
+
+    async def enqueue(self, event: BridgeEvent) -> bool:
+        q = self._queue
+        key, payload = dedupe_key(event.connection_id, event.event_id), _json(event)
+        conversation = event_conversation(event)
+        # the plugins' events arrive together: they share a commit
+        entry_id = await q.db.batched(
+            lambda conn: q.add(conn, event.connection_id, conversation, key, payload, q.clock.time(), unique=True)
+        )
+        return entry_id is not None
+
+    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]:
+        return [_forward_entry(r) for r in self._queue.claim(limit, lease)]
+
+    async def release_claims(self) -> int:
+        return self._queue.release()
+
+    async def mark_sent(self, entry_id: int) -> bool:
+        q = self._queue
+        return await q.db.batched(
+            lambda conn: q.update_live(conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL", ())
+        )
+
+    async def retry(self, entry_id: int, error: str, delay: float) -> bool:
+        return self._queue.retry(entry_id, error, delay)
+
+    async def dead_letter(self, entry_id: int, error: str) -> bool:
+        return self._queue.dead_letter(entry_id, error)
+
+    async def get(self, entry_id: int) -> ForwardEntry | None:
+        row = self._queue.get(entry_id)
+        return None if row is None else _forward_entry(row)
+
+    async def list_dead(self, limit: int = 100) -> list[ForwardEntry]:
+        return [_forward_entry(r) for r in self._queue.dead(limit)]
+
+    async def pending_count(self) -> int:
+        return self._queue.pending_count()
+
+    async def dead_count(self) -> int:
+        row = self._queue.db.one("SELECT COUNT(*) FROM forward_queue WHERE status = 'dead'")
+        return int(row[0]) if row is not None else 0
+
+    async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
+        cutoff = self._queue.clock.time() - retention
+        with self._queue.db.write() as conn:
+            return conn.execute(
+                "DELETE FROM forward_queue WHERE status = 'sent' AND updated_at <= ?", (cutoff,)
+            ).rowcount
+
+
+class SqliteSendDedupe(SendDedupeStore):
+    def __init__(
+        self, db: Database, clock: Clock, *, ttl: float = DEDUPE_IN_PROGRESS_TTL, retention: float = DEDUPE_RETENTION
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self.ttl = ttl
+        self.retention = retention
+
+    async def begin(self, connection_id: str, request_id: str) -> SendBegin:
+        key = dedupe_key(connection_id, request_id)
+
+        def begin(conn: sqlite3.Connection) -> SendBegin:
+            outcome, record, changed = decide_begin(
+                _get_dedupe(conn, key, "send_dedupe"),
+                connection_id=connection_id,
+                event_id=request_id,
+                message_id="",
+                now=self._clock.time(),
+                ttl=self.ttl,
+            )
+            if changed:  # new, stale or retry: the record is processing again, without an old result
+                _put_dedupe(conn, record, "send_dedupe")
+                return SendBegin(outcome=outcome, record=record)
+            result = None
+            if outcome == "duplicate":
+                row = conn.execute("SELECT result FROM send_dedupe WHERE dedupe_key = ?", (key,)).fetchone()
+                result = _unjson(row["result"]) if row is not None else None
+            return SendBegin(outcome=outcome, record=record, result=result)
+
+        return await self._db.batched(begin)  # concurrent sends share a commit; each is still atomic
+
+    async def complete(self, key: str, result: dict[str, Any]) -> bool:
+        text, now = _json(result), self._clock.time()
+        return await self._db.batched(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE send_dedupe SET status = 'completed', result = ?, last_error = NULL, updated_at = ?"
+                    " WHERE dedupe_key = ?",
+                    (text, now, key),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def fail(self, key: str, error: str) -> bool:
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE send_dedupe SET status = 'failed', last_error = ?, updated_at = ? WHERE dedupe_key = ?",
+                (error, self._clock.time(), key),
+            )
+        return cur.rowcount > 0
+
+    async def prune(self, retention: float | None = None) -> int:
+        cutoff = self._clock.time() - (self.retention if retention is None else retention)
+        with self._db.write() as conn:
+            return conn.execute(
+                "DELETE FROM send_dedupe WHERE status = 'completed' AND updated_at <= ?", (cutoff,)
+            ).rowcount
+
+
 def open_sqlite_store(
     url: str,
     path: str,
@@ -1195,4 +1372,6 @@ def open_sqlite_store(
         pipeline=SqlitePipeline(db, clock, bridge_dedupe, inbox, outbox),
         plugin_state=SqlitePluginState(db, clock),
         close=close,
+        forward=SqliteForwardQueue(db, clock, lease=lease),
+        send_dedupe=SqliteSendDedupe(db, clock, ttl=dedupe_ttl, retention=retention),
     )

@@ -5,15 +5,23 @@ from plugin_host.sdk import Plugin
 
 plugin = Plugin()
 
-@plugin.method("message.send", idempotent=True)
-async def send(ctx, params): ...
+@plugin.on_connect
+async def connect(ctx, info: ConnectionInfo): ...     # serve an account: start its receive loop
+
+@plugin.method("message.send", idempotent=True)      # SPEC 3.6 dedupe, records in host-kept state
+async def send(ctx, params: SendRequest) -> SendResult: ...
 
 if __name__ == "__main__":
     plugin.run()
 ```
+`ctx.state` / `plugin.state` is host-kept state (SPEC 3.4); `plugin.connections` the
+connections this process serves. Every wire shape is a Struct of `plugin_host.protocol`
+(re-exported here): a required field cannot be left out, and what the SDK sends
+carries every field (SPEC 3.1).
+
 Imports only msgspec, anyio, the standard library and the light `plugin_host`
 modules. The idempotency store, the vendor command runner and the test harness
-load on first use, so a plugin pays for them (sqlite3 included) only if it uses them.
+load on first use, so a plugin pays for them only if it uses them.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from ..errors import RpcError
 from ..protocol import (
     BridgeEvent,
     ConnectionInfo,
+    ConnectionRef,
     ConnectorDescriptor,
     ConnectorSessionView,
     HealthResult,
@@ -31,22 +40,28 @@ from ..protocol import (
     InitializeParams,
     SendRequest,
     SendResult,
+    SessionInputParams,
+    SessionRef,
+    SessionStartParams,
     SessionUpdate,
+    Target,
     WebhookParams,
     WebhookResponse,
     WebhookResult,
 )
 from .context import Context, HostClient
 from .plugin import Plugin, configure_logging
+from .state import HostState
 
 if TYPE_CHECKING:
     from .idempotency import Begin, SendIdempotencyStore
-    from .testing import PluginHarness
+    from .testing import MemoryState, PluginHarness
     from .vendor import VendorCommand, VendorCommandError, VendorResult, VendorRunner
 
 _LAZY = {
     "Begin": "idempotency",
     "SendIdempotencyStore": "idempotency",
+    "MemoryState": "testing",
     "VendorCommand": "vendor",
     "VendorCommandError": "vendor",
     "VendorResult": "vendor",
@@ -58,20 +73,27 @@ __all__ = [
     "Begin",
     "BridgeEvent",
     "ConnectionInfo",
+    "ConnectionRef",
     "ConnectorDescriptor",
     "ConnectorSessionView",
     "Context",
     "HealthResult",
     "HostClient",
+    "HostState",
     "InboundAck",
     "InitializeParams",
+    "MemoryState",
     "Plugin",
     "PluginHarness",
     "RpcError",
     "SendIdempotencyStore",
     "SendRequest",
     "SendResult",
+    "SessionInputParams",
+    "SessionRef",
+    "SessionStartParams",
     "SessionUpdate",
+    "Target",
     "VendorCommand",
     "VendorCommandError",
     "VendorResult",

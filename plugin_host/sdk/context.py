@@ -8,11 +8,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import UNAVAILABLE, RpcError
-from ..protocol import BridgeEvent, ConnectionStatus, ConnectionStatusParams, InboundAck, LogParams, SessionUpdate
+from ..protocol import (
+    BridgeEvent,
+    ConnectionStatus,
+    ConnectionStatusParams,
+    InboundAck,
+    LogParams,
+    SessionUpdate,
+    encode_checked,
+)
 from ..rpc import Connection, Id
 
 if TYPE_CHECKING:
     from .plugin import Plugin
+    from .state import HostState
 
 DEFAULT_HOST_CALL_TIMEOUT = 30.0
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
@@ -45,14 +54,18 @@ class HostClient:
         await self._conn.notify(method, params)
 
     async def inbound(self, event: BridgeEvent, *, timeout: float | None = DEFAULT_HOST_CALL_TIMEOUT) -> InboundAck:
-        """Deliver one inbound message (`event.inbound`) and return the host's answer."""
-        return await self._conn.call("event.inbound", event, timeout=timeout, result_type=InboundAck)
+        """Deliver one inbound message (`event.inbound`) and return the host's answer.
+
+        An event the host would refuse (an empty id, a bad timestamp...) raises
+        ValueError here, with the reason, instead of travelling."""
+        return await self._conn.call("event.inbound", encode_checked(event), timeout=timeout, result_type=InboundAck)
 
     async def session_update(self, update: SessionUpdate) -> None:
-        await self._conn.notify("session.update", update)
+        await self._conn.notify("session.update", encode_checked(update))
 
     async def connection_status(self, connection_id: str, status: ConnectionStatus, error: str | None = None) -> None:
-        await self._conn.notify("connection.status", ConnectionStatusParams(connection_id, status, error))
+        params = ConnectionStatusParams(connection_id, status, error)
+        await self._conn.notify("connection.status", encode_checked(params))
 
     async def log(self, level: str, message: str, **fields: Any) -> None:
         """A structured `log` notification; the host redacts and forwards it to its logger."""
@@ -89,6 +102,11 @@ class Context:
     @property
     def host(self) -> HostClient:
         return self._plugin.host
+
+    @property
+    def state(self) -> HostState:
+        """Host-kept state (SPEC 3.4): `await ctx.state.get/put/delete(key, connection_id=...)`."""
+        return self._plugin.state
 
     @property
     def state_dir(self) -> str:

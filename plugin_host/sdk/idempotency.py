@@ -1,48 +1,60 @@
-"""Send idempotency of SPEC 3.6: dedupe `message.send` by connectionId + requestId.
+"""Send idempotency of SPEC 3.6: dedupe `message.send` by connectionId + requestId, in host-kept state.
 
-One SQLite file in the plugin's stateDir (WAL). Calls are synchronous on the
-event loop on purpose: each is one short transaction on a tiny local table
-(microseconds), cheaper than a hop to a worker thread, and a coroutine cannot
-interleave between the read and the write of `begin`. `BEGIN IMMEDIATE` makes
-the same true across processes (old and new plugin version share stateDir
-during a hot swap); `busy_timeout` bounds how long one may wait for the other.
+Rules (exactly those of SPEC 3.6):
+- first delivery: recorded `processing`, sent;
+- completed duplicate: the original result with `duplicate: true`, nothing sent;
+- processing and updated under 60 s ago: -32010 with `data.retryAfterSeconds = 5`;
+- processing for 60 s or more: stale, sent again; failed (or cancelled): sent again.
+
+Where the records live: in the connection's host state (SPEC 3.4), so they
+survive plugin restarts and hot swaps and follow the connection to another host
+(SPEC 10). A request id is hashed (crc32) to one of `slots` keys
+(`sdk:send:<n>`, 256 by default); each key holds the records of its request
+ids as one JSON object. So the records use at most `slots` of the 10,000 keys a
+connection may have, whatever the send rate, and no index is needed to expire
+them: a record last updated more than `retention` ago (1 h by default; host
+retries come within minutes) counts as absent and is dropped whenever its key
+is written. A key holds ~400 records within its 64 KiB, so 256 keys absorb
+about 100,000 sends per connection per hour; beyond that the oldest finished
+records of a key are dropped first.
+
+Within one process a lock per key makes the read-then-write of `begin` atomic,
+so concurrent duplicates cannot both send. Two processes (the old and the new
+version during a hot swap) share the records but not the lock: a duplicate that
+reaches both within the same few milliseconds may be sent twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+import logging
+import zlib
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from ..clock import Clock, SystemClock
 from ..errors import IN_PROGRESS, RpcError
-
-if TYPE_CHECKING:
-    import sqlite3
+from ..protocol import STATE_VALUE_MAX_BYTES
+from .locks import KeyedLock
 
 PROCESSING_TIMEOUT = 60.0  # a record in progress this long is stale: send again
 RETRY_AFTER_SECONDS = 5
-RETENTION = 7 * 24 * 3600.0
-PRUNE_EVERY = 3600.0
+RETENTION = 3600.0
+SLOTS = 256
+KEY_PREFIX = "sdk:send:"
 
 Outcome = Literal["new", "retry", "stale", "duplicate"]
 Status = Literal["processing", "completed", "failed"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS send_requests (
-    connection_id TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
-    result TEXT,
-    attempts INTEGER NOT NULL,
-    first_seen_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (connection_id, request_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS send_requests_updated_at ON send_requests (updated_at);
-"""
+log = logging.getLogger(__name__)
+
+
+class StateStore(Protocol):
+    """What the store needs of host-kept state (`plugin_host.sdk.state.HostState`)."""
+
+    async def get(self, key: str, *, connection_id: str | None = None, type: Any = Any) -> Any: ...
+
+    async def put(self, key: str, value: Any, *, connection_id: str | None = None) -> None: ...
 
 
 class Begin(msgspec.Struct, frozen=True):
@@ -61,139 +73,122 @@ class Begin(msgspec.Struct, frozen=True):
         return self.outcome != "duplicate"
 
 
-class SendRecord(msgspec.Struct, frozen=True):
-    connection_id: str
-    request_id: str
+class SendRecord(msgspec.Struct, rename="camel"):
+    """One request's record, as stored."""
+
     status: Status
     attempts: int
     first_seen_at: float
     updated_at: float
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None = None
+
+
+Slot = dict[str, SendRecord]  # requestId -> record: the value of one `sdk:send:<n>` key
+
+
+def record_key(request_id: str, slots: int = SLOTS) -> str:
+    """The state key (`sdk:send:<n>`) holding the record of `request_id`; crc32 is stable across processes."""
+    return f"{KEY_PREFIX}{zlib.crc32(request_id.encode()) % slots}"
 
 
 class SendIdempotencyStore:
-    """`begin` before sending, then `complete` with the result or `fail`."""
+    """`await begin(...)` before sending, then `await complete(...)` with the result or `await fail(...)`."""
 
     def __init__(
         self,
-        path: str,
+        state: StateStore,
         *,
         clock: Clock | None = None,
         processing_timeout: float = PROCESSING_TIMEOUT,
         retention: float = RETENTION,
-        prune_interval: float = PRUNE_EVERY,
-        busy_timeout: float = 5.0,
+        slots: int = SLOTS,
     ) -> None:
-        import sqlite3  # lazily: a plugin that never sends never loads sqlite
-
-        self.path = path
+        self.state = state
         self.clock: Clock = clock or SystemClock()
         self.processing_timeout = processing_timeout
         self.retention = retention
-        self.prune_interval = prune_interval
-        self._db: sqlite3.Connection = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL survives a crashed process; a power cut may lose the last records (-> a resend).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._next_prune = float("-inf")
+        self.slots = slots
+        self._locks = KeyedLock()
 
-    def begin(self, connection_id: str, request_id: str) -> Begin:
+    def key(self, request_id: str) -> str:
+        """The state key holding the record of `request_id`."""
+        return record_key(request_id, self.slots)
+
+    async def begin(self, connection_id: str, request_id: str) -> Begin:
         """Decide whether this delivery is sent; raises -32010 while another attempt runs."""
-        now = self.clock.time()
-        self._maybe_prune(now)
-        key = (connection_id, request_id)
-        with self._immediate() as db:
-            row = db.execute(
-                "SELECT status, result, attempts, updated_at FROM send_requests"
-                " WHERE connection_id = ? AND request_id = ?",
-                key,
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO send_requests (connection_id, request_id, status, attempts, first_seen_at, updated_at)"
-                    " VALUES (?, ?, 'processing', 1, ?, ?)",
-                    (*key, now, now),
-                )
+        key = self.key(request_id)
+        async with self._locks((connection_id, key)):
+            now = self.clock.time()
+            slot = await self._read(connection_id, key, now)
+            record = slot.get(request_id)
+            if record is None:
+                slot[request_id] = SendRecord("processing", 1, now, now)
+                await self._write(connection_id, key, slot, request_id)
                 return Begin("new", 1)
-            status, result, attempts, updated_at = row
-            if status == "completed":
-                return Begin("duplicate", attempts, _decode(result))
-            if status == "processing" and now - updated_at < self.processing_timeout:
+            if record.status == "completed":
+                return Begin("duplicate", record.attempts, record.result)
+            if record.status == "processing" and now - record.updated_at < self.processing_timeout:
                 raise RpcError(
                     IN_PROGRESS,
                     f"message {request_id} is already being sent; retry later",
                     {"retryAfterSeconds": RETRY_AFTER_SECONDS},
                 )
-            db.execute(
-                "UPDATE send_requests SET status = 'processing', result = NULL, attempts = attempts + 1,"
-                " updated_at = ? WHERE connection_id = ? AND request_id = ?",
-                (now, *key),
-            )
-            return Begin("stale" if status == "processing" else "retry", attempts + 1)
+            outcome: Outcome = "stale" if record.status == "processing" else "retry"
+            slot[request_id] = SendRecord("processing", record.attempts + 1, record.first_seen_at, now)
+            await self._write(connection_id, key, slot, request_id)
+            return Begin(outcome, record.attempts + 1)
 
-    def complete(self, connection_id: str, request_id: str, result: dict[str, Any]) -> None:
-        now = self.clock.time()
-        with self._immediate() as db:
-            db.execute(
-                "INSERT INTO send_requests (connection_id, request_id, status, result, attempts, first_seen_at, updated_at)"
-                " VALUES (?, ?, 'completed', ?, 1, ?, ?)"
-                " ON CONFLICT (connection_id, request_id) DO UPDATE SET"
-                " status = 'completed', result = excluded.result, updated_at = excluded.updated_at",
-                (connection_id, request_id, msgspec.json.encode(result).decode(), now, now),
-            )
+    async def complete(self, connection_id: str, request_id: str, result: dict[str, Any]) -> None:
+        key = self.key(request_id)
+        async with self._locks((connection_id, key)):
+            now = self.clock.time()
+            slot = await self._read(connection_id, key, now)
+            record = slot.get(request_id)
+            attempts, first_seen = (record.attempts, record.first_seen_at) if record else (1, now)
+            slot[request_id] = SendRecord("completed", attempts, first_seen, now, result)
+            await self._write(connection_id, key, slot, request_id)
 
-    def fail(self, connection_id: str, request_id: str) -> None:
+    async def fail(self, connection_id: str, request_id: str) -> None:
         """The attempt did not complete: the next delivery of the same request sends again."""
-        now = self.clock.time()
-        with self._immediate() as db:
-            db.execute(
-                "UPDATE send_requests SET status = 'failed', updated_at = ?"
-                " WHERE connection_id = ? AND request_id = ? AND status = 'processing'",
-                (now, connection_id, request_id),
-            )
+        key = self.key(request_id)
+        async with self._locks((connection_id, key)):
+            now = self.clock.time()
+            slot = await self._read(connection_id, key, now)
+            record = slot.get(request_id)
+            if record is None or record.status != "processing":
+                return  # a late failure cannot undo a completion
+            slot[request_id] = SendRecord("failed", record.attempts, record.first_seen_at, now)
+            await self._write(connection_id, key, slot, request_id)
 
-    def get(self, connection_id: str, request_id: str) -> SendRecord | None:
-        row = self._db.execute(
-            "SELECT status, attempts, first_seen_at, updated_at, result FROM send_requests"
-            " WHERE connection_id = ? AND request_id = ?",
-            (connection_id, request_id),
-        ).fetchone()
-        if row is None:
-            return None
-        status, attempts, first_seen_at, updated_at, result = row
-        return SendRecord(connection_id, request_id, status, attempts, first_seen_at, updated_at, _decode(result))
+    async def get(self, connection_id: str, request_id: str) -> SendRecord | None:
+        """The live record of a request, if any."""
+        slot = await self._read(connection_id, self.key(request_id), self.clock.time())
+        return slot.get(request_id)
 
-    def prune(self, now: float | None = None) -> int:
-        """Remove records last updated more than `retention` ago; returns how many.
+    # ---------------------------------------------------------------- one key
 
-        Completed records are the ones that matter; an old failed or processing
-        record would be sent again anyway, so it goes too."""
-        now = self.clock.time() if now is None else now
-        with self._immediate() as db:
-            return db.execute("DELETE FROM send_requests WHERE updated_at < ?", (now - self.retention,)).rowcount
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _maybe_prune(self, now: float) -> None:
-        if now >= self._next_prune:
-            self._next_prune = now + self.prune_interval
-            self.prune(now)
-
-    @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    async def _read(self, connection_id: str, key: str, now: float) -> Slot:
+        """The live records of a key: those updated within `retention`."""
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            slot: Slot | None = await self.state.get(key, connection_id=connection_id, type=Slot)
+        except msgspec.ValidationError:
+            log.warning("send records %s of %s are unreadable; starting them afresh", key, connection_id)
+            slot = None
+        cutoff = now - self.retention
+        return {rid: r for rid, r in (slot or {}).items() if r.updated_at >= cutoff}
 
-
-def _decode(result: str | None) -> dict[str, Any] | None:
-    return None if result is None else msgspec.json.decode(result)
+    async def _write(self, connection_id: str, key: str, slot: Slot, keep: str) -> None:
+        """Store a key's records; when over the value limit, the oldest finished ones go first."""
+        encoded = msgspec.json.encode(slot)
+        if len(encoded) > STATE_VALUE_MAX_BYTES:
+            dropped = 0
+            for rid, _ in sorted(slot.items(), key=lambda item: item[1].updated_at):
+                if rid != keep and slot[rid].status != "processing":
+                    del slot[rid]
+                    dropped += 1
+                    if len(msgspec.json.encode(slot)) <= STATE_VALUE_MAX_BYTES:
+                        break
+            if len(msgspec.json.encode(slot)) > STATE_VALUE_MAX_BYTES and slot[keep].result:
+                slot[keep].result = {}  # a duplicate answer without the provider's id beats a second send
+            log.warning("send records %s of %s are full: dropped the %d oldest", key, connection_id, dropped)
+        await self.state.put(key, slot, connection_id=connection_id)

@@ -1,8 +1,11 @@
 """`Plugin`: handlers by decorator, JSON-RPC dispatch and the stdio entry point (SPEC 5.5).
 
 A plugin module builds one `Plugin`, registers handlers with `@plugin.method(...)`
-and calls `plugin.run()`. Dispatch stays small on purpose: a dict lookup, one
-typed decode, a context of four slots and the concurrency limiter.
+and hooks (`on_initialize`, `on_connect`, `on_disconnect`, `on_shutdown`) and calls
+`plugin.run()`. Dispatch stays small on purpose: a dict lookup, one typed decode,
+a context of four slots and the concurrency limiter. Results of the methods of
+SPEC 3.3 are checked against their Struct (a dict is converted, so every field
+goes out, optional ones as null).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -19,11 +22,14 @@ import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ..clock import Clock, SystemClock
-from ..errors import METHOD_NOT_FOUND, UNSUPPORTED, RpcError
+from ..errors import INTERNAL_ERROR, METHOD_NOT_FOUND, UNSUPPORTED, RpcError
+from ..manifest import ManifestConnector
 from ..protocol import (
     HOST_TO_PLUGIN,
     PROTOCOL_VERSION,
     AuthType,
+    ConnectionInfo,
+    ConnectionRef,
     ConnectorDescriptor,
     Empty,
     HealthResult,
@@ -31,9 +37,13 @@ from ..protocol import (
     InitializeResult,
     NameVersion,
     SendRequest,
+    Wire,
+    encode_checked,
 )
 from ..rpc import DEFAULT_MAX_MESSAGE_BYTES, Connection, RequestContext
+from .connections import ConnectHook, DisconnectHook, ServedConnections
 from .context import Context, HostClient, not_connected
+from .state import HostState
 
 if TYPE_CHECKING:
     from .idempotency import SendIdempotencyStore
@@ -44,10 +54,12 @@ InitializeHook = Callable[[Context, InitializeParams], Awaitable[None]]
 ShutdownHook = Callable[[Context], Awaitable[None]]
 
 DEFAULT_MAX_CONCURRENCY = 64
-SEND_STORE_FILE = "sdk-send-idempotency.sqlite3"
+COMPLETE_TIMEOUT = 10.0  # seconds to record a delivered send before giving up (it may then go out again)
 # Built-ins that answer even when every handler slot is busy.
-_UNLIMITED = frozenset({"initialize", "health", "shutdown"})
-_RESERVED = frozenset({"initialize", "initialized", "shutdown", "$/cancelRequest"})
+_UNLIMITED = frozenset({"initialize", "health", "shutdown", "connection.resume", "connection.release"})
+_RESERVED = frozenset(
+    {"initialize", "initialized", "shutdown", "$/cancelRequest", "connection.resume", "connection.release"}
+)
 _RAW = object()  # params_type default: typed for known methods, plain JSON otherwise
 _EMPTY_PARAMS = b"{}"
 
@@ -57,16 +69,17 @@ class _ManifestInfo(msgspec.Struct, rename="camel"):
 
     id: str | None = None
     version: str | None = None
-    connectors: list[ConnectorDescriptor] = msgspec.field(default_factory=list)
+    connectors: list[ManifestConnector] = msgspec.field(default_factory=list)
     limits: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class _Handler:
-    __slots__ = ("fn", "decoder", "limited")
+    __slots__ = ("fn", "decoder", "limited", "result_type")
 
-    def __init__(self, fn: Handler, params_type: Any, limited: bool) -> None:
+    def __init__(self, fn: Handler, params_type: Any, limited: bool, result_type: type | None = None) -> None:
         self.fn = fn
         self.limited = limited
+        self.result_type = result_type  # the Struct of a SPEC 3.3 method's result
         if params_type is msgspec.Raw:
             self.decoder = None
         elif params_type is Any:
@@ -81,6 +94,23 @@ class _Handler:
         if params is None:
             return decoder.decode(_EMPTY_PARAMS) if decoder.type is not Any else None
         return decoder.decode(params)
+
+    def check_result(self, method: str, result: Any) -> Any:
+        """A result of a SPEC 3.3 method as the host will read it: complete (every field, optional
+        ones as null) and valid against its Struct, or refused here with the reason in the log."""
+        result_type = self.result_type
+        if result_type is None:
+            return result
+        try:
+            if type(result) is result_type and isinstance(result, Wire):
+                return encode_checked(result)  # built by the author: its constraints are checked once, here
+            if result is None and result_type is Empty:
+                return Empty()
+            return msgspec.convert(result, result_type, from_attributes=True)
+        except (ValueError, msgspec.ValidationError) as exc:
+            reason = f"the plugin's {method} handler returned an invalid result: {exc}"
+            logging.getLogger("plugin").error("%s", reason)
+            raise RpcError(INTERNAL_ERROR, reason) from None
 
 
 class Plugin:
@@ -106,10 +136,14 @@ class Plugin:
         self._connectors: list[ConnectorDescriptor] = []
         self._handlers: dict[str, _Handler] = {
             "initialize": _Handler(self._initialize, InitializeParams, False),
-            "health": _Handler(self._health, Any, False),
+            "health": _Handler(self._health, Any, False, HealthResult),
             "shutdown": _Handler(self._shutdown, Any, False),
+            "connection.resume": _Handler(self._resume, ConnectionInfo, False),
+            "connection.release": _Handler(self._release, ConnectionRef, False),
         }
         self._on_initialize: list[InitializeHook] = []
+        self._on_connect: list[ConnectHook] = []
+        self._on_disconnect: list[DisconnectHook] = []
         self._on_shutdown: list[ShutdownHook] = []
         self._reset()
 
@@ -123,6 +157,8 @@ class Plugin:
         self._background: set[anyio.CancelScope] = set()
         self._shutdown_done = False
         self._send_store: SendIdempotencyStore | None = None
+        self._state = HostState(self)
+        self._served = ServedConnections(self)
         self._manifest = _ManifestInfo()
         self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._limiter = _Limiter(self.max_concurrency)
@@ -135,9 +171,14 @@ class Plugin:
         display_name: str,
         auth_type: AuthType,
         capabilities: Sequence[str] = (),
+        options_schema: dict[str, Any] | None = None,
     ) -> ConnectorDescriptor:
-        """Declare a connector; without any, the manifest's `connectors` are announced."""
-        descriptor = ConnectorDescriptor(kind, display_name, auth_type, list(capabilities))
+        """Declare a connector; without any, the manifest's `connectors` are announced.
+
+        `options_schema` is the JSON Schema of its `session.start` options (the admin
+        page renders the connect form from it); mark secret fields `writeOnly: true`.
+        """
+        descriptor = ConnectorDescriptor(kind, display_name, auth_type, list(capabilities), options_schema)
         self._connectors.append(descriptor)
         return descriptor
 
@@ -151,16 +192,19 @@ class Plugin:
         wraps the handler with the send-idempotency store of SPEC 3.6.
         """
         if name in _RESERVED:
-            raise ValueError(f"{name} is built in; use on_initialize/on_shutdown hooks instead")
+            raise ValueError(f"{name} is built in; use the on_initialize/on_connect/on_disconnect/on_shutdown hooks")
+        known = HOST_TO_PLUGIN.get(name)
         if params_type is _RAW:
-            known = HOST_TO_PLUGIN.get(name)
             params_type = known[0] if known is not None else Any
         if idempotent and params_type is not SendRequest:
             raise ValueError("idempotent=True needs SendRequest params (message.send)")
 
         def register(fn: H) -> H:
             handler: Handler = self.idempotent_send(fn) if idempotent else fn
-            self._handlers[name] = _Handler(handler, params_type, name not in _UNLIMITED)
+            if name == "connection.logout":
+                handler = self._then_disconnect(handler)
+            result_type = known[1] if known is not None else None
+            self._handlers[name] = _Handler(handler, params_type, name not in _UNLIMITED, result_type)
             return fn
 
         return register
@@ -168,6 +212,20 @@ class Plugin:
     def on_initialize(self, fn: InitializeHook) -> InitializeHook:
         """`async def hook(ctx, params: InitializeParams)`, run before `initialize` is answered."""
         self._on_initialize.append(fn)
+        return fn
+
+    def on_connect(self, fn: ConnectHook) -> ConnectHook:
+        """`async def hook(ctx, info: ConnectionInfo)` for every connection this process should serve:
+        each of `initialize.connections` (after the handshake, in the background) and each
+        `connection.resume` (a resume of a served connection stops it first). Start the
+        account's receive loop here, with `plugin.start_background(...)`."""
+        self._on_connect.append(fn)
+        return fn
+
+    def on_disconnect(self, fn: DisconnectHook) -> DisconnectHook:
+        """`async def hook(ctx, connection_id)` when a served connection is taken back:
+        `connection.release`, after a successful `connection.logout`, or fenced (-32018)."""
+        self._on_disconnect.append(fn)
         return fn
 
     def on_shutdown(self, fn: ShutdownHook) -> ShutdownHook:
@@ -185,13 +243,17 @@ class Plugin:
 
         async def send(ctx: Context, params: SendRequest) -> dict[str, Any]:
             store = self.send_store
-            begin = store.begin(params.connection_id, params.request_id)
+            begin = await store.begin(params.connection_id, params.request_id)
             if begin.duplicate:
                 return {**(begin.result or {}), "duplicate": True}
             try:
                 result = await fn(ctx, params)
             except BaseException:  # cancelled or failed: nothing in progress any more
-                store.fail(params.connection_id, params.request_id)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_grace):
+                    try:
+                        await store.fail(params.connection_id, params.request_id)
+                    except Exception as exc:  # the record goes stale in 60 s: sent again then
+                        self.log.warning("message.send %s: the failure was not recorded: %s", params.request_id, exc)
                 raise
             # the message is out: from here the record must leave `processing`, or the host's
             # retry gets -32010 and then a second delivery
@@ -200,14 +262,18 @@ class Plugin:
             except Exception:
                 self.log.exception("message.send %s returned an unusable result", params.request_id)
                 stored = {"duplicate": False}
-            try:
-                store.complete(params.connection_id, params.request_id, stored)
-            except Exception:
-                self.log.exception("message.send %s: its result could not be stored", params.request_id)
+            # the host giving up must not leave the record processing; a host that hangs is not waited for forever
+            with anyio.CancelScope(shield=True), anyio.move_on_after(COMPLETE_TIMEOUT) as scope:
                 try:
-                    store.complete(params.connection_id, params.request_id, {})
+                    await store.complete(params.connection_id, params.request_id, stored)
                 except Exception:
-                    self.log.exception("message.send %s could not be marked completed", params.request_id)
+                    self.log.exception("message.send %s: its result could not be stored", params.request_id)
+                    try:
+                        await store.complete(params.connection_id, params.request_id, {})
+                    except Exception:
+                        self.log.exception("message.send %s could not be marked completed", params.request_id)
+            if scope.cancelled_caught:
+                self.log.error("message.send %s: the host did not record its completion in time", params.request_id)
             return stored
 
         send.__name__ = getattr(fn, "__name__", "send")
@@ -234,12 +300,22 @@ class Plugin:
         return self._config
 
     @property
+    def state(self) -> HostState:
+        """Host-kept state (SPEC 3.4); usable from background tasks while `serve` runs."""
+        return self._state
+
+    @property
+    def connections(self) -> Mapping[str, ConnectionInfo]:
+        """The connections this process serves (read-only), by connectionId."""
+        return self._served.view
+
+    @property
     def send_store(self) -> SendIdempotencyStore:
-        """The send-idempotency store in stateDir, opened on first use."""
+        """The send-idempotency store of SPEC 3.6, in host-kept state."""
         if self._send_store is None:
             from .idempotency import SendIdempotencyStore
 
-            self._send_store = SendIdempotencyStore(os.path.join(self.state_dir, SEND_STORE_FILE), clock=self.clock)
+            self._send_store = SendIdempotencyStore(self.state, clock=self.clock)
         return self._send_store
 
     def start_background(
@@ -302,8 +378,6 @@ class Plugin:
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self._run_shutdown_hooks()
-                if self._send_store is not None:
-                    self._send_store.close()
                 for stream in (send, receive):
                     try:
                         await stream.aclose()
@@ -318,16 +392,20 @@ class Plugin:
         value = handler.decode(params)
         ctx = Context(self, rctx.id, method, rctx.cancel_scope)
         if not handler.limited:
-            return await handler.fn(ctx, value)
+            return handler.check_result(method, await handler.fn(ctx, value))
         limiter = self._limiter
         await limiter.acquire()
         try:
-            return await handler.fn(ctx, value)
+            result = await handler.fn(ctx, value)
         finally:
             limiter.release()
+        return handler.check_result(method, result)
 
     async def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
         if method == "initialized":
+            if not self.initialized.is_set() and self.initialize_params is not None and self._tg is not None:
+                # after the handshake, so that resuming many accounts never delays it
+                self._tg.start_soon(self._served.connect_all, self.initialize_params.connections)
             self.initialized.set()
         else:
             self.log.debug("ignored notification %s", method)
@@ -369,7 +447,7 @@ class Plugin:
                 self.name or self._manifest.id or params.plugin.id,
                 self.version or self._manifest.version or params.plugin.version,
             ),
-            connectors=self._connectors or self._manifest.connectors,
+            connectors=self._connectors or [c.descriptor() for c in self._manifest.connectors],
             capabilities={
                 "webhook": "webhook.handle" in self._handlers,
                 "sessions": "session.start" in self._handlers,
@@ -378,6 +456,29 @@ class Plugin:
 
     async def _health(self, ctx: Context, params: Any) -> HealthResult:
         return HealthResult("ok")
+
+    async def _resume(self, ctx: Context, params: ConnectionInfo) -> Empty:
+        await self._served.connect(params)
+        return Empty()
+
+    async def _release(self, ctx: Context, params: ConnectionRef) -> Empty:
+        await self._served.disconnect(params.connection_id)
+        return Empty()
+
+    def _then_disconnect(self, fn: Handler) -> Handler:
+        """A `connection.logout` handler that, once it returned, stops serving the connection."""
+
+        async def logout(ctx: Context, params: ConnectionRef) -> Any:
+            result = await fn(ctx, params)
+            await self._served.disconnect(params.connection_id)
+            return result
+
+        logout.__name__ = getattr(fn, "__name__", "logout")
+        logout.__doc__ = fn.__doc__
+        return logout
+
+    async def _fenced(self, connection_id: str) -> None:
+        await self._served.fenced(connection_id)
 
     async def _shutdown(self, ctx: Context, params: Any) -> Empty:
         await self._run_shutdown_hooks()

@@ -9,9 +9,14 @@ async with PluginHarness.subprocess("plugins/echo") as h:             # a real c
     ...
 ```
 Both perform `initialize`/`initialized`, answer the plugin's `event.inbound`
-(accepted, unless `inbound_answer` says otherwise) and record everything the
+(accepted, unless `inbound_answer` says otherwise) and `state.get`/`state.put`
+(from memory, with the host's limits: `h.state`), and record everything the
 plugin sends to the host. Shapes the plugin sends are validated against
 `plugin_host.protocol`; mismatches land in `protocol_errors`.
+
+    await h.resume(ConnectionInfo(...))     # connection.resume (SPEC 10)
+    await h.release("conn_1")               # connection.release
+    h.state.set_epoch("conn_1", 2)          # another host took the lease: puts are fenced
 """
 
 from __future__ import annotations
@@ -30,21 +35,29 @@ import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, TaskStatus
 
-from ..errors import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from ..errors import FENCED, INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from ..launch import LaunchSpec, plugin_env, prepare_data_dir, prepare_launch, python_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..process_group import GroupProcess, LaunchPlan, spawn
 from ..protocol import (
     PLUGIN_TO_HOST,
     PROTOCOL_VERSION,
+    STATE_KEYS_PER_CONNECTION,
+    STATE_VALUE_MAX_BYTES,
     BridgeEvent,
     ConnectionInfo,
+    ConnectionRef,
+    Empty,
     InboundAck,
     InitializeParams,
     InitializeResult,
     NameVersion,
     PluginRef,
     SessionUpdate,
+    StateGetParams,
+    StateGetResult,
+    StatePutParams,
+    StatePutResult,
 )
 from ..rpc import Connection, RequestContext
 from ..streams import pipe_pair
@@ -55,13 +68,84 @@ InboundAnswer = InboundAck | Mapping[str, Any] | Callable[[BridgeEvent], Any]
 
 _STOP_GRACE = 5.0
 _HOST = NameVersion("plugin-harness", "1")
+_ACCEPTED = InboundAck(accepted=True, duplicate=False, pending=True)
+
+
+class MemoryState:
+    """Host-kept plugin state (SPEC 3.4) in memory, with the host's rules.
+
+    Values by (connectionId or None, key), at most 64 KiB of JSON, at most 10,000
+    keys per scope (a connection, or the plugin-wide one), refused as the host does
+    (-32602 with `data.limit`); each connection has a lease epoch (1 unless set),
+    and a put carrying an older epoch is refused with -32018.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str | None, str], bytes] = {}
+        self.epochs: dict[str, int] = {}
+        self._keys: dict[str | None, int] = {}  # keys per scope
+
+    def epoch(self, connection_id: str | None) -> int:
+        return 0 if connection_id is None else self.epochs.get(connection_id, 1)
+
+    def set_epoch(self, connection_id: str, epoch: int) -> None:
+        """The lease moved (to this epoch): writes with an older one are fenced."""
+        self.epochs[connection_id] = epoch
+
+    def value(self, key: str, *, connection_id: str | None = None) -> Any:
+        """The stored value as plain JSON (None when unset)."""
+        raw = self.values.get((connection_id, key))
+        return None if raw is None else msgspec.json.decode(raw)
+
+    def keys(self, connection_id: str | None = None) -> list[str]:
+        return sorted(k for c, k in self.values if c == connection_id)
+
+    def get(self, params: StateGetParams) -> StateGetResult:
+        raw = self.values.get((params.connection_id, params.key))
+        value = msgspec.Raw(raw) if raw is not None else None
+        return StateGetResult(value=value, epoch=self.epoch(params.connection_id))
+
+    def put(self, params: StatePutParams) -> StatePutResult:
+        connection_id = params.connection_id
+        current = self.epoch(connection_id)
+        if connection_id is not None and params.epoch is not None and params.epoch < current:
+            raise RpcError(
+                FENCED,
+                f"connection {connection_id} is owned at epoch {current}, not {params.epoch}",
+                {"epoch": current},
+            )
+        slot = (connection_id, params.key)
+        if params.value is None:
+            if self.values.pop(slot, None) is not None:
+                self._keys[connection_id] -= 1
+            return StatePutResult(epoch=current)
+        raw = msgspec.json.encode(params.value)
+        if len(raw) > STATE_VALUE_MAX_BYTES:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"state value {params.key!r} is {len(raw)} bytes of JSON; at most {STATE_VALUE_MAX_BYTES}",
+                {"limit": STATE_VALUE_MAX_BYTES},
+            )
+        new = slot not in self.values
+        if new and self._keys.get(connection_id, 0) >= STATE_KEYS_PER_CONNECTION:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"{connection_id or 'the plugin'} already keeps {STATE_KEYS_PER_CONNECTION} state keys; at most"
+                f" {STATE_KEYS_PER_CONNECTION} (delete keys with a null value)",
+                {"limit": STATE_KEYS_PER_CONNECTION},
+            )
+        self.values[slot] = raw
+        if new:
+            self._keys[connection_id] = self._keys.get(connection_id, 0) + 1
+        return StatePutResult(epoch=current)
 
 
 class PluginHarness:
     """The host end of one plugin connection, with a record of what the plugin sent."""
 
-    def __init__(self, *, inbound_answer: InboundAnswer | None = None) -> None:
-        self.inbound_answer: InboundAnswer = inbound_answer if inbound_answer is not None else InboundAck(accepted=True)
+    def __init__(self, *, inbound_answer: InboundAnswer | None = None, state: MemoryState | None = None) -> None:
+        self.inbound_answer: InboundAnswer = inbound_answer if inbound_answer is not None else _ACCEPTED
+        self.state = state if state is not None else MemoryState()
         self.connection: Connection | None = None
         self.initialize_result: InitializeResult | None = None
         self.calls: list[tuple[str, Any]] = []  # plugin -> host requests, as plain JSON
@@ -82,6 +166,14 @@ class PluginHarness:
 
     async def notify(self, method: str, params: Any = None) -> None:
         await self._conn.notify(method, params)
+
+    async def resume(self, info: ConnectionInfo) -> None:
+        """`connection.resume`: the plugin serves `info` (again) from now on."""
+        await self.call("connection.resume", info, result_type=Empty)
+
+    async def release(self, connection_id: str) -> None:
+        """`connection.release`: the plugin stops serving the connection (no logout)."""
+        await self.call("connection.release", ConnectionRef(connection_id), result_type=Empty)
 
     async def initialize(
         self,
@@ -147,6 +239,13 @@ class PluginHarness:
         plain = msgspec.json.decode(params) if params is not None else None
         self.calls.append((method, plain))
         self._record()
+        if method in ("state.get", "state.put"):
+            try:
+                typed: Any = msgspec.json.decode(params or b"{}", type=PLUGIN_TO_HOST[method][0])
+            except msgspec.ValidationError as exc:
+                self.protocol_errors.append(f"{method}: {exc}")
+                raise RpcError(INVALID_PARAMS, f"invalid {method} params: {exc}") from None
+            return self.state.get(typed) if method == "state.get" else self.state.put(typed)
         if method != "event.inbound":
             raise RpcError(METHOD_NOT_FOUND, f"the harness does not answer {method}")
         try:
@@ -205,12 +304,15 @@ class PluginHarness:
         state_dir: str | os.PathLike[str] | None = None,
         connections: Sequence[ConnectionInfo] = (),
         inbound_answer: InboundAnswer | None = None,
+        state: MemoryState | None = None,
         initialize: bool = True,
         plugin_id: str = "plugin",
         version: str = "0.0.0",
     ) -> AsyncIterator[PluginHarness]:
-        """Serve `plugin` over OS pipes in this event loop (`stateDir` a temporary folder by default)."""
-        harness = cls(inbound_answer=inbound_answer)
+        """Serve `plugin` over OS pipes in this event loop (`stateDir` a temporary folder by default).
+
+        Pass the `state` of an earlier harness to see a plugin restart with its host-kept state."""
+        harness = cls(inbound_answer=inbound_answer, state=state)
         async with AsyncExitStack() as stack:
             if state_dir is None:
                 state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))
@@ -264,6 +366,7 @@ class PluginHarness:
         connections: Sequence[ConnectionInfo] = (),
         env: Mapping[str, str] | None = None,
         inbound_answer: InboundAnswer | None = None,
+        state: MemoryState | None = None,
         initialize: bool = True,
         plugin_id: str | None = None,
         version: str | None = None,
@@ -276,7 +379,7 @@ class PluginHarness:
         group; `env` adds the test's own variables. Not the supervisor: stderr is
         collected in `stderr_lines`; on exit stdin is closed, then the group is
         stopped (SIGTERM, SIGKILL) and reaped."""
-        harness = cls(inbound_answer=inbound_answer)
+        harness = cls(inbound_answer=inbound_answer, state=state)
         async with AsyncExitStack() as stack:
             if state_dir is None:
                 state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="plugin-state-"))

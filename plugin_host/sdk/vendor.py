@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -146,9 +146,12 @@ class VendorRunner:
         secrets: Iterable[str] = (),
         input: bytes | None = None,
         check: bool = True,
+        on_stdout_line: Callable[[str], Awaitable[None]] | None = None,
     ) -> VendorResult:
         """Run to completion within `timeout` seconds.
 
+        `on_stdout_line` sees each stdout line as it arrives (for progress: an
+        installer's QR URL), unredacted: the caller must not log or store it.
         Raises -32014 (`data.exitCode`, `data.stderr` redacted) on a timeout
         (`exitCode` null) and, when `check`, on a non-zero exit.
         """
@@ -171,7 +174,7 @@ class VendorRunner:
 
         async def read_output() -> None:
             async with anyio.create_task_group() as readers:
-                readers.start_soon(out.read_from, process.stdout)
+                readers.start_soon(out.read_from, process.stdout, on_stdout_line)
                 readers.start_soon(err.read_from, process.stderr)
             drained.set()
 
@@ -237,14 +240,25 @@ class _Tail:
         self.buf = bytearray()
         self.truncated = False
 
-    async def read_from(self, stream: ByteReceiveStream | None) -> None:
+    async def read_from(
+        self, stream: ByteReceiveStream | None, on_line: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         if stream is None:
             return
+        pending = b""
         async for chunk in stream:
+            if on_line is not None:
+                # bounded like the tail: a line longer than the limit is cut
+                *lines, pending = (pending + chunk).split(b"\n")
+                pending = pending[-self.limit :]
+                for line in lines:
+                    await on_line(line.decode("utf-8", "replace"))
             self.buf += chunk
             if len(self.buf) > self.limit:
                 del self.buf[: len(self.buf) - self.limit]
                 self.truncated = True
+        if on_line is not None and pending:
+            await on_line(pending.decode("utf-8", "replace"))
 
     def text(self) -> str:
         return self.buf.decode("utf-8", "replace")

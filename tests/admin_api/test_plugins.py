@@ -185,6 +185,7 @@ async def test_enabled_plugin_comes_back_after_a_server_restart(tmp_path: Path) 
                 "displayName": "Echo",
                 "authType": "credentials",
                 "capabilities": ["receive_text", "send_text", "direct_messages"],
+                "optionsSchema": None,
                 "pluginId": "echo",
                 "available": True,
             }
@@ -210,3 +211,48 @@ async def test_unknown_plugin_and_bad_parameters(tmp_path: Path) -> None:
         assert r.status_code == 404 and assert_error_shape(r)["code"] == "not_found"
         r = await http.patch("/api/plugins")
         assert r.status_code == 405 and assert_error_shape(r)["code"] == "method_not_allowed"
+
+
+LOGGING_MAIN = """\
+import sys
+sys.stderr.write("first line token=abcdef0123456789abcdef\\n")
+sys.stderr.write("second line\\n")
+sys.stderr.flush()
+from echo_plugin.echo import plugin
+plugin.run()
+"""
+
+
+async def test_logs_with_timestamps_and_a_live_tail_after_a_sequence_number(tmp_path: Path) -> None:
+    from plugin_host.package import pack_directory
+    from tests.support import eventually
+    from tests.support.admin import plugin_source
+
+    source = plugin_source(tmp_path, "1.0.0", plugin_id="logger")
+    main = source / "echo_plugin" / "__main__.py"
+    main.rename(source / "echo_plugin" / "echo.py")
+    main.write_text(LOGGING_MAIN)
+    archive = pack_directory(source, tmp_path / "logger.zip").read_bytes()
+    async with running(tmp_path / "home") as (app, http):
+        assert (await http.post("/api/plugins", content=archive, headers=ZIP)).status_code == 201
+        assert (await http.post("/api/plugins/logger/enable")).status_code == 200
+
+        async def two_lines() -> list:
+            r = await http.get("/api/plugins/logger/logs", params={"timestamps": "true"})
+            return r.json() if len(r.json()) >= 2 else []
+
+        first, second = (await eventually(two_lines))[:2]
+        assert set(first) == {"seq", "at", "line"} and second["seq"] > first["seq"]
+        assert first["at"].endswith("Z") and first["at"][:4].isdigit()
+        assert first["line"].startswith("first line") and "abcdef0123456789abcdef" not in first["line"]
+        # the plain form is unchanged: redacted text lines
+        plain = (await http.get("/api/plugins/logger/logs")).json()
+        assert plain[:2] == [first["line"], "second line"]
+        # after=seq: only what is newer
+        r = await http.get("/api/plugins/logger/logs", params={"timestamps": "true", "after": str(first["seq"])})
+        assert [e["line"] for e in r.json()][:1] == ["second line"]
+        r = await http.get("/api/plugins/logger/logs", params={"after": str(second["seq"])})
+        assert r.json() == []
+        for bad in ("-1", "x", "9" * 30):
+            r = await http.get("/api/plugins/logger/logs", params={"after": bad})
+            assert r.status_code == 400 and assert_error_shape(r)["details"] == {"parameter": "after"}

@@ -244,7 +244,7 @@ async def test_outbox_retries_with_the_same_request_id_and_honours_retry_after()
                 raise RpcError(IN_PROGRESS, "busy", {"retryAfterSeconds": 0})
             if len(attempts) == 2:
                 raise ConnectionError("network down")
-            return SendResult(provider_message_id="p1")
+            return SendResult(duplicate=False, provider_message_id="p1")
 
         channel.on_send = flaky
         request_id = await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="hello", message_id="x1"))
@@ -302,7 +302,12 @@ def event(connection_id: str, event_id: str = "e1", message_id: str = "m1", **kw
         peer_type="dm",
         message_id=message_id,
         timestamp="2026-06-02T09:30:00Z",
+        delivery_attempt=1,
+        channel_id="",
+        account_id="",
+        message_type="text",
         content="hi",
+        metadata={},
     )
     fields.update(kw)
     return BridgeEvent(**fields)
@@ -526,7 +531,7 @@ async def test_a_peer_chosen_retry_delay_is_bounded(retry_after: float):
             calls.append(1)
             if len(calls) == 1:
                 raise DeliveryError("busy", retry_after=retry_after)
-            return SendResult(provider_message_id="ok")
+            return SendResult(duplicate=False, provider_message_id="ok")
 
         channel.on_send = once_busy
         await rt.send(OutboundMessage(channel_id="a", peer_id="u", content="x"))

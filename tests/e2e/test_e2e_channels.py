@@ -204,6 +204,8 @@ async def test_onboarding_to_logout_end_to_end(stack: Stack, caplog: pytest.LogC
             session_id=session_id,
             kind="echo",
             status="connected",
+            instructions=[],
+            metadata={},
             connection_id=connection_id,
             credentials={"token": "replayed-token-0123456789"},
         ),

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from plugin_host.errors import UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import FENCED, UNKNOWN_CONNECTION, RpcError
 from plugin_host.protocol import ConnectionInfo, ConnectorSessionView, SendResult, WebhookResult
-from plugin_host.sdk.testing import PluginHarness
+from plugin_host.sdk.testing import MemoryState, PluginHarness
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -32,11 +33,22 @@ def send_params(request_id: str, content: str = "hello", **metadata: Any) -> dic
 
 
 async def start_session(h: PluginHarness) -> ConnectorSessionView:
-    return await h.call(
-        "session.start",
-        {"sessionId": "cs_1", "kind": "echo", "connectionId": "conn_1", "channelId": "chan_1", "displayName": "Me"},
-        result_type=ConnectorSessionView,
-    )
+    params = {
+        "sessionId": "cs_1",
+        "kind": "echo",
+        "connectionId": "conn_1",
+        "channelId": "chan_1",
+        "displayName": "Me",
+        "options": {},
+    }
+    return await h.call("session.start", params, result_type=ConnectorSessionView)
+
+
+async def served(h: PluginHarness) -> dict[str, str]:
+    return (await h.call("health"))["connections"]
+
+
+CONN = ConnectionInfo("conn_1", "chan_1", "echo", "acc", "Echo", options={}, credentials={"token": "t"})
 
 
 def sent_records(state_dir: Path) -> list[dict[str, Any]]:
@@ -63,7 +75,7 @@ async def test_session_connects_at_once_with_credentials(tmp_path: Path) -> None
         assert (update.status, update.connection_id, update.session_id) == ("connected", "conn_1", "cs_1")
         assert update.credentials and len(update.credentials["token"]) >= 16
         assert (await h.call("session.get", {"sessionId": "cs_1"}))["status"] == "connected"
-        assert await h.call("health") == {"status": "ok", "connections": {"conn_1": "connected"}}
+        assert await h.call("health") == {"status": "ok", "detail": None, "connections": {"conn_1": "connected"}}
         assert h.protocol_errors == []
 
 
@@ -98,7 +110,14 @@ async def test_webhook_turns_a_post_into_an_event(tmp_path: Path) -> None:
     async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
         await start_session(h)
         body = base64.b64encode(json.dumps({"peerId": "u1", "text": "hi", "messageId": "m1"}).encode()).decode()
-        params = {"connectionId": "conn_1", "method": "POST", "path": "/webhooks/conn_1", "headers": {}, "body": body}
+        params = {
+            "connectionId": "conn_1",
+            "method": "POST",
+            "path": "/webhooks/conn_1",
+            "query": "",
+            "headers": {},
+            "body": body,
+        }
         result = await h.call("webhook.handle", params, result_type=WebhookResult)
         assert result.response.status == 200
         [event] = result.events
@@ -110,13 +129,105 @@ async def test_webhook_turns_a_post_into_an_event(tmp_path: Path) -> None:
 
 
 async def test_logout_revokes_and_resume_comes_from_initialize(tmp_path: Path) -> None:
-    resumed = ConnectionInfo(connection_id="conn_1", channel_id="chan_1", kind="echo", credentials={"token": "t"})
-    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path, connections=[resumed]) as h:
-        assert (await h.call("health"))["connections"] == {"conn_1": "connected"}
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path, connections=[CONN]) as h:
+        # initialize.connections are started after the handshake, in the background
+        await eventually(lambda: h.state.value("handovers", connection_id="conn_1") == 1)
+        assert await served(h) == {"conn_1": "connected"}
         assert (await h.call("message.send", send_params("out_3")))["duplicate"] is False
         assert await h.call("connection.logout", {"connectionId": "conn_1"}) == {}
-        assert h.notifications_of("connection.status") == [{"connectionId": "conn_1", "status": "revoked"}]
-        assert (await h.call("health"))["connections"] == {}
+        assert h.notifications_of("connection.status") == [
+            {"connectionId": "conn_1", "status": "revoked", "error": None}
+        ]
+        assert await served(h) == {}
+        assert h.state.value("handovers", connection_id="conn_1") is None  # the plugin cleaned up its state
         assert await h.call("shutdown") == {}
         await h.close_stdin()
         assert await h.wait_exit() == 0
+        assert h.protocol_errors == []
+
+
+async def test_resume_and_release_hand_a_connection_over_and_back(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path) as h:
+        await h.resume(CONN)
+        assert await served(h) == {"conn_1": "connected"}
+        assert h.state.value("handovers", connection_id="conn_1") == 1
+        await h.resume(CONN)  # again (credentials after a re-login): stopped, then started again
+        assert h.state.value("handovers", connection_id="conn_1") == 2
+        assert any("conn_1 is no longer served here" in line for line in h.stderr_lines)
+        await h.release("conn_1")
+        await h.release("conn_1")  # releasing what is not served is fine
+        assert await served(h) == {}
+        with pytest.raises(RpcError) as exc:
+            await h.call("message.send", send_params("out_4"))
+        assert exc.value.code == UNKNOWN_CONNECTION
+        assert h.protocol_errors == []
+
+
+async def test_send_records_live_in_host_state_and_survive_a_plugin_restart(tmp_path: Path) -> None:
+    state = MemoryState()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path / "a", connections=[CONN], state=state) as h:
+        await eventually(lambda: state.value("handovers", connection_id="conn_1") == 1)
+        first = await h.call("message.send", send_params("out_5"), result_type=SendResult)
+    assert [k for k in state.keys("conn_1") if k.startswith("sdk:send:")]
+    # a new process (as after a crash or a hot swap), a fresh stateDir: the host's state is what remains
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path / "b", connections=[CONN], state=state) as h:
+        await eventually(lambda: state.value("handovers", connection_id="conn_1") == 2)
+        again = await h.call("message.send", send_params("out_5"), result_type=SendResult)
+        assert again.duplicate and again.provider_message_id == first.provider_message_id
+        assert sent_records(tmp_path / "b") == []  # nothing sent twice
+
+
+async def test_a_fenced_write_stops_the_connection(tmp_path: Path) -> None:
+    async with PluginHarness.subprocess(ECHO_DIR, state_dir=tmp_path, connections=[CONN]) as h:
+        await eventually(lambda: h.state.value("handovers", connection_id="conn_1") == 1)
+        h.state.set_epoch("conn_1", 7)  # another host took the lease
+        with pytest.raises(RpcError) as exc:
+            await h.call("message.send", send_params("out_6"))
+        assert exc.value.code == FENCED
+        assert await served(h) == {}
+        assert any("conn_1 is no longer served here" in line for line in h.stderr_lines)
+        await h.resume(CONN)  # handed back, at the new epoch: writes go through again
+        assert h.state.value("handovers", connection_id="conn_1") == 2
+        assert (await h.call("message.send", send_params("out_6")))["duplicate"] is False
+
+
+async def test_through_the_real_host_send_records_survive_a_restart_and_a_hot_swap(tmp_path: Path) -> None:
+    """The SPEC 3.6 records live in the host's store (SQLite file): a new process, even a new version, sees them."""
+    from channel_runtime.runtime import ChannelRuntime
+    from plugin_host.host import PluginHost
+    from plugin_host.package import pack_directory
+    from plugin_host.protocol import SendRequest, Target
+    from plugin_host.sdk.idempotency import record_key
+    from tests.fault_plugins import default_host_env
+    from tests.support.admin import plugin_source
+
+    async def no_reply(message: Any) -> None:
+        return None
+
+    home = tmp_path / "home"
+    host = PluginHost(home, host_env=default_host_env())
+    runtime = ChannelRuntime(no_reply, f"sqlite:///{tmp_path / 'state.db'}", plugin_host=host, home=home)
+    async with runtime, host:
+        await host.install(pack_directory(plugin_source(tmp_path, "1.0.0"), tmp_path / "v1.zip"))
+        await host.install(pack_directory(plugin_source(tmp_path, "1.0.1"), tmp_path / "v2.zip"))
+        await host.activate("echo", "1.0.0")
+        await host.enable("echo")
+        view = await runtime.connections.start_session("echo", "Me")
+        connection_id, channel_id = view["connection"]["connectionId"], view["connection"]["channelId"]
+        await eventually(lambda: runtime.store.plugin_state.get("echo", connection_id, "handovers"))
+        echo = host.client("echo")
+        request = SendRequest("out_x", connection_id, channel_id, "echo", Target("peer_1", "dm"), "once", "text", {})
+        first = await echo.send(request)
+        assert not first.duplicate
+        await host.restart("echo")
+        await eventually(lambda: host.supervisor("echo") is not None and host.supervisor("echo").state == "running")
+        again = await echo.send(request)
+        await host.activate("echo", "1.0.1")  # hot swap to a new version
+        swapped = await echo.send(request)
+        assert again.duplicate and swapped.duplicate
+        assert first.provider_message_id == again.provider_message_id == swapped.provider_message_id
+        assert len(sent_records(home / "plugin-data" / "echo")) == 1  # sent to the "platform" once
+        records = await runtime.store.plugin_state.get("echo", connection_id, record_key("out_x"))
+        assert records["out_x"]["status"] == "completed"

@@ -108,6 +108,9 @@ def test_serve_from_the_wheel_installs_and_runs_every_bundled_plugin(venv: Path,
         # the plugins run from the host's home, installed from the wheel's copies
         for plugin_id in expected:
             assert (home / "plugins" / plugin_id).is_dir()
+        # the admin page and its own script and style ship in the wheel
+        for path in ("/admin", "/admin/static/admin.js", "/admin/static/admin.css"):
+            assert httpx.get(server.base + path, timeout=10).status_code == 200, path
     finally:
         code, _out, err = server.stop()
     assert code == 0, err

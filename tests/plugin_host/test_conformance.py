@@ -23,6 +23,11 @@ def send(msg):
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()
 
+def ask_host(mid, method, params):
+    # the answer is the next line: the host has nothing else to say during initialize
+    send({{"jsonrpc": "2.0", "id": mid, "method": method, "params": params}})
+    return json.loads(sys.stdin.readline())
+
 for line in sys.stdin:
     try:
         msg = json.loads(line)
@@ -40,18 +45,29 @@ for line in sys.stdin:
         if MODE == "silent":
             continue
         version = 2 if MODE == "wrong_version" else 1
+        if MODE == "uses_state":
+            put = ask_host("p1", "state.put", {{"key": "k", "value": [1], "connectionId": None, "epoch": None}})
+            got = ask_host("p2", "state.get", {{"key": "k", "connectionId": None}})
+            if put.get("result") != {{"epoch": 0}} or got.get("result") != {{"value": [1], "epoch": 0}}:
+                send({{"jsonrpc": "2.0", "id": mid, "error": {{"code": -32603, "message": repr((put, got))}}}})
+                continue
         if MODE == "garbage":
             sys.stdout.write("Loading plugin... done\n")
         if MODE == "non_ascii":  # a JSON array, not an object; its first 120 bytes end inside a character
             sys.stdout.buffer.write(json.dumps(["x" + "\u00e9" * 100], ensure_ascii=False).encode() + b"\n")
             sys.stdout.buffer.flush()
+        connector = {{"kind": "handmade", "displayName": "Handmade", "authType": "credentials", "capabilities": []}}
+        if MODE != "incomplete":
+            connector["optionsSchema"] = None
         send({{"jsonrpc": "2.0", "id": mid, "result": {{"protocolVersion": version,
-              "plugin": {{"name": "broken", "version": "1.0.0"}}, "connectors": [], "capabilities": {{}}}}}})
+              "plugin": {{"name": "broken", "version": "1.0.0"}}, "connectors": [connector], "capabilities": {{}}}}}})
     elif method == "health":
         if MODE == "bad_health":
             send({{"jsonrpc": "2.0", "id": mid, "result": {{"status": "fine"}}}})
-        elif isinstance(msg.get("params"), dict) or MODE == "lenient":
+        elif MODE == "incomplete" and isinstance(msg.get("params"), dict):
             send({{"jsonrpc": "2.0", "id": mid, "result": {{"status": "ok"}}}})
+        elif isinstance(msg.get("params"), dict) or MODE == "lenient":
+            send({{"jsonrpc": "2.0", "id": mid, "result": {{"status": "ok", "detail": None, "connections": None}}}})
         else:
             send({{"jsonrpc": "2.0", "id": mid, "error": {{"code": -32602, "message": "params"}}}})
     elif method == "shutdown":
@@ -103,11 +119,26 @@ async def test_a_well_behaved_handmade_plugin_passes_also_as_a_zip(tmp_path: Pat
     assert report.passed, report.render()
 
 
+async def test_the_check_answers_state_requests_like_a_host(tmp_path: Path) -> None:
+    report = await run_checks(make_plugin(tmp_path, "uses_state"))
+    assert report.passed, report.render()
+
+
+async def test_each_field_a_plugin_leaves_out_is_named(tmp_path: Path) -> None:
+    report = await run_checks(make_plugin(tmp_path, "incomplete"))
+    checks = _by_name(report)
+    # a host reads missing optional fields as null: everything else passes, the omission is reported
+    assert [name for name, c in checks.items() if c.ok is False] == ["every field"], report.render()
+    reason = checks["every field"].reason
+    assert "answer to 'initialize' leaves out /result/connectors/0/optionsSchema" in reason
+    assert "answer to 'health' leaves out /result/connections, /result/detail" in reason
+
+
 @pytest.mark.parametrize(
     ("mode", "failed", "reason"),
     [
         ("silent", "initialize", "no answer within 1500 ms"),
-        ("wrong_version", "initialize", "/result/protocolVersion: 1 was expected"),
+        ("wrong_version", "initialize", "protocolVersion 2; expected 1"),
         ("garbage", "stdout", "not JSON on stdout: 'Loading plugin... done'"),
         ("non_ascii", "stdout", "not a JSON-RPC message object on stdout: '[\"x\u00e9\u00e9"),
         ("bad_health", "health", "does not match the schema"),
@@ -133,3 +164,9 @@ async def test_package_rules_fail_first(tmp_path: Path) -> None:
     assert checks["spawn"].ok is None  # skipped
     report = await run_checks(tmp_path / "missing")
     assert not report.passed
+
+
+async def test_a_plain_node_plugin_passes_every_check() -> None:
+    report = await run_checks(REPO / "tests" / "plugins" / "node_complete")
+    assert report.passed, report.render()
+    assert all(c.ok for c in report.checks)

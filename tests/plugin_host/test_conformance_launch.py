@@ -59,7 +59,7 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
       return send({ jsonrpc: "2.0", id: msg.id, result: { protocolVersion: 1,
         plugin: { name: "node-env", version: "1.0.0" }, connectors: [], capabilities: {} } });
     }
-    case "health": return send({ jsonrpc: "2.0", id: msg.id, result: { status: "ok" } });
+    case "health": return send({ jsonrpc: "2.0", id: msg.id, result: { status: "ok", detail: null, connections: null } });
     case "shutdown": return send({ jsonrpc: "2.0", id: msg.id, result: {} });
     default: return fail(msg.id, -32601, "method not found");
   }

@@ -66,6 +66,9 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
                     connection_id="c1",
                     channel_id="ch1",
                     kind="raw",
+                    account_id="acc",
+                    display_name="Raw",
+                    options={},
                     credentials={"nested": {"value": "swordfish-77"}, "list": ["opensesame-42"]},
                 )
             ]

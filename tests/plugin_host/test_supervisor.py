@@ -66,7 +66,7 @@ async def assert_responsive(sup: PluginSupervisor, n: int = 3) -> None:
 async def test_start_call_stop(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, "well_behaved")
     events: list[tuple[str, dict[str, Any]]] = []
-    conn = ConnectionInfo(connection_id="conn_1", channel_id="ch", kind="test", credentials={"k": "v"})
+    conn = ConnectionInfo("conn_1", "ch", "test", "acc", "Test", options={}, credentials={"k": "v"})
 
     class Services(HostServices):
         async def resumable_connections(self, plugin_id: str) -> list[ConnectionInfo]:
@@ -105,7 +105,8 @@ async def test_start_call_stop(tmp_path: Path) -> None:
         }
         assert snap["latencyMs"]["echo"]["count"] == 1
         assert set(snap["latencyMs"]["echo"]) == {"count", "p50", "p99"}
-        assert snap["lastError"] is None
+        assert snap["lastError"] is None and snap["lastErrorAt"] is None
+        assert snap["nextAttemptInSeconds"] is None
         assert snap["rpcErrors"] == {}
         await sup.stop()
         assert sup.state == "stopped"
@@ -236,6 +237,11 @@ async def test_crash_loop_opens_circuit(tmp_path: Path) -> None:
                 await sup.call("echo")
             assert info.value.code == UNAVAILABLE and "circuit" in info.value.message
             assert any("giving up" in line for line in sup.logs(100))
+            snap = sup.snapshot()  # what the admin page shows: when it failed, when it tries again
+            assert snap["lastErrorAt"].endswith("Z") and 0 < snap["nextAttemptInSeconds"] <= sup.policy.circuit_retry
+            lines = sup.log_lines(100)
+            assert [line.text for line in lines] == sup.logs(100)
+            assert all(a.seq < b.seq and a.at <= b.at for a, b in zip(lines, lines[1:], strict=False))
             await assert_responsive(other)
             await sup.restart()  # admin restart closes the circuit (and this plugin crashes again)
             assert sup.policy.failures <= 1

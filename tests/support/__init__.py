@@ -64,15 +64,21 @@ class ServeProcess:
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         command: Sequence[str] | None = None,  # default: this environment's `channel-runtime`
+        subcommand: str = "serve",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        """`subcommand` is `serve` or `sidecar` (then on 127.0.0.1); `port` reuses a port (a restart)."""
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("CHANNEL_RUNTIME_")}
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith(("CHANNEL_RUNTIME_", "CONNECTOR_", "BEAVER_"))
+        }
         environ.update(env or {})
-        self._out = open(home.parent / f"serve-{self.port}.out", "w+")
-        self._err = open(home.parent / f"serve-{self.port}.err", "w+")
+        self._out = open(home.parent / f"{subcommand}-{self.port}.out", "a+")
+        self._err = open(home.parent / f"{subcommand}-{self.port}.err", "a+")
+        bind = ["--host", "127.0.0.1"] if subcommand == "sidecar" else []
         self.proc = subprocess.Popen(
-            [*(command or serve_command()), "serve", "--home", str(home), "--port", str(self.port), *args],
+            [*(command or serve_command()), subcommand, "--home", str(home), "--port", str(self.port), *bind, *args],
             cwd=cwd,
             env=environ,
             stdout=self._out,

@@ -2,10 +2,18 @@
 
 - `session.start` connects at once (no QR, no platform) and hands the host a
   random token as the connection's credentials.
-- `message.send` is idempotent through the SDK store, appends each message to
-  `<stateDir>/sent.jsonl`, and with metadata `{"echoBack": true}` sends the text
-  back as an inbound message, so end-to-end tests can loop messages through.
+- The host then hands the connection over (`connection.resume`, or
+  `initialize.connections` after a restart): `on_connect` runs, and counts the
+  hand-overs in host-kept state (`ctx.state`), which survives restarts and new
+  versions. `on_disconnect` runs on release, logout or fencing.
+- `message.send` is idempotent through the SDK (records in host-kept state),
+  appends each message to `<stateDir>/sent.jsonl`, and with metadata
+  `{"echoBack": true}` sends the text back as an inbound message, so end-to-end
+  tests can loop messages through.
 - `webhook.handle` turns a JSON POST `{peerId, text, messageId}` into an event.
+
+Every Struct is built with all its fields: what the SDK sends carries every
+field of its shape (SPEC 3.1), optional ones as null.
 
 Name, version and connectors come from `plugin.json` (the host sets PLUGIN_DIR).
 """
@@ -19,18 +27,20 @@ import time
 import msgspec
 
 from plugin_host.errors import INVALID_PARAMS, UNKNOWN_CONNECTION
-from plugin_host.protocol import ConnectionRef, SessionInputParams, SessionRef, SessionStartParams
 from plugin_host.sdk import (
     BridgeEvent,
     ConnectionInfo,
+    ConnectionRef,
     ConnectorSessionView,
     Context,
     HealthResult,
-    InitializeParams,
     Plugin,
     RpcError,
     SendRequest,
     SendResult,
+    SessionInputParams,
+    SessionRef,
+    SessionStartParams,
     SessionUpdate,
     WebhookParams,
     WebhookResponse,
@@ -39,7 +49,7 @@ from plugin_host.sdk import (
 
 plugin = Plugin()
 
-connections: dict[str, ConnectionInfo] = {}
+onboarded: dict[str, ConnectionInfo] = {}  # connected by session.start here, usable before the host's resume
 sessions: dict[str, ConnectorSessionView] = {}
 
 
@@ -49,10 +59,17 @@ class WebhookBody(msgspec.Struct, rename="camel"):
     message_id: str
 
 
-@plugin.on_initialize
-async def resume(ctx: Context, params: InitializeParams) -> None:
-    connections.clear()
-    connections.update((c.connection_id, c) for c in params.connections)
+@plugin.on_connect
+async def connected(ctx: Context, info: ConnectionInfo) -> None:
+    # a real connector starts the account's receive loop here: plugin.start_background(poll, info)
+    handovers = await ctx.state.get("handovers", connection_id=info.connection_id, type=int) or 0
+    await ctx.state.put("handovers", handovers + 1, connection_id=info.connection_id)
+    onboarded.pop(info.connection_id, None)
+
+
+@plugin.on_disconnect
+async def disconnected(ctx: Context, connection_id: str) -> None:
+    ctx.log.info("connection %s is no longer served here", connection_id)  # ... and stops its receive loop
 
 
 @plugin.method("session.start")
@@ -62,12 +79,14 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         session_id=params.session_id,
         kind=params.kind,
         status="connected",
+        instructions=[],
+        metadata={},
         account_id=f"echo_{params.connection_id}",
         display_name=display_name,
     )
     credentials = {"token": _random_id(24)}
     sessions[params.session_id] = view
-    connections[params.connection_id] = ConnectionInfo(
+    onboarded[params.connection_id] = ConnectionInfo(
         connection_id=params.connection_id,
         channel_id=params.channel_id,
         kind=params.kind,
@@ -76,9 +95,8 @@ async def start_session(ctx: Context, params: SessionStartParams) -> ConnectorSe
         options=params.options,
         credentials=credentials,
     )
-    await ctx.host.session_update(
-        SessionUpdate(**msgspec.structs.asdict(view), connection_id=params.connection_id, credentials=credentials)
-    )
+    update = SessionUpdate(**msgspec.structs.asdict(view), connection_id=params.connection_id, credentials=credentials)
+    await ctx.host.session_update(update)
     return view
 
 
@@ -100,7 +118,10 @@ async def cancel_session(ctx: Context, params: SessionRef) -> dict:
 
 @plugin.method("connection.logout")
 async def logout(ctx: Context, params: ConnectionRef) -> dict:
-    if connections.pop(params.connection_id, None) is not None:
+    # the SDK runs on_disconnect once this returns
+    known = onboarded.pop(params.connection_id, None) or plugin.connections.get(params.connection_id)
+    if known is not None:
+        await ctx.state.delete("handovers", connection_id=params.connection_id)
         await ctx.host.connection_status(params.connection_id, "revoked")
     return {}
 
@@ -115,21 +136,24 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
     if params.metadata.get("echoBack"):
         # after the answer, so the host sees the send complete before the echo arrives
         plugin.start_background(echo_back, connection, params)
-    return SendResult(provider_message_id=message_id)
+    return SendResult(duplicate=False, provider_message_id=message_id)
 
 
 async def echo_back(connection: ConnectionInfo, params: SendRequest) -> None:
     event = BridgeEvent(
         event_id=f"evt_{_random_id()}",
         timestamp=_now(),
+        delivery_attempt=1,
         connection_id=connection.connection_id,
         channel_id=params.channel_id or connection.channel_id,
         kind=connection.kind,
         account_id=connection.account_id,
         peer_id=params.target.peer_id,
         peer_type=params.target.peer_type,
+        user_id=None,
         thread_id=params.target.thread_id,
         message_id=f"in_{_random_id()}",
+        message_type="text",
         content=params.content,
         metadata={"echoOf": params.request_id},
     )
@@ -144,18 +168,24 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
     try:
         body = msgspec.json.decode(base64.b64decode(params.body), type=WebhookBody)
     except (ValueError, msgspec.DecodeError):
-        return WebhookResult(response=WebhookResponse(status=400, body="expected JSON {peerId, text, messageId}"))
+        response = WebhookResponse(status=400, headers={}, body="expected JSON {peerId, text, messageId}")
+        return WebhookResult(response=response, events=[])
     event = BridgeEvent(
         event_id=f"evt_{body.message_id}",  # stable across redeliveries, so the host dedupes them
         timestamp=_now(),
+        delivery_attempt=1,
         connection_id=connection.connection_id,
         channel_id=connection.channel_id,
         kind=connection.kind,
         account_id=connection.account_id,
         peer_id=body.peer_id,
         peer_type="dm",
+        user_id=body.peer_id,
+        thread_id=None,
         message_id=body.message_id,
+        message_type="text",
         content=body.text,
+        metadata={},
     )
     return WebhookResult(
         response=WebhookResponse(status=200, headers={"content-type": "application/json"}, body='{"ok":true}'),
@@ -165,11 +195,12 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
 
 @plugin.method("health")
 async def health(ctx: Context, params: object) -> HealthResult:
-    return HealthResult("ok", connections={cid: "connected" for cid in connections})
+    served = {cid: "connected" for cid in [*plugin.connections, *onboarded]}
+    return HealthResult("ok", detail=None, connections=served)
 
 
 def _connection(connection_id: str) -> ConnectionInfo:
-    connection = connections.get(connection_id)
+    connection = plugin.connections.get(connection_id) or onboarded.get(connection_id)
     if connection is None:
         raise RpcError(UNKNOWN_CONNECTION, f"unknown connection {connection_id}")
     return connection

@@ -23,6 +23,7 @@ from plugin_host.errors import (
 )
 from plugin_host.protocol import (
     BridgeEvent,
+    ConnectorSessionView,
     InboundAck,
     InitializeParams,
     NameVersion,
@@ -36,6 +37,7 @@ from plugin_host.sdk.testing import PluginHarness
 from plugin_host.streams import pipe_pair
 
 pytestmark = pytest.mark.anyio
+OK_HEALTH = {"status": "ok", "detail": None, "connections": None}  # every field on the wire (SPEC 3.1)
 
 
 def send_request(request_id: str = "req_1", **metadata: Any) -> SendRequest:
@@ -44,8 +46,9 @@ def send_request(request_id: str = "req_1", **metadata: Any) -> SendRequest:
         connection_id="conn_1",
         channel_id="chan_1",
         kind="test",
-        target=Target(peer_id="peer_1"),
+        target=Target(peer_id="peer_1", peer_type="dm"),
         content="hello",
+        content_type="text",
         metadata=metadata,
     )
 
@@ -57,7 +60,7 @@ def make_plugin(**kwargs: Any) -> Plugin:
     @plugin.method("message.send")
     async def send(ctx: Context, params: SendRequest) -> SendResult:
         assert isinstance(params, SendRequest)
-        return SendResult(provider_message_id=f"sent:{params.content}")
+        return SendResult(duplicate=False, provider_message_id=f"sent:{params.content}")
 
     @plugin.method("echo.raw")
     async def echo_raw(ctx: Context, params: Any) -> Any:
@@ -118,7 +121,7 @@ async def test_connectors_come_from_the_manifest(tmp_path: Path) -> None:
 
 async def test_wrong_protocol_version_is_refused() -> None:
     async with PluginHarness.in_process(make_plugin(), initialize=False) as h:
-        params = InitializeParams(2, NameVersion("h", "1"), PluginRef("p", "1"), state_dir="/tmp")
+        params = InitializeParams(2, NameVersion("h", "1"), PluginRef("p", "1"), {}, "/tmp", [])
         with pytest.raises(RpcError) as exc:
             await h.call("initialize", params)
         assert exc.value.code == UNSUPPORTED
@@ -127,7 +130,7 @@ async def test_wrong_protocol_version_is_refused() -> None:
 async def test_known_method_params_are_typed_and_results_encoded() -> None:
     async with PluginHarness.in_process(make_plugin()) as h:
         result = await h.call("message.send", send_request(), result_type=SendResult)
-        assert result == SendResult(provider_message_id="sent:hello")
+        assert result == SendResult(duplicate=False, provider_message_id="sent:hello")
 
 
 async def test_unknown_method_params_are_plain_json() -> None:
@@ -173,7 +176,7 @@ async def test_crash_in_a_handler_is_internal_error_with_traceback_in_the_log(ca
 
 async def test_health_defaults_to_ok_and_can_be_overridden() -> None:
     async with PluginHarness.in_process(make_plugin()) as h:
-        assert await h.call("health") == {"status": "ok"}
+        assert await h.call("health") == OK_HEALTH
     plugin = make_plugin()
 
     @plugin.method("health")
@@ -181,7 +184,8 @@ async def test_health_defaults_to_ok_and_can_be_overridden() -> None:
         return {"status": "degraded", "detail": "half"}
 
     async with PluginHarness.in_process(plugin) as h:
-        assert await h.call("health") == {"status": "degraded", "detail": "half"}
+        # a dict result is completed to the method's shape: every field goes out
+        assert await h.call("health") == {"status": "degraded", "detail": "half", "connections": None}
 
 
 def test_builtins_cannot_be_replaced() -> None:
@@ -239,7 +243,7 @@ async def test_concurrency_is_bounded_but_health_still_answers() -> None:
                 tg.start_soon(h.call, "work")
             await anyio.wait_all_tasks_blocked()
             assert peak == 2
-            assert await h.call("health") == {"status": "ok"}  # not queued behind the limiter
+            assert await h.call("health") == OK_HEALTH  # not queued behind the limiter
             release.set()
         assert peak == 2 and in_flight == 0
 
@@ -283,7 +287,7 @@ async def test_a_result_that_cannot_be_encoded_is_internal_error_not_a_crash() -
             await h.call("weird.error")
         assert (exc.value.code, exc.value.data) == (UNKNOWN_CONNECTION, None)
         await h.notify("$/cancelRequest", {"id": {"not": "hashable"}})
-        assert await h.call("health") == {"status": "ok"}
+        assert await h.call("health") == OK_HEALTH
 
 
 class RawPeer:
@@ -356,7 +360,7 @@ async def test_serve_returns_on_eof_and_runs_shutdown_hooks() -> None:
 
 
 async def test_shutdown_runs_hooks_cancels_background_tasks_and_stops_serving() -> None:
-    plugin = make_plugin(shutdown_grace=0.05)
+    plugin = make_plugin(shutdown_grace=0.3)  # above anyio's 0.1 s polling in wait_all_tasks_blocked
     events: list[str] = []
 
     async def poller(connection_id: str) -> None:
@@ -376,7 +380,7 @@ async def test_shutdown_runs_hooks_cancels_background_tasks_and_stops_serving() 
 
     async with PluginHarness.in_process(plugin) as h:
         assert await h.call("shutdown") == {}
-        assert events[-1] == "hook"
+        assert events[-1] == "hook", events
         with anyio.fail_after(5):  # serve ends by itself, even though stdin stays open
             await h.disconnected.wait()
     assert sorted(events) == ["hook", "poller conn_1 stopped"]
@@ -398,7 +402,7 @@ async def test_background_task_failure_is_logged_and_contained(caplog: pytest.Lo
             await done.wait()
             await anyio.wait_all_tasks_blocked()
         assert isinstance(scope, anyio.CancelScope)
-        assert await h.call("health") == {"status": "ok"}
+        assert await h.call("health") == OK_HEALTH
     assert any("background task broken failed" in r.getMessage() for r in caplog.records)
 
 
@@ -415,21 +419,57 @@ async def test_handlers_talk_to_the_host() -> None:
 
     @plugin.method("poke")
     async def poke(ctx: Context, params: Any) -> dict[str, Any]:
-        event = BridgeEvent(event_id="evt_1", connection_id="conn_1", kind="test", peer_id="p", message_id="m1")
+        event = BridgeEvent(
+            event_id="evt_1",
+            timestamp="2026-06-02T09:30:00Z",
+            delivery_attempt=1,
+            connection_id="conn_1",
+            channel_id="chan_1",
+            kind="test",
+            account_id="acc",
+            peer_id="p",
+            peer_type="dm",
+            message_id="m1",
+            message_type="text",
+            content="hi",
+            metadata={},
+        )
         ack = await ctx.host.inbound(event)
         await ctx.host.connection_status("conn_1", "connected")
         await ctx.host.log("info", "poked", peer="p")
         raw = await ctx.host.call("event.inbound", event)
         return {"ack": ack, "raw": raw}
 
-    answer = InboundAck(accepted=True, duplicate=True)
+    answer = InboundAck(accepted=True, duplicate=True, pending=False)
     async with PluginHarness.in_process(plugin, inbound_answer=lambda event: answer) as h:
         result = await h.call("poke")
         assert result["ack"]["duplicate"] is True and result["raw"]["duplicate"] is True
         assert [e.event_id for e in h.inbound_events] == ["evt_1", "evt_1"]
         assert await h.wait_for_notification("log") == {"level": "info", "message": "poked", "fields": {"peer": "p"}}
-        assert h.notifications_of("connection.status") == [{"connectionId": "conn_1", "status": "connected"}]
+        assert h.notifications_of("connection.status") == [
+            {"connectionId": "conn_1", "status": "connected", "error": None}
+        ]
+        method, sent = h.calls[0]
+        assert method == "event.inbound" and len(sent) == len(BridgeEvent.__struct_fields__)  # every field
+        assert sent["userId"] is None and sent["threadId"] is None
         assert h.protocol_errors == []
+
+
+async def test_the_sdk_refuses_locally_what_the_host_would_refuse() -> None:
+    plugin = make_plugin()
+
+    @plugin.method("poke")
+    async def poke(ctx: Context, params: Any) -> Any:
+        event = BridgeEvent("", "2026-13-01T00:00:00Z", 1, "c", "ch", "test", "", "p", "dm", "m", "text", "", {})
+        try:
+            await ctx.host.inbound(event)
+        except ValueError as exc:
+            return str(exc)
+        return "sent"
+
+    async with PluginHarness.in_process(plugin) as h:
+        assert "eventId" in await h.call("poke")
+        assert h.calls == []
 
 
 async def test_plugin_host_is_unavailable_outside_serve() -> None:
@@ -480,7 +520,7 @@ async def test_subprocess_plugin_serves_and_stray_output_goes_to_stderr(child_pl
         assert h.initialize_result is not None and h.initialize_result.plugin.name == "child"
         result = await h.call("noisy")
         assert result["ok"] is True
-        assert await h.call("health") == {"status": "ok"}
+        assert await h.call("health") == OK_HEALTH
         # the line printed before run() is the only thing that ever hit the protocol stream
         assert len(h.protocol_errors) == 1 and "before run()" in h.protocol_errors[0]
         await h.close_stdin()
@@ -510,7 +550,7 @@ async def test_subprocess_cancel_answers_request_cancelled(child_plugin: Path) -
         assert (await peer.receive_line()).startswith(b"printed before run()")
         await peer.send({"jsonrpc": "2.0", "id": 7, "method": "slow"})
         await peer.send({"jsonrpc": "2.0", "id": 8, "method": "health"})
-        assert await peer.receive() == {"jsonrpc": "2.0", "id": 8, "result": {"status": "ok"}}
+        assert await peer.receive() == {"jsonrpc": "2.0", "id": 8, "result": OK_HEALTH}
         await peer.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 7}})
         answer = await peer.receive()
         assert answer["id"] == 7 and answer["error"]["code"] == REQUEST_CANCELLED
@@ -523,4 +563,39 @@ async def test_subprocess_cancel_answers_request_cancelled(child_plugin: Path) -
 async def test_plain_stdio_run_via_python_dash_c(child_plugin: Path) -> None:
     """Spawned with an argv list: the plugin still answers and exits on EOF."""
     async with PluginHarness.subprocess([sys.executable, str(child_plugin)]) as h:
-        assert await h.call("health") == {"status": "ok"}
+        assert await h.call("health") == OK_HEALTH
+
+
+async def test_results_of_spec_methods_go_out_complete_or_are_refused_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin = Plugin(name="t", version="1")
+
+    @plugin.method("session.get")
+    async def get(ctx: Context, params: Any) -> Any:
+        if params.session_id == "dict":  # a dict: completed to the shape, optional fields as null
+            return {"sessionId": "dict", "kind": "test", "status": "pending", "instructions": [], "metadata": {}}
+        if params.session_id == "struct-bad":  # a Struct the host would refuse: an empty kind
+            return ConnectorSessionView("struct-bad", "", "pending", [], {})
+        return {"sessionId": "no-status", "kind": "test"}
+
+    async with PluginHarness.in_process(plugin) as h:
+        view = await h.call("session.get", {"sessionId": "dict"})
+        assert view == {
+            "sessionId": "dict",
+            "kind": "test",
+            "status": "pending",
+            "instructions": [],
+            "metadata": {},
+            "qrCode": None,
+            "qrImage": None,
+            "accountId": None,
+            "displayName": None,
+            "error": None,
+        }
+        with caplog.at_level(logging.ERROR):
+            for session_id, reason in (("struct-bad", "$.kind"), ("no-status", "status")):
+                with pytest.raises(RpcError) as exc:
+                    await h.call("session.get", {"sessionId": session_id})
+                assert exc.value.code == INTERNAL_ERROR and reason in exc.value.message
+        assert any("returned an invalid result" in r.getMessage() for r in caplog.records)

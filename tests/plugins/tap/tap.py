@@ -1,23 +1,24 @@
-"""A transparent tap: runs the echo plugin and relays stdio both ways, recording every line.
+"""A transparent tap: runs the plugin behind it and relays stdio both ways, recording every line.
 
-Used as a `command` runtime plugin so the real host talks to the real SDK plugin
-through it; TAP_LOG (listed in the manifest's env) names the record file:
-one JSON line per message, `{"dir": "host_to_plugin"|"plugin_to_host", "line": ...}`.
+Used as a `command` runtime plugin so that the real host talks to a real plugin
+through it. Environment (listed in the manifest's `env`):
+- TAP_LOG: the record file, one JSON line per message,
+  `{"dir": "host_to_plugin"|"plugin_to_host", "line": ...}`;
+- TAP_TARGET: the argv (a JSON list) of the plugin behind the tap;
+- TAP_TARGET_DIR: that plugin's folder (its PLUGIN_DIR, and first on PYTHONPATH).
 """
 
 import json
 import os
 import subprocess
-import sys  # noqa: F401 (stdout.buffer)
+import sys
 import threading
 
-ECHO_DIR = os.environ["TAP_ECHO_DIR"]
+TARGET_DIR = os.environ["TAP_TARGET_DIR"]
 log = open(os.environ["TAP_LOG"], "a", buffering=1)
 lock = threading.Lock()
-env = dict(os.environ, PYTHONPATH=ECHO_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""), PLUGIN_DIR=ECHO_DIR)
-child = subprocess.Popen(
-    [os.environ["TAP_PYTHON"], "-m", "echo_plugin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-)
+env = dict(os.environ, PYTHONPATH=TARGET_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""), PLUGIN_DIR=TARGET_DIR)
+child = subprocess.Popen(json.loads(os.environ["TAP_TARGET"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 
 def record(direction, line):

@@ -1,0 +1,1 @@
+"""Benchmark plugin written with `plugin_host.sdk`: times host-kept state writes."""

@@ -1,0 +1,198 @@
+"""The sidecar's forwarder (SPEC 11): queued inbound events to the application's bridge.
+
+Events wait in the store's durable forward queue (`store.forward`) and are posted to
+`{BEAVER_BRIDGE_BASE_URL}/api/channel-connector-bridge/events` with the application's
+bridge token: at least once, one at a time per conversation (conversations in
+parallel), the same `eventId` on every try with `deliveryAttempt` = the try's number.
+
+Answers: 2xx delivered; 409 waits `retryAfterSeconds`; 400/404/410/413/422 (the
+application refuses the event itself) are tried `refused_attempts` times and then kept
+as dead letters; anything else — unreachable, 401/403, 408, 429, 5xx — is retried with
+capped backoff for as long as it takes, so nothing is dropped while the application
+is down or misconfigured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import msgspec
+from anyio.abc import TaskStatus
+
+from plugin_host.clock import Clock, SystemClock
+from plugin_host.redact import redact
+
+from .queues import QueueWorker, backoff_delay
+from .store import ForwardEntry, Store
+from .store.base import RETRY_AFTER_SECONDS
+
+log = logging.getLogger(__name__)
+
+BRIDGE_PATH = "/api/channel-connector-bridge/events"
+REFUSED_STATUSES = frozenset({400, 404, 410, 413, 422})
+RETRY_AFTER_MAX = 300.0  # an application's retryAfterSeconds is honoured up to this (inf would block forever)
+_ERROR_EXCERPT = 200
+
+
+@dataclass
+class ForwarderStats:
+    """What `/health` and `/metrics` show about the forwarder."""
+
+    backlog: int = 0
+    dead: int = 0
+    delivered: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
+    failing: bool = False  # the latest try failed
+
+
+class Forwarder:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        bridge_base_url: str | None,
+        bridge_token: str | None,
+        clock: Clock | None = None,
+        concurrency: int = 16,
+        lease: float = 60.0,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+        refused_attempts: int = 5,
+        timeout: float = 10.0,
+        idle_poll: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._store = store
+        self.url = bridge_base_url.rstrip("/") + BRIDGE_PATH if bridge_base_url else None
+        self._token = bridge_token or ""
+        self._clock = clock or SystemClock()
+        self._concurrency = concurrency
+        self._lease = lease
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._refused_attempts = refused_attempts
+        self._timeout = timeout
+        self._transport = transport
+        self._clients: list[httpx.AsyncClient] = []  # the idle ones; a delivery takes one
+        self.stats = ForwarderStats()
+        self._worker = QueueWorker[ForwardEntry](
+            "forwarder", self._claim, self._deliver, concurrency=concurrency, idle_poll=idle_poll
+        )
+
+    def wake(self) -> None:
+        self._worker.wake()
+
+    async def refresh(self) -> ForwarderStats:
+        """Read the backlog and dead letters from the store (for `/health` and `/metrics`)."""
+        self.stats.backlog = await self._store.forward.pending_count()
+        self.stats.dead = await self._store.forward.dead_count()
+        return self.stats
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Deliver until cancelled; without a bridge URL, events wait in the queue (and nothing runs)."""
+        if self.url is None:
+            log.warning("BEAVER_BRIDGE_BASE_URL is not set: inbound events are queued, not forwarded")
+            task_status.started()
+            return
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
+        # one client (one keep-alive connection) per delivery slot: httpcore's pool looks at every
+        # connection of a pool on each request, which made one shared pool cost ~1 ms per event
+        tls = ssl.create_default_context()  # one for all the clients (each would build its own)
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(self._concurrency):
+                client = httpx.AsyncClient(
+                    headers=headers,
+                    timeout=self._timeout,
+                    verify=tls,
+                    transport=self._transport,
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                )
+                self._clients.append(await stack.enter_async_context(client))
+            try:
+                await self._worker.run(task_status=task_status)
+            finally:
+                self._clients.clear()
+
+    async def _claim(self, limit: int) -> list[ForwardEntry]:
+        return await self._store.forward.claim_ready(limit, lease=self._lease)
+
+    async def _deliver(self, entry: ForwardEntry) -> None:
+        assert self.url is not None
+        # the same eventId on every try; deliveryAttempt says which try this is
+        event = msgspec.structs.replace(entry.event, delivery_attempt=max(entry.attempts, 1))
+        client = self._clients.pop()  # the worker runs at most `concurrency` deliveries at once
+        try:
+            response: httpx.Response | None = await client.post(self.url, content=msgspec.json.encode(event))
+        except httpx.HTTPError as exc:
+            response, unreachable = None, f"the application is unreachable ({type(exc).__name__})"
+        finally:
+            self._clients.append(client)
+        if response is None:
+            await self._retry(entry, unreachable, None)
+            return
+        status = response.status_code
+        if 200 <= status < 300:
+            if await self._store.forward.mark_sent(entry.id):
+                self.stats.delivered += 1
+            self.stats.last_delivered_at = self._clock.time()
+            self.stats.failing = False
+            return
+        error = f"the application answered {status}{_excerpt(response)}"
+        if status == 409:  # in progress there: wait as asked, it is not a failure of ours
+            wait = _retry_after(response)
+            await self._store.forward.retry(entry.id, error, RETRY_AFTER_SECONDS if wait is None else wait)
+            return
+        if status in REFUSED_STATUSES and entry.attempts >= self._refused_attempts:
+            self._failed(error)
+            log.warning("event %s dead-lettered: %s", entry.event.event_id, error)
+            await self._store.forward.dead_letter(entry.id, error)
+            return
+        delay = _retry_after(response) if status in (429, 503) else None
+        await self._retry(entry, error, delay)
+
+    async def _retry(self, entry: ForwardEntry, error: str, delay: float | None) -> None:
+        self._failed(error)
+        if delay is None:
+            delay = backoff_delay(entry.attempts, base=self._retry_base, cap=self._retry_cap)
+        await self._store.forward.retry(entry.id, error, delay)
+
+    def _failed(self, error: str) -> None:
+        self.stats.failures += 1
+        self.stats.failing = True
+        self.stats.last_error = error
+        self.stats.last_error_at = self._clock.time()
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """A short, redacted piece of the application's error answer (its `error.code` when it has one)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return f" ({redact(str(code))[:_ERROR_EXCERPT]})" if code else ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """`retryAfterSeconds` of the body, else the Retry-After header, within [0, RETRY_AFTER_MAX]; None without."""
+    seconds: float | None = None
+    try:
+        body = response.json()
+        value = body.get("retryAfterSeconds") if isinstance(body, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            seconds = float(value)
+    except ValueError:
+        pass
+    header = response.headers.get("retry-after", "")
+    if seconds is None and header.isdigit():
+        seconds = float(header)
+    return None if seconds is None else min(max(seconds, 0.0), RETRY_AFTER_MAX)
