@@ -24,7 +24,7 @@ from .protocol import (
     WebhookParams,
     WebhookResult,
 )
-from .redact import secret_strings
+from .redact import credential_secrets
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -76,7 +76,7 @@ class PluginClient:
         """SPEC 10: serve this connection from now on (credentials included)."""
         sup = self._host.supervisor(self.plugin_id)
         if sup is not None:  # whatever the plugin logs of them from now on is masked
-            sup.redactor.add(*secret_strings(info.credentials))
+            sup.redactor.add(*credential_secrets(info.credentials))
         await self._call("connection.resume", info, Empty)
 
     async def release(self, connection_id: str) -> None:

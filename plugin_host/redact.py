@@ -107,6 +107,16 @@ def secret_values(config: Any, schema: Any = None) -> list[str]:
     return found
 
 
+def credential_secrets(credentials: Any) -> list[str]:
+    """What of a connection's credentials is secret: the values of its secret fields (`is_secret_field`).
+
+    Credentials also carry identifiers and settings (`appId`, `domain`, `mode`) that the
+    host shows as they are (an account id, a domain): masking every string would mask
+    the word "feishu" in every log line and the account id in every answer.
+    """
+    return secret_values(credentials)
+
+
 def mask_secret_fields(config: Any, schema: Any = None) -> Any:
     """`config` with the value of every secret field (`is_secret_field`) replaced by the mask."""
     if isinstance(config, Mapping):

@@ -38,7 +38,7 @@ from .protocol import (
     NameVersion,
     PluginRef,
 )
-from .redact import Redactor, log_safe, secret_strings
+from .redact import Redactor, credential_secrets, log_safe
 from .rpc import RequestContext
 from .services import HostServices, dispatch_notification, dispatch_request
 
@@ -588,7 +588,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             log.exception("plugin %s: reading the connections to resume failed", self.spec.plugin_id)
             raise StartError(f"the connections to resume could not be read: {exc}") from exc
         for info in connections:  # known secrets are masked whatever shape the plugin logs them in
-            self.redactor.add(*secret_strings(info.credentials))
+            self.redactor.add(*credential_secrets(info.credentials))
         params = InitializeParams(
             protocol_version=PROTOCOL_VERSION,
             host=NameVersion(name=HOST_NAME, version=self.host_version),
@@ -799,7 +799,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         except msgspec.DecodeError:
             return  # the dispatcher reports the bad params
         if credentials:
-            self.redactor.add(*secret_strings(credentials))
+            self.redactor.add(*credential_secrets(credentials))
 
     def _plugin_log(self, params: msgspec.Raw | None) -> None:
         try:

@@ -97,7 +97,7 @@ def test_idle_sockets_beyond_the_fd_limit_do_not_starve_healthz(tmp_path: Path) 
             assert healthz_answers(server.base) == [200] * 20
             # sockets that never send their headers are closed after the header timeout (those still in
             # the kernel's accept queue, past the small backlog of a 1,024-descriptor process, come later)
-            wait_for(lambda: sum(closed_by_server(s) for s in sockets) > 500, 30, "idle sockets closed")
+            wait_for(lambda: sum(closed_by_server(s) for s in sockets) > 100, 40, "idle sockets closed")
             assert healthz_answers(server.base, 5) == [200] * 5
         # a query string never reaches the access log
         assert httpx.get(server.base + "/healthz?token=sekrit-query-value", timeout=5).status_code == 200

@@ -80,7 +80,7 @@ def session_start(request_id, params):
                 metadata={"requestId": REQUEST_ID},
             ),
             "connectionId": params["connectionId"],
-            "credentials": {"token": credential, "backup": EARLY},
+            "credentials": {"token": credential, "backupToken": EARLY, "appId": "cli_hostile"},
         },
     )
 
