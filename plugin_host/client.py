@@ -76,7 +76,8 @@ class PluginClient:
         """SPEC 10: serve this connection from now on (credentials included)."""
         sup = self._host.supervisor(self.plugin_id)
         if sup is not None:  # whatever the plugin logs of them from now on is masked
-            sup.redactor.add(*credential_secrets(info.credentials))
+            shown = [info.connection_id, info.channel_id, info.account_id, info.display_name]
+            sup.redactor.add(*credential_secrets(info.credentials, public=shown))
         await self._call("connection.resume", info, Empty)
 
     async def release(self, connection_id: str) -> None:

@@ -107,14 +107,21 @@ def secret_values(config: Any, schema: Any = None) -> list[str]:
     return found
 
 
-def credential_secrets(credentials: Any) -> list[str]:
-    """What of a connection's credentials is secret: the values of its secret fields (`is_secret_field`).
+def credential_secrets(credentials: Any, *, public: Iterable[str] = ()) -> list[str]:
+    """The strings of a connection's credentials to mask wherever its plugin's words go.
 
-    Credentials also carry identifiers and settings (`appId`, `domain`, `mode`) that the
-    host shows as they are (an account id, a domain): masking every string would mask
-    the word "feishu" in every log line and the account id in every answer.
+    Credentials are secret as a whole (SPEC 3.4: stored encrypted): every string in them,
+    except what is no secret — identifiers (the id shapes: an `appId` like `cli_…`), what
+    the host shows anyway (`public`: the account id, the display name) and words under 8
+    characters (a `domain` like `lark`, a mode), which would mask common words in every
+    line. Values of secret fields (`is_secret_field`) are masked whatever their shape.
     """
-    return secret_values(credentials)
+    shown = set(public)
+    found = set(secret_values(credentials))
+    for value in secret_strings(credentials):
+        if len(value) >= 8 and value not in shown and not _ID_SHAPE.fullmatch(value):
+            found.add(value)
+    return sorted(found)
 
 
 def mask_secret_fields(config: Any, schema: Any = None) -> Any:

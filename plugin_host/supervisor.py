@@ -65,10 +65,12 @@ log = logging.getLogger(__name__)
 _monotonic = time.monotonic
 
 
-class _Credentials(msgspec.Struct):
-    """The one field of `session.update` read in the read loop: its secrets are registered first."""
+class _Credentials(msgspec.Struct, rename="camel"):
+    """What of `session.update` is read in the read loop: its secrets are registered first."""
 
     credentials: Any = None
+    account_id: Any = None
+    display_name: Any = None
 
 
 class StartError(Exception):
@@ -209,6 +211,11 @@ class _Attempt:
 
 
 # ---------------------------------------------------------------- resuming in pages
+
+
+def _shown(info: ConnectionInfo) -> list[str]:
+    """What the host shows of a connection anyway: never masked as a credential."""
+    return [info.connection_id, info.channel_id, info.account_id, info.display_name]
 
 
 def _first_page(connections: list[ConnectionInfo], budget: int) -> tuple[list[ConnectionInfo], list[ConnectionInfo]]:
@@ -588,7 +595,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             log.exception("plugin %s: reading the connections to resume failed", self.spec.plugin_id)
             raise StartError(f"the connections to resume could not be read: {exc}") from exc
         for info in connections:  # known secrets are masked whatever shape the plugin logs them in
-            self.redactor.add(*credential_secrets(info.credentials))
+            self.redactor.add(*credential_secrets(info.credentials, public=_shown(info)))
         params = InitializeParams(
             protocol_version=PROTOCOL_VERSION,
             host=NameVersion(name=HOST_NAME, version=self.host_version),
@@ -795,11 +802,12 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         if method != "session.update" or params is None:
             return
         try:
-            credentials = msgspec.json.decode(params, type=_Credentials).credentials
+            update = msgspec.json.decode(params, type=_Credentials)
         except msgspec.DecodeError:
             return  # the dispatcher reports the bad params
-        if credentials:
-            self.redactor.add(*credential_secrets(credentials))
+        if update.credentials:
+            shown = [v for v in (update.account_id, update.display_name) if isinstance(v, str)]
+            self.redactor.add(*credential_secrets(update.credentials, public=shown))
 
     def _plugin_log(self, params: msgspec.Raw | None) -> None:
         try:

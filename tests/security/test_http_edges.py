@@ -71,3 +71,18 @@ def test_the_access_log_drops_query_strings() -> None:
     )
     assert QueryStringFilter().filter(record)
     assert record.getMessage() == '127.0.0.1:5 - "GET /webhooks/conn_1 HTTP/1.1" 200'
+
+
+def test_credentials_mask_their_secrets_not_their_identifiers() -> None:
+    from plugin_host.redact import credential_secrets
+
+    credentials = {
+        "appId": "cli_a1b2c3d4e5f6",
+        "appSecret": "s3cr3t",
+        "domain": "lark",
+        "nested": {"value": "swordfish-77"},
+        "list": ["opensesame-42"],
+        "account": "Acme Support Bot",
+    }
+    secrets = credential_secrets(credentials, public=["Acme Support Bot"])
+    assert set(secrets) == {"s3cr3t", "swordfish-77", "opensesame-42"}
