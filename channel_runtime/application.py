@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from plugin_host.clock import Clock
     from plugin_host.host import PluginHost
     from plugin_host.protocol import BridgeEvent
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 
 class Application(Protocol):
+    clock: Clock
+
     @property
     def plugin_host(self) -> PluginHost | None: ...
 

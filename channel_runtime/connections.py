@@ -24,6 +24,7 @@ import segno
 from anyio.streams.memory import MemoryObjectSendStream
 
 from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, Refusal, RpcError
+from plugin_host.locks import KeyedLock
 from plugin_host.protocol import (
     TERMINAL_SESSION_STATUSES,
     ConnectionInfo,
@@ -49,6 +50,7 @@ _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
 MAX_CREDENTIALS_BYTES = 64 * 1024
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
+REMOTE_SESSION_POLL_SECONDS = 1.5  # how often the progress of a remote sidecar's session is read
 
 
 class OnboardingError(Refusal):
@@ -101,19 +103,33 @@ class ConnectionManager:
         # the timeout of each onboarding call to a plugin (None: the manifest's per-method timeouts)
         self.call_timeout = call_timeout
         self._subscribers: dict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = {}
-        self._session_locks: dict[str, anyio.Lock] = {}
+        self._session_locks = KeyedLock()
+        self._connection_locks = KeyedLock()  # connect, revoke and status changes of one connection in turn
+        # per session: how many plugin updates were applied; a call's answer older than one is not applied
+        self._update_seq: dict[str, int] = {}
+        self._tg: anyio.abc.TaskGroup | None = None  # the owner's: hand-overs and remote session polls
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        """Materialise every connected connection as a running channel."""
+    async def start(self, task_group: anyio.abc.TaskGroup | None = None) -> None:
+        """Materialise every connected connection as a running channel.
+
+        `task_group` (the owner's) runs the manager's background work: handing
+        connections over to their plugins, following sessions of a remote sidecar.
+        """
+        self._tg = task_group
         for record in await self.runtime.store.connections.list(status="connected"):
             try:
                 await self.runtime.add_channel(record.channel_id, self._channel_config(record))
             except Exception as exc:
-                log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+                log.warning("connection %s: channel did not start: %s", record.connection_id, redact(str(exc)))
+        if self.remote is not None:
+            for session in await self.runtime.store.sessions.list():
+                if session.plugin_id == REMOTE_PROVIDER and session.status not in TERMINAL_SESSION_STATUSES:
+                    self._follow_remote(session.session_id)
 
     async def stop(self) -> None:
+        self._tg = None
         for streams in self._subscribers.values():
             for stream in streams:
                 stream.close()
@@ -180,6 +196,7 @@ class ConnectionManager:
             display_name=display_name,
             options=options,
         )
+        seq = self._update_seq.get(session.session_id, 0)
         try:
             view = await self.host.client(plugin_id).session_start(params, timeout=self.call_timeout)
         except RpcError as exc:
@@ -196,7 +213,7 @@ class ConnectionManager:
                 f"plugin {plugin_id} could not start the session: {message}",
                 status=503 if exc.code == UNAVAILABLE else 502,
             ) from None
-        await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
+        await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session.session_id)
 
     async def _pairing_connection(
@@ -268,7 +285,27 @@ class ConnectionManager:
             session_id=str(view["sessionId"]),
         )
         await self._apply_view(session.session_id, view, from_call=True)
+        self._follow_remote(session.session_id)
         return await self._current_view(session.session_id)
+
+    def _follow_remote(self, session_id: str) -> None:
+        """Poll a remote sidecar's session until it ends, so its progress reaches subscribers and the store."""
+        if self._tg is not None:
+            self._tg.start_soon(self._poll_remote, session_id)
+
+    async def _poll_remote(self, session_id: str) -> None:
+        store = self.runtime.store
+        while self.remote is not None:
+            await self.runtime.clock.sleep(REMOTE_SESSION_POLL_SECONDS)
+            session = await store.sessions.get(session_id)
+            if session is None or session.status in TERMINAL_SESSION_STATUSES:
+                return
+            try:
+                await self._apply_view(session_id, await self.remote.get_session(session_id), from_call=True)
+            except SidecarError as exc:
+                log.warning("session %s: the sidecar did not answer: %s", session_id, redact(exc.message))
+            except Exception:
+                log.exception("session %s: following the sidecar's session failed", session_id)
 
     async def session_view(self, session_id: str) -> dict[str, Any]:
         """The session and its connection; a live session of a remote sidecar is read from it first."""
@@ -304,13 +341,14 @@ class ConnectionManager:
                 "a sidecar's sessions take no input (SPEC 11 has no such route)",
                 status=409,
             )
+        seq = self._update_seq.get(session_id, 0)
         try:
             view = await self.host.client(session.plugin_id).session_input(session_id, value, timeout=self.call_timeout)
         except RpcError as exc:
             raise OnboardingError(
                 "session_input_failed", self.host.redactor(session.plugin_id)(exc.message), status=502
             ) from None
-        await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
+        await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session_id)
 
     async def cancel_session(self, session_id: str) -> dict[str, Any]:
@@ -321,7 +359,7 @@ class ConnectionManager:
             else:
                 await self.host.client(session.plugin_id).session_cancel(session_id, timeout=self.call_timeout)
         except (RpcError, SidecarError) as exc:
-            log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, exc.message)
+            log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, redact(exc.message))
         view = dict(session.view) or {"sessionId": session_id, "kind": session.kind}
         view["status"] = "cancelled"
         await self._apply_view(session_id, view, from_call=False)
@@ -371,11 +409,22 @@ class ConnectionManager:
         await self._apply_view(update.session_id, view, from_call=False, credentials=credentials)
 
     async def _apply_view(
-        self, session_id: str, view: dict[str, Any], *, from_call: bool, credentials: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        view: dict[str, Any],
+        *,
+        from_call: bool,
+        credentials: dict[str, Any] | None = None,
+        call_seq: int | None = None,
     ) -> None:
+        """Record a session view: from the plugin's update (`from_call=False`) or a call's answer.
+
+        `call_seq` is the update count when the call was made: an update applied while
+        the call ran is newer than its answer, which then does not overwrite it
+        (unless the answer ends the session).
+        """
         store = self.runtime.store
-        lock = self._session_locks.setdefault(session_id, anyio.Lock())
-        async with lock:
+        async with self._session_locks(session_id):
             session = await store.sessions.get(session_id)
             if session is None:
                 return
@@ -385,6 +434,14 @@ class ConnectionManager:
                 # a late answer or update must not undo a finished session; only a connected
                 # session hears "connected" again (the credentials may follow the call's answer)
                 return
+            if (
+                call_seq is not None
+                and self._update_seq.get(session_id, 0) != call_seq
+                and view.get("status") not in TERMINAL_SESSION_STATUSES
+            ):
+                return  # the plugin already reported something newer than this answer
+            if not from_call:
+                self._update_seq[session_id] = self._update_seq.get(session_id, 0) + 1
             # the plugin's words, stored and shown: every secret it was handed is masked
             redactor = self.host.redactor(session.plugin_id)
             view = with_qr_image(redactor.value({**view, "sessionId": session_id, "kind": session.kind}))
@@ -397,10 +454,14 @@ class ConnectionManager:
                 reason = view.get("error") or f"session {status}"
                 await store.connections.update_status(connection_id, "error", redactor(str(reason)))
             if status in TERMINAL_SESSION_STATUSES:
-                self._session_locks.pop(session_id, None)
+                self._update_seq.pop(session_id, None)
         await self._publish(session_id)
 
     async def _connected(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
+        async with self._connection_locks(connection_id):
+            await self._connect(connection_id, view, credentials)
+
+    async def _connect(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
         store = self.runtime.store
         current = await store.connections.get(connection_id)
         if current is None or current.status == "revoked":
@@ -420,12 +481,19 @@ class ConnectionManager:
             await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
             return
         if (first or credentials) and record.plugin_id != REMOTE_PROVIDER:
-            await self._hand_over(record)
+            # in the background: this runs inside the plugin's own notification, which must not wait on it
+            if self._tg is not None:
+                self._tg.start_soon(self._hand_over, record)
+            else:
+                await self._hand_over(record)
 
     async def _hand_over(self, record: ConnectionRecord) -> None:
         """`connection.resume`: the plugin serves the connection from now on, with its stored credentials."""
+        current = await self.runtime.store.connections.get(record.connection_id)
+        if current is None or current.status != "connected":
+            return  # revoked (or expired) meanwhile: nothing to hand over
         try:
-            await self.host.client(record.plugin_id).resume(await self.connection_info(record))
+            await self.host.client(record.plugin_id).resume(await self.connection_info(current))
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
                 log.warning(
@@ -478,29 +546,41 @@ class ConnectionManager:
                 else:
                     await self.host.client(record.plugin_id).logout(connection_id, timeout=self.call_timeout)
             except (RpcError, SidecarError) as exc:
-                # revoking locally must not depend on the plugin being up
-                log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, exc.message)
-            await self._revoke(record)
+                # revoking locally must not depend on the plugin being up; it must at least stop serving it
+                log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, redact(exc.message))
+                if record.plugin_id != REMOTE_PROVIDER:
+                    await self._release_quietly(record)
+            async with self._connection_locks(connection_id):
+                await self._revoke(record)
         return await self.get_connection(connection_id)
+
+    async def _release_quietly(self, record: ConnectionRecord) -> None:
+        try:
+            await self.host.client(record.plugin_id).release(record.connection_id)
+        except RpcError as exc:
+            log.info("plugin %s: release of %s: %s", record.plugin_id, record.connection_id, redact(exc.message))
 
     async def on_connection_status(self, plugin_id: str, params: ConnectionStatusParams) -> None:
         store = self.runtime.store
-        record = await store.connections.get(params.connection_id)
-        if record is None or record.plugin_id != plugin_id or record.status == "revoked":
-            return
-        if params.status == "revoked":
-            await self._revoke(record, self.host.redactor(plugin_id)(params.error) if params.error else None)
-            return
-        await store.connections.update_status(
-            record.connection_id, params.status, self.host.redactor(plugin_id)(params.error) if params.error else None
-        )
+        async with self._connection_locks(params.connection_id):
+            record = await store.connections.get(params.connection_id)
+            if record is None or record.plugin_id != plugin_id or record.status == "revoked":
+                return
+            redactor = self.host.redactor(plugin_id)
+            if params.status == "revoked":
+                await self._revoke(record, redactor(params.error) if params.error else None)
+                return
+            await store.connections.update_status(
+                record.connection_id, params.status, redactor(params.error) if params.error else None
+            )
 
     async def _revoke(self, record: ConnectionRecord, error: str | None = None) -> None:
+        """Revoked first (a `connected` arriving meanwhile finds it final), then forgotten; hold its lock."""
         store = self.runtime.store
+        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
         await self.runtime.remove_channel(record.channel_id)
         await store.connections.set_credentials(record.connection_id, {})
         await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
-        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         if record.plugin_id == REMOTE_PROVIDER:

@@ -177,7 +177,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                             if config.enabled and channel_id not in self._channels:
                                 await self._start_new(channel_id, config, raise_errors=False)
                     if self.connections is not None:
-                        await self.connections.start()
+                        await self.connections.start(tg)
                     await tg.start(self._inbox.run)
                     await tg.start(self._outbox.run)
                     tg.start_soon(self._retention_loop)

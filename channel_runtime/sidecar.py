@@ -26,6 +26,7 @@ import httpx
 import msgspec
 
 from plugin_host.clock import Clock, SystemClock
+from plugin_host.errors import TIMED_OUT, RpcError
 from plugin_host.lifetime import owned_task_group
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from plugin_host.host import PluginHost
 
 log = logging.getLogger(__name__)
+# the plugin may still be sending it (it did not answer in time): SPEC 11's in-progress rules apply;
+# a plugin that died mid-call answers the retry itself from its own SPEC 3.6 records
+_OUTCOME_UNKNOWN = frozenset({TIMED_OUT})
 
 # delivered events are kept this long, so that a plugin's repeat of one is still known (the
 # application's own bridge dedupe covers the rest); far shorter than the dedupe's 7 days
@@ -142,6 +146,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             async with owned_task_group() as tg:
                 self._started = True
                 try:
+                    await self.connections.start(tg)
                     await tg.start(self._forwarder.run)
                     tg.start_soon(self._retention_loop)
                     yield self
@@ -226,9 +231,11 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             )
         try:
             result = await self.plugin_host.client(connection.plugin_id).send(request, timeout=self.command_timeout)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):  # a failed or abandoned try: the next delivery sends again
-                await store.send_dedupe.fail(begin.record.dedupe_key, error_text(exc))
+        except RpcError as exc:
+            if exc.code not in _OUTCOME_UNKNOWN:  # refused: nothing went out, the next delivery sends again
+                with anyio.CancelScope(shield=True):
+                    await store.send_dedupe.fail(begin.record.dedupe_key, error_text(exc))
+            # else the plugin may have sent it: the record stays processing (409, sent again once stale)
             self.sends["failed"] += 1
             raise
         await store.send_dedupe.complete(begin.record.dedupe_key, msgspec.to_builtins(result))

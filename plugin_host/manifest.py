@@ -40,9 +40,20 @@ class Timeouts(_M):
         return self.methods.get(method, self.call_ms) / 1000.0
 
 
+class OutboundLimits(_M):
+    """SPEC 4 / 6.4: what the platform tolerates (enforced by the host's dispatcher); None = no limit."""
+
+    per_peer_per_minute: int | None = None
+    per_connection_per_minute: int | None = None
+    min_interval_ms: int | None = None
+    reply_window_seconds: int | None = None
+    max_replies_per_inbound: int | None = None
+
+
 class Limits(_M):
     max_concurrency: int = 16
     max_message_bytes: int = 524_288
+    outbound: OutboundLimits = msgspec.field(default_factory=OutboundLimits)
 
 
 class ManifestConnector(_M):

@@ -108,20 +108,27 @@ def secret_values(config: Any, schema: Any = None) -> list[str]:
 
 
 def credential_secrets(credentials: Any, *, public: Iterable[str] = ()) -> list[str]:
-    """The strings of a connection's credentials to mask wherever its plugin's words go.
+    """The strings of a connection's credentials the host masks in everything a plugin says.
 
-    Credentials are secret as a whole (SPEC 3.4: stored encrypted): every string in them,
-    except what is no secret — identifiers (the id shapes: an `appId` like `cli_…`), what
-    the host shows anyway (`public`: the account id, the display name) and words under 8
-    characters (a `domain` like `lark`, a mode), which would mask common words in every
-    line. Values of secret fields (`is_secret_field`) are masked whatever their shape.
+    Secret fields (`secret_values`, whatever their shape), plus any other value of 8+
+    characters mixing letters and digits (an unnamed token). Plain words and URLs
+    (`"domain": "feishu"`, a base URL), identifiers (the id shapes: an `appId` like
+    `cli_…`) and what the host shows anyway (`public`: the account id, the display name)
+    stay readable, or every answer naming them would be masked.
     """
     shown = set(public)
-    found = set(secret_values(credentials))
-    for value in secret_strings(credentials):
-        if len(value) >= 8 and value not in shown and not _ID_SHAPE.fullmatch(value):
-            found.add(value)
-    return sorted(found)
+    named = secret_values(credentials)
+    tokenish = [
+        v
+        for v in secret_strings(credentials)
+        if len(v) >= 8
+        and _DIGIT.search(v)
+        and _LETTER.search(v)
+        and "://" not in v
+        and v not in shown
+        and not _ID_SHAPE.fullmatch(v)
+    ]
+    return list(dict.fromkeys(named + tokenish))
 
 
 def mask_secret_fields(config: Any, schema: Any = None) -> Any:

@@ -69,7 +69,11 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
                     account_id="acc",
                     display_name="Raw",
                     options={},
-                    credentials={"nested": {"value": "swordfish-77"}, "list": ["opensesame-42"]},
+                    credentials={
+                        "nested": {"value": "swordfish-77"},
+                        "list": ["opensesame-42"],
+                        "domain": "feishu",  # a plain word: masking it would mask every answer naming it
+                    },
                 )
             ]
 
@@ -77,7 +81,9 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
         await host.install(raw_plugin_zip(tmp_path, "raw"))
         await host.set_config("raw", {"appSecret": "hunter-two-x", "region": "eu-west"})
         await host.enable("raw")
-        await host.supervisor("raw").call("stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west"})
+        await host.supervisor("raw").call(
+            "stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west on feishu"}
+        )
 
         def masked() -> bool:
             return any("saw" in line for line in host.logs("raw"))
@@ -85,7 +91,7 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
         await eventually(masked)
         [line] = [line for line in host.logs("raw") if "saw" in line]
         assert "swordfish-77" not in line and "opensesame-42" not in line and "hunter-two-x" not in line
-        assert line.count(MASK) == 3 and "eu-west" in line
+        assert line.count(MASK) == 3 and "eu-west" in line and "on feishu" in line
         # a new secret config value is known at once, before the restart it causes
         await host.set_config("raw", {"appSecret": "second-pass-y"})
         await host.supervisor("raw").call("stderr", {"text": "now second-pass-y"})

@@ -1,0 +1,51 @@
+"""The plugin's admin config (validated by the host against `configSchema` in plugin.json).
+
+Timeouts are in milliseconds and configurable so that tests (and slow networks)
+can shorten or stretch them; the defaults are the vendor's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+DEFAULT_BASE_URL = "https://ilinkai.weixin.qq.com"
+
+
+class VendorCommands(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
+    """Names of the environment variables holding each vendor command template (SPEC 5.6)."""
+
+    login: str = "WEIXIN_VENDOR_LOGIN_COMMAND"
+    receive: str = "WEIXIN_VENDOR_RECEIVE_COMMAND"
+    send: str = "WEIXIN_VENDOR_SEND_COMMAND"
+    logout: str = "WEIXIN_VENDOR_LOGOUT_COMMAND"
+
+
+class WeixinConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
+    base_url: str = DEFAULT_BASE_URL
+    mode: Literal["native", "vendor_cli"] = "native"
+    vendor_commands: VendorCommands = msgspec.field(default_factory=VendorCommands)
+    bot_agent: str = "channel-runtime/1.0"  # base_info.bot_agent: who we are (User-Agent style)
+    # the iLink client level this plugin speaks: the vendor plugin release whose wire it follows
+    client_version: str = "2.4.9"
+    poll_timeout_ms: int = 35_000  # getupdates long poll (the server may ask for another)
+    qr_poll_timeout_ms: int = 35_000  # one get_qrcode_status long poll
+    qr_poll_interval_ms: int = 1_000  # pause between two status polls
+    login_timeout_ms: int = 480_000  # the whole QR login
+    api_timeout_ms: int = 15_000  # sendmessage and the other short calls
+    retry_delay_ms: int = 2_000  # after a failed poll
+    backoff_ms: int = 30_000  # after `failures_before_backoff` failed polls in a row
+    failures_before_backoff: int = 3
+    session_pause_ms: int = 3_600_000  # after -14: poll again with the same token once this has passed
+    text_chunk_chars: int = 4_000  # the vendor's textChunkLimit
+
+
+def load_config(raw: dict[str, Any]) -> WeixinConfig:
+    config = msgspec.convert(raw or {}, WeixinConfig)
+    config.base_url = config.base_url.rstrip("/")
+    return config
+
+
+def seconds(ms: int) -> float:
+    return max(ms, 0) / 1000
