@@ -18,7 +18,7 @@ from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from .metrics import add_runtime_metrics, metrics_endpoint, metrics_registry
 from .openapi import openapi_json
-from .routes import bridge, channels, connectors, deliveries, events, health, onboarding, overview, plugins
+from .routes import bridge, channels, connectors, deliveries, events, health, nodes, onboarding, overview, plugins
 
 if TYPE_CHECKING:
     from channel_runtime.settings import Settings
@@ -55,6 +55,7 @@ def create_app(
         *channels.routes,
         *deliveries.routes,
         *events.routes,
+        *nodes.routes,
         *overview.routes,
         *extra_routes,
         *health.routes,
@@ -76,6 +77,8 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # no redirect to the trailing-slash-less path: Starlette builds it from the Host header
+    app.router.redirect_slashes = False
     app.state.host = host
     app.state.runtime = runtime
     app.state.settings = settings

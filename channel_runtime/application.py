@@ -11,12 +11,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from plugin_host.clock import Clock
     from plugin_host.host import PluginHost
     from plugin_host.protocol import BridgeEvent
 
+    from .channels import Channel
     from .config import ChannelConfig
     from .events import EventHub
+    from .leases import LeaseKeeper
     from .runtime import IngestResult
     from .store import Store
 
@@ -51,3 +55,21 @@ class Application(Protocol):
 
     async def connection_restored(self, channel_id: str) -> int:
         """The account is connected again: the deliveries that waited for it go out; how many."""
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        """The channels running here (by id)."""
+
+    # several hosts on one store (SPEC 10); a single-host application has no leases
+
+    @property
+    def leases(self) -> LeaseKeeper | None: ...
+
+    def wake(self) -> None:
+        """Look for due work now (a connection just became deliverable here)."""
+
+    async def hand_over(self) -> None:
+        """Let other hosts serve this host's connections now (before the plugins stop)."""
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        """The base URL of the other host serving `connection_id` (None: this one, or nobody)."""

@@ -44,7 +44,7 @@ from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
 from .remote import REMOTE_PROVIDER, SidecarClient, SidecarError
-from .store.base import ConnectionRecord, ConnectionState, ConnectorSessionRecord
+from .store.base import ConnectionRecord, ConnectionState, ConnectorSessionRecord, Lease
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
 SESSION_EXPIRED = "session_expired"  # the connection error of an account that must log in again
+# credentials a plugin hands over (session.update): encrypted and handed back on every resume
+MAX_CREDENTIALS_BYTES = 64 * 1024
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
 REMOTE_SESSION_POLL_SECONDS = 1.5  # how often the progress of a remote sidecar's session is read
@@ -76,11 +78,22 @@ def connection_view(record: ConnectionRecord) -> dict[str, Any]:
 
 
 def with_qr_image(view: dict[str, Any]) -> dict[str, Any]:
-    """SPEC 6.5: a `qrCode` without `qrImage` gets an SVG data URI rendered by the host."""
+    """SPEC 6.5: a `qrCode` without `qrImage` gets an SVG data URI rendered by the host.
+
+    A code no QR symbol can hold turns the view into an error: the session ends clearly
+    instead of waiting for a scan that cannot happen.
+    """
     code = view.get("qrCode")
     if code and not view.get("qrImage"):
         view = dict(view)
-        view["qrImage"] = segno.make(str(code), error="m").svg_data_uri(scale=4, border=2)
+        try:
+            view["qrImage"] = segno.make(str(code), error="m").svg_data_uri(scale=4, border=2)
+        except ValueError:  # segno.DataOverflowError: too long for any QR version
+            view.update(
+                status="error",
+                qrCode=None,
+                error=f"the plugin's qrCode is too long to render as a QR code ({len(str(code))} characters)",
+            )
     return view
 
 
@@ -104,6 +117,9 @@ class ConnectionManager:
         # per session: how many plugin updates were applied; a call's answer older than one is not applied
         self._update_seq: dict[str, int] = {}
         self._tg: anyio.abc.TaskGroup | None = None  # the owner's: hand-overs and remote session polls
+        # several hosts (SPEC 10): what each plugin process was handed and still has to let go
+        self._handed: dict[str, set[str]] = {}
+        self._unreleased: dict[str, set[str]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -118,7 +134,7 @@ class ConnectionManager:
             expired = record.error == SESSION_EXPIRED and record.status in ("error", "pairing")
             if record.status != "connected" and not expired:
                 continue
-            if expired:
+            if expired:  # its channel stays, its deliveries wait for the re-login
                 self.runtime.connection_lost(record.channel_id, SESSION_EXPIRED)
             try:
                 await self.runtime.add_channel(record.channel_id, self._channel_config(record))
@@ -151,10 +167,19 @@ class ConnectionManager:
         )
 
     async def connection_infos(self, plugin_id: str) -> list[ConnectionInfo]:
-        """Connections a (re)starting plugin resumes through `initialize`, with their credentials."""
+        """Connections a (re)starting plugin resumes through `initialize`, with their credentials.
+
+        Several hosts: only those this host holds the lease of (SPEC 10).
+        """
         if not self.runtime.started:
             return []
         records = await self.runtime.store.connections.list(plugin_id=plugin_id, status="connected")
+        leases = self.runtime.leases
+        if leases is not None:
+            records = [r for r in records if leases.owns(r.connection_id)]
+            # a (re)started process serves exactly these, and has nothing to let go
+            self._handed[plugin_id] = {r.connection_id for r in records}
+            self._unreleased.pop(plugin_id, None)
         return [await self.connection_info(record) for record in records]
 
     async def usage(self, plugin_id: str) -> int:
@@ -227,6 +252,8 @@ class ConnectionManager:
         store = self.runtime.store
         kind, plugin_id = connection.kind, connection.plugin_id
         session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
+        hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
+        self.host.redactor(plugin_id).add(*hidden)  # an app secret the admin typed never shows in its logs
         params = SessionStartParams(
             session_id=session.session_id,
             kind=kind,
@@ -239,8 +266,7 @@ class ConnectionManager:
         try:
             view = await self.host.client(plugin_id).session_start(params, timeout=self.call_timeout)
         except RpcError as exc:
-            hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
-            message = redact(exc.message, hidden)
+            message = redact(self.host.redactor(plugin_id)(exc.message), hidden)
             await store.sessions.update(
                 session.session_id,
                 status="error",
@@ -385,7 +411,9 @@ class ConnectionManager:
         try:
             view = await self.host.client(session.plugin_id).session_input(session_id, value, timeout=self.call_timeout)
         except RpcError as exc:
-            raise OnboardingError("session_input_failed", redact(exc.message), status=502) from None
+            raise OnboardingError(
+                "session_input_failed", self.host.redactor(session.plugin_id)(exc.message), status=502
+            ) from None
         await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session_id)
 
@@ -433,6 +461,17 @@ class ConnectionManager:
         view = msgspec.to_builtins(update)
         credentials = view.pop("credentials", None)
         view.pop("connectionId", None)
+        if credentials:
+            size = len(msgspec.json.encode(credentials))
+            if size > MAX_CREDENTIALS_BYTES:
+                log.warning(
+                    "plugin %s: credentials of session %s refused (%d bytes)", plugin_id, update.session_id, size
+                )
+                credentials = None
+                view.update(
+                    status="error",
+                    error=f"the plugin handed over {size} bytes of credentials; the limit is {MAX_CREDENTIALS_BYTES}",
+                )
         await self._apply_view(update.session_id, view, from_call=False, credentials=credentials)
 
     async def _apply_view(
@@ -469,14 +508,16 @@ class ConnectionManager:
                 return  # the plugin already reported something newer than this answer
             if not from_call:
                 self._update_seq[session_id] = self._update_seq.get(session_id, 0) + 1
-            view = with_qr_image({**view, "sessionId": session_id, "kind": session.kind})
+            # the plugin's words, stored and shown: every secret it was handed is masked
+            redactor = self.host.redactor(session.plugin_id)
+            view = with_qr_image(redactor.value({**view, "sessionId": session_id, "kind": session.kind}))
             status = str(view.get("status") or session.status)
             await store.sessions.update(session_id, status=status, view=view)
             connection_id = session.connection_id
             if status == "connected":
                 await self._connected(connection_id, view, credentials)
             elif status in _FAILED_STATUSES:
-                await self._session_failed(connection_id, redact(str(view.get("error") or f"session {status}")))
+                await self._session_failed(connection_id, redactor(str(view.get("error") or f"session {status}")))
             if status in TERMINAL_SESSION_STATUSES:
                 self._update_seq.pop(session_id, None)
         await self._publish(session_id)
@@ -491,8 +532,14 @@ class ConnectionManager:
         if current is None or current.status == "revoked":
             return  # logout is final: a late update cannot bring the connection back
         first = current.status != "connected"
+        leases = self.runtime.leases
+        fence = None
+        if leases is not None and (first or credentials):
+            # the login happened here, with this host's plugin: this host serves the account now
+            lease = await leases.take(connection_id)
+            fence = leases.fence(connection_id, lease.epoch)
         if credentials:
-            await store.connections.set_credentials(connection_id, credentials)
+            await store.connections.set_credentials(connection_id, credentials, fence=fence)
         record = await store.connections.update(
             connection_id,
             account_id=view.get("accountId") or None,
@@ -510,7 +557,7 @@ class ConnectionManager:
                 self._tg.start_soon(self._hand_over, record)
             else:
                 await self._hand_over(record)
-        await self.runtime.connection_restored(record.channel_id)
+        await self.runtime.connection_restored(record.channel_id)  # what waited for the account goes out
 
     async def _hand_over(self, record: ConnectionRecord) -> None:
         """`connection.resume`: the plugin serves the connection from now on, with its stored credentials."""
@@ -519,13 +566,16 @@ class ConnectionManager:
             return  # revoked (or expired) meanwhile: nothing to hand over
         try:
             await self.host.client(record.plugin_id).resume(await self.connection_info(current))
+            self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
         except RpcError as exc:
-            if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+            if exc.code == METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+                self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
+            else:
                 log.warning(
                     "plugin %s did not take over connection %s: %s; it gets it at its next start",
                     record.plugin_id,
                     record.connection_id,
-                    redact(exc.message),
+                    self.host.redactor(record.plugin_id)(exc.message),
                 )
 
     async def _publish(self, session_id: str) -> None:
@@ -591,10 +641,11 @@ class ConnectionManager:
             record = await store.connections.get(params.connection_id)
             if record is None or record.plugin_id != plugin_id or record.status == "revoked":
                 return
+            redactor = self.host.redactor(plugin_id)
             if params.status == "revoked":
-                await self._revoke(record, params.error)
+                await self._revoke(record, redactor(params.error) if params.error else None)
                 return
-            error = redact(params.error) if params.error else None
+            error = redactor(params.error) if params.error else None
             if params.status == "error" and error == SESSION_EXPIRED:
                 await self._expire(record)
                 return
@@ -651,6 +702,98 @@ class ConnectionManager:
         await self.runtime.connection_restored(record.channel_id)  # nothing waits for a revoked account any more
         await store.connections.set_credentials(record.connection_id, {})
         await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
+
+    # ---------------------------------------------------------------- several hosts (SPEC 10)
+
+    def serving(self, connection_id: str) -> bool:
+        """This host holds the connection's lease and its plugin process has it (sends may go out)."""
+        leases = self.runtime.leases
+        if leases is None:
+            return True
+        return leases.owns(connection_id) and any(connection_id in handed for handed in self._handed.values())
+
+    async def sync_channels(self, records: list[ConnectionRecord]) -> None:
+        """Channels follow the shared store: another host's new connection runs here too, a revoked one stops.
+
+        Every host runs every connected connection's channel (its handler's replies
+        are built anywhere); only the lease holder hands it to its plugin and sends.
+        """
+        running = self.runtime.channels
+        for record in records:
+            if record.status == "connected" and record.channel_id not in running:
+                try:
+                    await self.runtime.add_channel(record.channel_id, self._channel_config(record))
+                except Exception as exc:
+                    log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+            elif record.status == "revoked" and record.channel_id in running:
+                await self.runtime.remove_channel(record.channel_id)
+
+    async def on_leases_changed(self, gained: list[Lease], lost: list[str]) -> None:
+        """Hand gained connections to their plugin (`connection.resume`), take lost ones back (`.release`).
+
+        A plugin that answers -32601 restarts with its new set. Hand-overs a plugin
+        missed (it was starting) are retried at every tick until they land.
+        """
+        store = self.runtime.store
+        leases = self.runtime.leases
+        restart: set[str] = set()
+        for connection_id in lost:
+            for plugin_id, handed in self._handed.items():
+                if connection_id in handed:
+                    handed.discard(connection_id)
+                    self._unreleased.setdefault(plugin_id, set()).add(connection_id)
+        for plugin_id, pending in list(self._unreleased.items()):
+            for connection_id in sorted(pending):
+                if leases is not None and leases.owns(connection_id):
+                    pending.discard(connection_id)  # ours again: nothing to let go
+                    continue
+                outcome = await self._call_plugin(plugin_id, "release", connection_id)
+                if outcome != "retry":
+                    pending.discard(connection_id)
+                if outcome == "restart":
+                    restart.add(plugin_id)
+            if not pending:
+                self._unreleased.pop(plugin_id, None)
+        owned = leases.owned if leases is not None else {}
+        for connection_id in sorted(owned):
+            record = await store.connections.get(connection_id)
+            if record is None or record.status != "connected":
+                continue
+            handed = self._handed.setdefault(record.plugin_id, set())
+            fresh = any(lease.connection_id == connection_id for lease in gained)
+            if connection_id in handed and not fresh:
+                continue
+            outcome = await self._call_plugin(record.plugin_id, "resume", record)
+            if outcome == "done":
+                handed.add(connection_id)
+                self.runtime.wake()  # its deliveries may go out from here now
+            elif outcome == "restart":
+                restart.add(record.plugin_id)
+        if leases is not None and leases.leaving:
+            return  # the host stops its plugins next: no restarts
+        for plugin_id in sorted(restart):
+            try:
+                await self.host.restart(plugin_id)  # initialize hands it exactly its connections now
+            except Exception as exc:
+                log.warning("plugin %s did not restart with its new connections: %s", plugin_id, exc)
+
+    async def _call_plugin(self, plugin_id: str, action: str, target: ConnectionRecord | str) -> str:
+        """`done`, `restart` (the plugin does not know the method) or `retry` (not running now)."""
+        client = self.host.client(plugin_id)
+        try:
+            if isinstance(target, str):
+                await client.release(target)
+            else:
+                await client.resume(await self.connection_info(target))
+        except RpcError as exc:
+            if exc.code == METHOD_NOT_FOUND:
+                return "restart"
+            if exc.code == UNAVAILABLE:
+                # not running: a start hands it exactly its connections; a starting one is asked again
+                return "retry" if self.host.supervisor(plugin_id) is not None else "done"
+            log.warning("plugin %s: connection.%s failed: %s", plugin_id, action, redact(exc.message))
+            return "retry"
+        return "done"
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         if record.plugin_id == REMOTE_PROVIDER:

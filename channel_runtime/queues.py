@@ -43,7 +43,7 @@ class QueueWorker(Generic[E]):
         self._claim = claim
         self._process = process
         self._concurrency = concurrency
-        self._idle_poll = idle_poll
+        self.idle_poll = idle_poll
         self._next_due = next_due
         self._clock = clock or SystemClock()
         self._busy = 0
@@ -68,7 +68,7 @@ class QueueWorker(Generic[E]):
                     except Exception:
                         log.exception("%s: claiming work failed", self.name)
                 if not entries:
-                    with anyio.move_on_after(await self._idle_wait() if free > 0 else self._idle_poll):
+                    with anyio.move_on_after(await self._idle_wait() if free > 0 else self.idle_poll):
                         await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     continue
@@ -79,15 +79,15 @@ class QueueWorker(Generic[E]):
     async def _idle_wait(self) -> float:
         """Seconds until the earliest waiting entry is due, within [MIN_IDLE_WAIT, idle_poll]."""
         if self._next_due is None:
-            return self._idle_poll
+            return self.idle_poll
         try:
             due = await self._next_due()
         except Exception:
             log.exception("%s: reading the next due time failed", self.name)
-            return self._idle_poll
+            return self.idle_poll
         if due is None:
-            return self._idle_poll
-        return min(self._idle_poll, max(MIN_IDLE_WAIT, due - self._clock.time()))
+            return self.idle_poll
+        return min(self.idle_poll, max(MIN_IDLE_WAIT, due - self._clock.time()))
 
     async def _run_one(self, entry: E) -> None:
         try:

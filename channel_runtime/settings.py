@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plugin_host.sandbox import Sandbox
+
+    from .leases import NodeSettings
 
 HOME_ENV = "CHANNEL_RUNTIME_HOME"
 STORE_ENV = "CHANNEL_RUNTIME_STORE"
@@ -16,6 +23,14 @@ PUBLIC_URL_ENV = "CHANNEL_RUNTIME_PUBLIC_URL"
 METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
 DEFER_TTL_ENV = "CHANNEL_RUNTIME_DEFER_TTL_SECONDS"  # SPEC 6.4 deferTtlSeconds
 DEFAULT_DEFER_TTL_SECONDS = 86_400.0
+# several hosts (SPEC 10); the lease times are knobs for tests and slow networks (defaults: SPEC's 10 s / 3 s)
+LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
+LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
+NODE_URL_ENV = "CHANNEL_RUNTIME_NODE_URL"  # where the other hosts reach this one (webhooks are passed on to it)
+SANDBOX_ENV = "CHANNEL_RUNTIME_SANDBOX"  # auto (default) | off | required (docs/SECURITY.md)
+MAX_CONNECTIONS_ENV = "CHANNEL_RUNTIME_MAX_CONNECTIONS"  # open HTTP connections; default from the fd limit
+HEADER_TIMEOUT_ENV = "CHANNEL_RUNTIME_HEADER_TIMEOUT"  # seconds a connection has to send a request's headers
+KEEPALIVE_TIMEOUT_ENV = "CHANNEL_RUNTIME_KEEPALIVE_TIMEOUT"  # seconds an idle keep-alive connection stays
 # a remote `channel-runtime sidecar` (SPEC 11) serving the connector kinds no local plugin provides
 SIDECAR_URL_ENV = "CHANNEL_RUNTIME_SIDECAR_URL"
 SIDECAR_TOKEN_ENV = "CHANNEL_RUNTIME_SIDECAR_TOKEN"
@@ -25,6 +40,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_HANDLER = "echo"
 ADMIN_TOKEN_FILE = "admin-token"
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 
 
 def resolve_home(env: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None) -> Path:
@@ -72,6 +89,28 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _number(env: Mapping[str, str], name: str, default: float | None, *, minimum: float) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, not {raw}")
+    return value
+
+
+def _sandbox_mode(env: Mapping[str, str]) -> str:
+    from plugin_host.sandbox import SANDBOX_MODES
+
+    mode = (env.get(SANDBOX_ENV) or "auto").strip().lower()
+    if mode not in SANDBOX_MODES:
+        raise SettingsError(f"{SANDBOX_ENV} must be one of {', '.join(SANDBOX_MODES)}, not {mode!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -88,6 +127,11 @@ class Settings:
     metrics_open: bool = False
     # how long a deferred delivery waits (for its peer, its connection, a budget) before it dies
     defer_ttl_seconds: float = DEFAULT_DEFER_TTL_SECONDS
+    sandbox_mode: str = "auto"
+    # HTTP server (issue 14): None = derived from the open-file limit at start
+    max_connections: int | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     sidecar_url: str | None = None
     sidecar_token: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -123,6 +167,12 @@ class Settings:
             public_url=(env.get(PUBLIC_URL_ENV) or "").strip().rstrip("/") or None,
             metrics_open=_flag(env.get(METRICS_OPEN_ENV)),
             defer_ttl_seconds=_seconds(env, DEFER_TTL_ENV) or DEFAULT_DEFER_TTL_SECONDS,
+            sandbox_mode=_sandbox_mode(env),
+            max_connections=_int_or_none(_number(env, MAX_CONNECTIONS_ENV, None, minimum=8)),
+            header_timeout=_number(env, HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT, minimum=0.1)
+            or DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout=_number(env, KEEPALIVE_TIMEOUT_ENV, DEFAULT_KEEPALIVE_TIMEOUT, minimum=0.1)
+            or DEFAULT_KEEPALIVE_TIMEOUT,
             sidecar_url=(env.get(SIDECAR_URL_ENV) or "").strip().rstrip("/") or None,
             sidecar_token=(env.get(SIDECAR_TOKEN_ENV) or "").strip() or None,
             env=env,
@@ -134,14 +184,44 @@ class Settings:
 
         return load_or_create_key(self.home, self.env)
 
+    def node(self) -> NodeSettings:
+        """This host among several (SPEC 10): `CHANNEL_RUNTIME_NODE_ID`, lease times, its URL for /api/nodes."""
+        from .leases import LEASE_RENEW, LEASE_TTL, NodeSettings, default_node_id
+
+        return NodeSettings(
+            node_id=default_node_id(self.env),
+            lease_ttl=_seconds(self.env, LEASE_TTL_ENV) or LEASE_TTL,
+            renew_every=_seconds(self.env, LEASE_RENEW_ENV) or LEASE_RENEW,
+            info={"url": self.node_url},
+        )
+
+    def sandbox(self) -> Sandbox:
+        """The plugin sandbox of this service: the home folder out of every plugin's reach."""
+        from plugin_host.sandbox import Sandbox
+
+        return Sandbox(hidden=[self.home], mode=self.sandbox_mode, search_path=self.env.get("PATH"))  # type: ignore[arg-type]
+
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
         return [s for s in (self.admin_token, self.bridge_token, self.sidecar_token) if s]
 
     @property
+    def node_url(self) -> str:
+        """This host's base URL for the other hosts: `CHANNEL_RUNTIME_NODE_URL`, else its name and port."""
+        explicit = (self.env.get(NODE_URL_ENV) or "").strip().rstrip("/")
+        if explicit:
+            return explicit
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else _url_host(self.host)
+        return f"http://{host}:{self.port}"
+
+    @property
     def admin_url(self) -> str:
         base = self.public_url or f"http://{_url_host(self.host)}:{self.port}"
         return f"{base}/admin"
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _url_host(host: str) -> str:

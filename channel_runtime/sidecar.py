@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,11 +36,14 @@ from .events import EventHub
 from .forwarder import Forwarder
 from .plugin_services import RuntimeServices
 from .runtime import IngestError, IngestResult
-from .store import Store, open_store
+from .store import Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, error_text
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
+
+    from .channels import Channel
+    from .leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 # the plugin may still be sending it (it did not answer in time): SPEC 11's in-progress rules apply;
@@ -141,6 +144,25 @@ class Sidecar(anyio.AsyncContextManagerMixin):
     async def connection_restored(self, channel_id: str) -> int:
         return 0  # nothing waits here for an account (see `connection_lost`)
 
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        return {}
+
+    # a sidecar is one host with its own store (SPEC 11): no leases, nothing to hand over
+
+    @property
+    def leases(self) -> LeaseKeeper | None:
+        return None
+
+    def wake(self) -> None:
+        return None
+
+    async def hand_over(self) -> None:
+        return None
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        return None
+
     # ---------------------------------------------------------------- lifetime
 
     @asynccontextmanager
@@ -179,14 +201,9 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
-        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
-
-        url = str(self._store_spec)
-        if self.home is None and not self._secret_key:
-            cipher = CredentialCipher.ephemeral()  # a throwaway sidecar (tests): credentials live with the process
-        else:
-            cipher = load_cipher(self.home or Path("."), {SECRET_KEY_ENV: self._secret_key} if self._secret_key else {})
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        return await open_application_store(
+            str(self._store_spec), clock=self.clock, home=self.home, secret_key=self._secret_key
+        )
 
     # ---------------------------------------------------------------- inbound: queue, then forward
 
@@ -233,10 +250,6 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         if begin.outcome == "in_progress":
             self.sends["in_progress"] += 1
             raise SendInProgress()
-        if not request.channel_id or not request.kind:
-            request = msgspec.structs.replace(
-                request, channel_id=request.channel_id or connection.channel_id, kind=request.kind or connection.kind
-            )
         try:
             result = await self.plugin_host.client(connection.plugin_id).send(request, timeout=self.command_timeout)
         except RpcError as exc:
@@ -254,7 +267,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
 
     async def _retention_loop(self) -> None:
         while True:
-            await anyio.sleep(self._retention_interval)
+            await self.clock.sleep(self._retention_interval)
             try:
                 await self.store.forward.prune(FORWARDED_RETENTION)
                 await self.store.send_dedupe.prune()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from typing import Any
 
+import httpx
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +30,11 @@ from ..errors import ApiError
 log = logging.getLogger(__name__)
 
 WEBHOOK_BODY_LIMIT = JSON_LIMIT
+FORWARDED_HEADER = "x-channel-runtime-forwarded"
+FORWARD_TIMEOUT = 15.0
+_HOP_BY_HOP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "content-encoding"}
+)
 # hop-by-hop and framing headers are the server's business, not the plugin's
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
@@ -63,6 +70,10 @@ async def webhook(request: Request) -> Response:
     if host is None or connection is None or connection.status == "revoked":
         raise ApiError("unknown_connection", "unknown or revoked connection", status=404)
     body = await read_body(request, WEBHOOK_BODY_LIMIT, "webhook body")
+    if FORWARDED_HEADER not in request.headers:
+        owner = await runtime.serving_host(connection.connection_id)
+        if owner is not None:  # several hosts (SPEC 10): the plugin process that serves the account is there
+            return await _forward(request, owner, body)
     params = WebhookParams(
         connection_id=connection.connection_id,
         method=request.method,
@@ -91,6 +102,25 @@ async def webhook(request: Request) -> Response:
     return _plugin_response(result)
 
 
+async def _forward(request: Request, base: str, body: bytes) -> Response:
+    """Pass a platform's webhook on to the host holding the connection's lease, and its answer back."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    headers[FORWARDED_HEADER] = "1"  # once: the other host answers itself, whatever it believes
+    url = base.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    try:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT) as client:
+            answer = await client.request(request.method, url, content=body, headers=headers)
+    except httpx.HTTPError:
+        raise ApiError(
+            "plugin_unavailable",
+            "the host serving this connection is unreachable",
+            status=503,
+            headers={"Retry-After": "5"},
+        ) from None
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS | _HOP_BY_HOP}
+    return Response(answer.content, status_code=answer.status_code, headers=kept)
+
+
 def _plugin_response(result: WebhookResult) -> Response:
     answer = result.response
     if answer.body_encoding == "base64":
@@ -102,7 +132,28 @@ def _plugin_response(result: WebhookResult) -> Response:
         content = answer.body.encode()
     status = answer.status if 100 <= answer.status <= 599 else 502
     headers: dict[str, Any] = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS}
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not _valid_header_value(value):
+            raise ApiError(
+                "webhook_failed",
+                f"the plugin answered an invalid response header {name[:100]!r} "
+                "(names are tokens, values Latin-1 text without line breaks)",
+                status=502,
+            )
     return Response(content, status_code=status, headers=headers)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _valid_header_value(value: Any) -> bool:
+    if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 routes = [

@@ -43,13 +43,14 @@ async def test_registry_survives_reopening(tmp_path: Path) -> None:
         await host.install(pack_directory(REPO / "plugins" / "echo", tmp_path / "echo.zip"))
         await host.set_config("echo", {})
     registry = PluginRegistry(tmp_path / "state.db")
+    await registry.open()
     try:
         [record] = registry.list()
         assert record.id == "echo" and record.active_version == "1.0.0" and not record.enabled
         assert [v.version for v in registry.all_versions()["echo"]] == ["1.0.0"]
         assert registry.version("echo", "1.0.0").manifest.connectors[0].kind == "echo"
     finally:
-        registry.close()
+        await registry.aclose()
 
 
 async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tmp_path: Path) -> None:
@@ -140,9 +141,10 @@ async def test_start_does_not_wait_for_one_plugin_before_starting_the_next(tmp_p
         await host.install(raw_plugin_zip(tmp_path, "a_silent", "silent_initialize", timeouts={"handshakeMs": 5000}))
         await host.install(raw_plugin_zip(tmp_path, "b_good"))
     registry = PluginRegistry(home / "state.db")
-    registry.set_enabled("a_silent", True)
-    registry.set_enabled("b_good", True)
-    registry.close()
+    await registry.open()
+    await registry.set_enabled("a_silent", True)
+    await registry.set_enabled("b_good", True)
+    await registry.aclose()
 
     host = PluginHost(home, host_env=default_host_env())
     start_returned = False
