@@ -668,6 +668,7 @@ class _Queue:
         self.clock = clock
         self.table = table
         self.lease = lease
+        self._idle = True  # the last claim found nothing
         t = table
         self.lock_sql = "SELECT pg_advisory_xact_lock({})".format(
             _CONVERSATION_KEY.format(table=f"'{t}'", channel="%(channel)s", conversation="%(conversation)s")
@@ -748,15 +749,17 @@ class _Queue:
             "limit": limit,
             "channels": None if channels is None else sorted(channels),
         }
-        due = await self.next_due(channels)
-        if due is None or due > now:
-            return []  # two index reads instead of a write when nothing is due
+        if self._idle:  # after an empty claim: index reads instead of a write when nothing is due
+            due = await self.next_due(channels)
+            if due is None or due > now:
+                return []
         async with self.db.connection() as conn:
             cur = await conn.execute(self._claim_lapsed, params)
             claimed = await cur.fetchall()
             if len(claimed) < limit:
                 cur = await conn.execute(self._claim_due, {**params, "limit": limit - len(claimed)})
                 claimed += await cur.fetchall()
+        self._idle = not claimed
         return sorted(claimed, key=lambda r: r["id"])
 
     async def next_due(self, channels: Collection[str] | None = None) -> float | None:

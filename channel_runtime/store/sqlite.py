@@ -603,6 +603,7 @@ class _Queue:
         self.clock = clock
         self.table = table
         self.lease = lease
+        self._idle = True  # the last claim found nothing
         t = table
         self._insert = (
             f"INSERT INTO {t} (channel_id, conversation, item_key, payload, peer_id, status, attempts,"
@@ -662,14 +663,16 @@ class _Queue:
     ) -> list[sqlite3.Row]:
         now = self.clock.time()
         wanted = None if channels is None else _json(sorted(channels))
-        due = self._next_due(wanted)
-        if due is None or due > now:
-            return []  # two index reads instead of a write transaction when nothing is due
+        if self._idle:  # after an empty claim: two index reads instead of a write transaction when nothing is due
+            due = self._next_due(wanted)
+            if due is None or due > now:
+                return []
         until = now + (self.lease if lease is None else lease)
         with self.db.write() as conn:
             found = conn.execute(self._claim_lapsed, (until, now, limit, owner, wanted)).fetchall()
             if len(found) < limit:
                 found += conn.execute(self._claim_due, (until, now, limit - len(found), owner, wanted)).fetchall()
+        self._idle = not found
         return sorted(found, key=lambda r: r["id"])
 
     def next_due(self, channels: Collection[str] | None = None) -> float | None:
