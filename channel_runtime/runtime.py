@@ -440,7 +440,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         if not message.account_id:
             message.account_id = connection.account_id
         # bridge dedupe, runtime dedupe and inbox commit in one transaction; a failure is recorded and raised
-        begin, entry = await store.pipeline.accept_event(event.connection_id, event.event_id, message)
+        begin, entry = await store.pipeline.accept_event(
+            event.connection_id, event.event_id, message, window=self._keeps_windows(connection.channel_id)
+        )
         if begin.outcome == "in_progress":
             return IngestResult(
                 409, InboundAck(accepted=False, duplicate=True, pending=True, retry_after_seconds=RETRY_AFTER_SECONDS)
@@ -452,10 +454,14 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
 
     async def accept(self, message: InboundMessage) -> bool:
         """Commit a message from a local channel (runtime dedupe + inbox); False when already seen."""
-        entry = await self.store.inbox.commit(message)
+        entry = await self.store.inbox.commit(message, window=self._keeps_windows(message.channel_id))
         if entry is not None:
             self._committed(entry)
         return entry is not None
+
+    def _keeps_windows(self, channel_id: str) -> bool:
+        """Whether the channel's budgets read its peers' reply windows (only then does ingest record them)."""
+        return needs_peer_window(_limits_of(self._channels.get(channel_id)))
 
     def _committed(self, entry: InboxEntry) -> None:
         self.activity.count(entry.channel_id, "in")

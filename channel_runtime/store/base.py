@@ -274,12 +274,12 @@ class InboxStore(abc.ABC):
     """Durable inbox; conversation = channel id + `message.session_id`."""
 
     @abc.abstractmethod
-    async def commit(self, message: InboundMessage) -> InboxEntry | None:
+    async def commit(self, message: InboundMessage, *, window: bool = True) -> InboxEntry | None:
         """Mark `channelId + messageId` seen and enqueue, atomically; None when the id was seen.
 
-        In the same transaction the peer's reply window opens afresh (last inbound
-        now, no replies yet) and its outbox deliveries deferred for `reply_window`
-        are due now.
+        In the same transaction the peer's outbox deliveries deferred for
+        `reply_window` are due now, and (`window`: its channel has a reply window to
+        keep) the peer's reply window opens afresh (last inbound now, no replies yet).
         """
 
     @abc.abstractmethod
@@ -586,7 +586,7 @@ class PipelineStore(abc.ABC):
 
     @abc.abstractmethod
     async def accept_event(
-        self, connection_id: str, event_id: str, message: InboundMessage
+        self, connection_id: str, event_id: str, message: InboundMessage, *, window: bool = True
     ) -> tuple[BeginResult, InboxEntry | None]:
         """Bridge dedupe, runtime dedupe and inbox commit of one delivery, atomically (SPEC 6.3).
 

@@ -923,7 +923,9 @@ class PgInbox(InboxStore):
             "now": now,
         }
 
-    async def commit_in(self, conn: Conn, message: InboundMessage, payload: str, now: float) -> InboxEntry | None:
+    async def commit_in(
+        self, conn: Conn, message: InboundMessage, payload: str, now: float, window: bool = True
+    ) -> InboxEntry | None:
         """`commit` inside the caller's transaction."""
         params = self.params(message, payload, now)
         await conn.execute(self._queue.lock_sql, params)
@@ -931,7 +933,7 @@ class PgInbox(InboxStore):
         row = await cur.fetchone()
         if row is None:
             return None
-        await record_inbound(conn, message.channel_id, message.peer_id, now)
+        await record_inbound(conn, message.channel_id, message.peer_id, now, window)
         return self.entry(message, int(row["id"]), now)
 
     async def ack_in(self, conn: Conn, entry_id: int) -> bool:
@@ -939,11 +941,11 @@ class PgInbox(InboxStore):
         change = f"DELETE FROM inbox WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation"
         return await self._queue.finish_in(conn, entry_id, change, {})
 
-    async def commit(self, message: InboundMessage) -> InboxEntry | None:
+    async def commit(self, message: InboundMessage, *, window: bool = True) -> InboxEntry | None:
         q = self._queue
         now = q.clock.time()
         payload = _json(message)
-        return await q.db.run(lambda conn: self.commit_in(conn, message, payload, now))
+        return await q.db.run(lambda conn: self.commit_in(conn, message, payload, now, window))
 
     async def claim_ready(
         self, limit: int = 16, *, lease: float | None = None, owner: str | None = None
@@ -1009,15 +1011,16 @@ def _filters(channel_id: str | None, peer_id: str | None) -> tuple[list[str], di
     return where, params
 
 
-async def record_inbound(conn: Conn, channel_id: str, peer_id: str, now: float) -> None:
-    """The peer wrote: its reply window opens afresh, and its deliveries deferred for it are due now."""
+async def record_inbound(conn: Conn, channel_id: str, peer_id: str, now: float, window: bool = True) -> None:
+    """The peer wrote: its deliveries deferred for it are due now, and (`window`) its reply window opens afresh."""
     params = {"channel": channel_id, "peer": peer_id, "now": now}
-    await conn.execute(
-        "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed)"
-        " VALUES (%(channel)s, %(peer)s, %(now)s, 0, false) ON CONFLICT (channel_id, peer_id)"
-        " DO UPDATE SET last_inbound_at = excluded.last_inbound_at, replies = 0, closed = false",
-        params,
-    )
+    if window:  # a channel without a reply window never reads it: no write on its hot path
+        await conn.execute(
+            "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed)"
+            " VALUES (%(channel)s, %(peer)s, %(now)s, 0, false) ON CONFLICT (channel_id, peer_id)"
+            " DO UPDATE SET last_inbound_at = excluded.last_inbound_at, replies = 0, closed = false",
+            params,
+        )
     await conn.execute(
         "UPDATE outbox SET defer_reason = NULL, next_attempt_at = %(now)s, updated_at = %(now)s"
         " WHERE channel_id = %(channel)s AND defer_reason = 'reply_window' AND peer_id = %(peer)s"
@@ -1317,7 +1320,7 @@ class PgPipeline(PipelineStore):
         )
 
     async def accept_event(
-        self, connection_id: str, event_id: str, message: InboundMessage
+        self, connection_id: str, event_id: str, message: InboundMessage, *, window: bool = True
     ) -> tuple[BeginResult, InboxEntry | None]:
         key = dedupe_key(connection_id, event_id)
         existing: DedupeRecord | None = None
@@ -1350,7 +1353,7 @@ class PgPipeline(PipelineStore):
                     entry_id = row["entry_id"]
                     if entry_id is None:
                         return BeginResult(outcome="new", record=done), None
-                    await record_inbound(conn, message.channel_id, message.peer_id, now)
+                    await record_inbound(conn, message.channel_id, message.peer_id, now, window)
                     return BeginResult(outcome="new", record=done), self._inbox.entry(message, int(entry_id), now)
             # the key is known: decide from the record as it is now, and hold it
             existing = await _get_dedupe(conn, key, for_update=True)
@@ -1368,7 +1371,7 @@ class PgPipeline(PipelineStore):
             if encode_error is not None:
                 raise encode_error
             assert payload is not None
-            entry = await self._inbox.commit_in(conn, message, payload, now)
+            entry = await self._inbox.commit_in(conn, message, payload, now, window)
             record = msgspec.structs.replace(record, status="completed", last_error=None)
             await _put_dedupe(conn, record)
             return BeginResult(outcome=outcome, record=record), entry

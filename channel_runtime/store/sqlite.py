@@ -772,14 +772,15 @@ class _Queue:
         return int(row[0]) if row is not None else 0
 
 
-def _record_inbound(conn: sqlite3.Connection, channel_id: str, peer_id: str, now: float) -> int:
-    """The peer wrote: its reply window opens afresh, and its deliveries deferred for it are due now."""
-    conn.execute(
-        "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed) VALUES (?, ?, ?, 0, 0)"
-        " ON CONFLICT (channel_id, peer_id) DO UPDATE SET last_inbound_at = excluded.last_inbound_at,"
-        " replies = 0, closed = 0",
-        (channel_id, peer_id, now),
-    )
+def _record_inbound(conn: sqlite3.Connection, channel_id: str, peer_id: str, now: float, window: bool) -> int:
+    """The peer wrote: its deliveries deferred for it are due now, and (`window`) its reply window opens afresh."""
+    if window:  # a channel without a reply window never reads it: no write on its hot path
+        conn.execute(
+            "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed) VALUES (?, ?, ?, 0, 0)"
+            " ON CONFLICT (channel_id, peer_id) DO UPDATE SET last_inbound_at = excluded.last_inbound_at,"
+            " replies = 0, closed = 0",
+            (channel_id, peer_id, now),
+        )
     return conn.execute(
         "UPDATE outbox SET defer_reason = NULL, next_attempt_at = ?1, updated_at = ?1"
         " WHERE channel_id = ?2 AND peer_id = ?3 AND defer_reason = 'reply_window' AND status = 'pending'",
@@ -791,7 +792,9 @@ class SqliteInbox(InboxStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "inbox", lease)
 
-    def commit_in(self, conn: sqlite3.Connection, message: InboundMessage, now: float) -> InboxEntry | None:
+    def commit_in(
+        self, conn: sqlite3.Connection, message: InboundMessage, now: float, window: bool = True
+    ) -> InboxEntry | None:
         """`commit` inside the caller's transaction."""
         if _seen_or_mark(conn, message.channel_id, message.message_id, now):
             return None
@@ -800,7 +803,7 @@ class SqliteInbox(InboxStore):
             conn, message.channel_id, session_id, message.message_id, _json(message), message.peer_id, now
         )
         assert entry_id is not None
-        _record_inbound(conn, message.channel_id, message.peer_id, now)
+        _record_inbound(conn, message.channel_id, message.peer_id, now, window)
         # built from what was written: no read-back, no second decode
         return InboxEntry(
             id=entry_id,
@@ -826,10 +829,10 @@ class SqliteInbox(InboxStore):
         self._queue.promote(conn, row["channel_id"], row["conversation"])
         return True
 
-    async def commit(self, message: InboundMessage) -> InboxEntry | None:
+    async def commit(self, message: InboundMessage, *, window: bool = True) -> InboxEntry | None:
         q = self._queue
         with q.db.write() as conn:  # the dedupe mark and the entry land together or not at all
-            return self.commit_in(conn, message, q.clock.time())
+            return self.commit_in(conn, message, q.clock.time(), window)
 
     async def claim_ready(
         self, limit: int = 16, *, lease: float | None = None, owner: str | None = None
@@ -1178,7 +1181,7 @@ class SqlitePipeline(PipelineStore):
         self._outbox = outbox
 
     async def accept_event(
-        self, connection_id: str, event_id: str, message: InboundMessage
+        self, connection_id: str, event_id: str, message: InboundMessage, *, window: bool = True
     ) -> tuple[BeginResult, InboxEntry | None]:
         key = dedupe_key(connection_id, event_id)
         existing: DedupeRecord | None = None
@@ -1199,7 +1202,7 @@ class SqlitePipeline(PipelineStore):
             if outcome in ("duplicate", "in_progress"):
                 return BeginResult(outcome=outcome, record=record), None
             begun = record
-            entry = self._inbox.commit_in(conn, message, now)
+            entry = self._inbox.commit_in(conn, message, now, window)
             record = msgspec.structs.replace(record, status="completed", last_error=None)
             _put_dedupe(conn, record)
             return BeginResult(outcome=outcome, record=record), entry
