@@ -212,3 +212,11 @@ async def test_an_unreadable_line_is_logged_masked_whole_then_cut(caplog: pytest
     assert await connection._on_line(None, line) is None  # type: ignore[arg-type]
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "unreadable line" in logged and secret[:6] not in logged
+
+
+def test_the_childs_error_report_masks_the_secret_before_cutting() -> None:
+    from feishu_vendorcli.longconn_child import error_message
+
+    secret = "childsecret-Zq81-mWx0"
+    message = error_message(RuntimeError("x" * 480 + secret), secret)
+    assert len(message) <= 500 and secret[:6] not in message
