@@ -17,7 +17,7 @@ from .auth import TokenAuth
 from .errors import EXCEPTION_HANDLERS, UnexpectedErrors
 from .metrics import metrics_endpoint, metrics_registry
 from .openapi import openapi_json
-from .routes import bridge, channels, connectors, health, onboarding, overview, plugins
+from .routes import bridge, channels, connectors, health, nodes, onboarding, overview, plugins
 
 if TYPE_CHECKING:
     from channel_runtime.settings import Settings
@@ -50,6 +50,7 @@ def create_app(
         *connectors.routes,
         *onboarding.routes,
         *channels.routes,
+        *nodes.routes,
         *overview.routes,
         *extra_routes,
         *health.routes,

@@ -269,6 +269,32 @@ _SCHEMAS: dict[str, Any] = {
             "startedAt": {},
         },
     },
+    "Node": {
+        "type": "object",
+        "required": ["nodeId", "self", "live", "leases"],
+        "properties": {
+            "nodeId": {"type": "string"},
+            "instance": {"type": ["string", "null"], "description": "the process holding the leases"},
+            "self": {"type": "boolean", "description": "the host that answered"},
+            "live": {"type": "boolean", "description": "its heartbeat has not run out"},
+            "startedAt": {"type": ["number", "null"]},
+            "heartbeatAt": {"type": ["number", "null"]},
+            "expiresAt": {"type": ["number", "null"]},
+            "info": {"type": "object"},
+            "leases": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["connectionId", "epoch", "expiresAt"],
+                    "properties": {
+                        "connectionId": {"type": "string"},
+                        "epoch": {"type": "integer", "minimum": 1},
+                        "expiresAt": {"type": "number"},
+                    },
+                },
+            },
+        },
+    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -549,6 +575,14 @@ _PATHS: dict[str, Any] = {
             "operationId": "listChannels",
             "tags": ["channels"],
             "responses": {"200": _json({"type": "array", "items": _ref("Channel")}, "Channels"), "401": _ERRORS["401"]},
+        }
+    },
+    "/api/nodes": {
+        "get": {
+            "summary": "Hosts sharing the store, with the connection leases each holds (SPEC 10)",
+            "operationId": "listNodes",
+            "tags": ["channels"],
+            "responses": {"200": _json({"type": "array", "items": _ref("Node")}, "Nodes"), "401": _ERRORS["401"]},
         }
     },
     "/api/deliveries": {

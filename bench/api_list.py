@@ -39,7 +39,7 @@ def _prepare_home(home: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(PLUGINS):
                 await host.install(echo_clone_zip(Path(tmp), f"bench_{i:02d}"))
-        host.registry.close()
+        await host.registry.aclose()
 
     anyio.run(install)
 

@@ -14,6 +14,8 @@ import tempfile
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+import anyio
+
 from plugin_host.host import PluginHost
 from plugin_host.manifest import MANIFEST_NAME
 from plugin_host.package import pack_directory
@@ -60,7 +62,8 @@ async def install_bundled(host: PluginHost, *, root: Path | None = None) -> list
     with tempfile.TemporaryDirectory(prefix="bundled-") as tmp:
         for source in bundled_sources(root):
             try:
-                archive = pack_directory(source, Path(tmp) / f"{source.name}.zip")
+                # zipping is disk and CPU work: off the event loop, which serves requests meanwhile
+                archive = await anyio.to_thread.run_sync(pack_directory, source, Path(tmp) / f"{source.name}.zip")
                 outcome = await host.install(archive, source_label=f"bundled:{source.name}")
                 await host.enable(outcome.plugin_id)
             except Exception as exc:

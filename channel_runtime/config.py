@@ -33,7 +33,13 @@ class ChannelConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_
 
     @classmethod
     def for_connection(
-        cls, *, plugin_id: str, connection_id: str, connector_kind: str, account_id: str = "", display_name: str = ""
+        cls,
+        *,
+        plugin_id: str,
+        connection_id: str,
+        connector_kind: str,
+        account_id: str = "",
+        display_name: str = "",
     ) -> ChannelConfig:
         """The `plugin` channel of a connection served by `plugin_id` (SPEC 6.5)."""
         return cls(
@@ -41,6 +47,26 @@ class ChannelConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_
             account_id=account_id,
             display_name=display_name,
             config={_PLUGIN_ID: plugin_id, _CONNECTION_ID: connection_id, _CONNECTOR_KIND: connector_kind},
+        )
+
+    @classmethod
+    def for_sidecar_connection(
+        cls,
+        *,
+        url: str,
+        token: str,
+        connection_id: str,
+        connector_kind: str,
+        account_id: str = "",
+        display_name: str = "",
+    ) -> ChannelConfig:
+        """The `external_connector` channel of a connection a remote sidecar serves (SPEC 7.4)."""
+        return cls(
+            kind="external_connector",
+            account_id=account_id,
+            display_name=display_name,
+            config={"url": url, _CONNECTOR_KIND: connector_kind, _CONNECTION_ID: connection_id},
+            secrets={"token": token},
         )
 
     @property

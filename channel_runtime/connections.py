@@ -24,6 +24,7 @@ import segno
 from anyio.streams.memory import MemoryObjectSendStream
 
 from plugin_host.errors import METHOD_NOT_FOUND, UNAVAILABLE, Refusal, RpcError
+from plugin_host.locks import KeyedLock
 from plugin_host.protocol import (
     TERMINAL_SESSION_STATUSES,
     ConnectionInfo,
@@ -35,7 +36,7 @@ from plugin_host.redact import is_secret_name, redact
 
 from .config import ChannelConfig
 from .remote import REMOTE_PROVIDER, SidecarClient, SidecarError
-from .store.base import ConnectionRecord, ConnectorSessionRecord
+from .store.base import ConnectionRecord, ConnectorSessionRecord, Lease
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
+REMOTE_SESSION_POLL_SECONDS = 1.5  # how often the progress of a remote sidecar's session is read
 
 
 class OnboardingError(Refusal):
@@ -88,19 +90,36 @@ class ConnectionManager:
         # the timeout of each onboarding call to a plugin (None: the manifest's per-method timeouts)
         self.call_timeout = call_timeout
         self._subscribers: dict[str, set[MemoryObjectSendStream[dict[str, Any]]]] = {}
-        self._session_locks: dict[str, anyio.Lock] = {}
+        self._session_locks = KeyedLock()
+        self._connection_locks = KeyedLock()  # connect, revoke and status changes of one connection in turn
+        # per session: how many plugin updates were applied; a call's answer older than one is not applied
+        self._update_seq: dict[str, int] = {}
+        self._tg: anyio.abc.TaskGroup | None = None  # the owner's: hand-overs and remote session polls
+        # several hosts (SPEC 10): what each plugin process was handed and still has to let go
+        self._handed: dict[str, set[str]] = {}
+        self._unreleased: dict[str, set[str]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        """Materialise every connected connection as a running channel."""
+    async def start(self, task_group: anyio.abc.TaskGroup | None = None) -> None:
+        """Materialise every connected connection as a running channel.
+
+        `task_group` (the owner's) runs the manager's background work: handing
+        connections over to their plugins, following sessions of a remote sidecar.
+        """
+        self._tg = task_group
         for record in await self.runtime.store.connections.list(status="connected"):
             try:
                 await self.runtime.add_channel(record.channel_id, self._channel_config(record))
             except Exception as exc:
-                log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+                log.warning("connection %s: channel did not start: %s", record.connection_id, redact(str(exc)))
+        if self.remote is not None:
+            for session in await self.runtime.store.sessions.list():
+                if session.plugin_id == REMOTE_PROVIDER and session.status not in TERMINAL_SESSION_STATUSES:
+                    self._follow_remote(session.session_id)
 
     async def stop(self) -> None:
+        self._tg = None
         for streams in self._subscribers.values():
             for stream in streams:
                 stream.close()
@@ -121,10 +140,19 @@ class ConnectionManager:
         )
 
     async def connection_infos(self, plugin_id: str) -> list[ConnectionInfo]:
-        """Connections a (re)starting plugin resumes through `initialize`, with their credentials."""
+        """Connections a (re)starting plugin resumes through `initialize`, with their credentials.
+
+        Several hosts: only those this host holds the lease of (SPEC 10).
+        """
         if not self.runtime.started:
             return []
         records = await self.runtime.store.connections.list(plugin_id=plugin_id, status="connected")
+        leases = self.runtime.leases
+        if leases is not None:
+            records = [r for r in records if leases.owns(r.connection_id)]
+            # a (re)started process serves exactly these, and has nothing to let go
+            self._handed[plugin_id] = {r.connection_id for r in records}
+            self._unreleased.pop(plugin_id, None)
         return [await self.connection_info(record) for record in records]
 
     async def usage(self, plugin_id: str) -> int:
@@ -165,6 +193,7 @@ class ConnectionManager:
             display_name=display_name,
             options=options,
         )
+        seq = self._update_seq.get(session.session_id, 0)
         try:
             view = await self.host.client(plugin_id).session_start(params, timeout=self.call_timeout)
         except RpcError as exc:
@@ -182,7 +211,7 @@ class ConnectionManager:
                 f"plugin {plugin_id} could not start the session: {message}",
                 status=503 if exc.code == UNAVAILABLE else 502,
             ) from None
-        await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True)
+        await self._apply_view(session.session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session.session_id)
 
     async def _pairing_connection(
@@ -254,7 +283,27 @@ class ConnectionManager:
             session_id=str(view["sessionId"]),
         )
         await self._apply_view(session.session_id, view, from_call=True)
+        self._follow_remote(session.session_id)
         return await self._current_view(session.session_id)
+
+    def _follow_remote(self, session_id: str) -> None:
+        """Poll a remote sidecar's session until it ends, so its progress reaches subscribers and the store."""
+        if self._tg is not None:
+            self._tg.start_soon(self._poll_remote, session_id)
+
+    async def _poll_remote(self, session_id: str) -> None:
+        store = self.runtime.store
+        while self.remote is not None:
+            await self.runtime.clock.sleep(REMOTE_SESSION_POLL_SECONDS)
+            session = await store.sessions.get(session_id)
+            if session is None or session.status in TERMINAL_SESSION_STATUSES:
+                return
+            try:
+                await self._apply_view(session_id, await self.remote.get_session(session_id), from_call=True)
+            except SidecarError as exc:
+                log.warning("session %s: the sidecar did not answer: %s", session_id, redact(exc.message))
+            except Exception:
+                log.exception("session %s: following the sidecar's session failed", session_id)
 
     async def session_view(self, session_id: str) -> dict[str, Any]:
         """The session and its connection; a live session of a remote sidecar is read from it first."""
@@ -290,11 +339,12 @@ class ConnectionManager:
                 "a sidecar's sessions take no input (SPEC 11 has no such route)",
                 status=409,
             )
+        seq = self._update_seq.get(session_id, 0)
         try:
             view = await self.host.client(session.plugin_id).session_input(session_id, value, timeout=self.call_timeout)
         except RpcError as exc:
             raise OnboardingError("session_input_failed", redact(exc.message), status=502) from None
-        await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True)
+        await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session_id)
 
     async def cancel_session(self, session_id: str) -> dict[str, Any]:
@@ -305,7 +355,7 @@ class ConnectionManager:
             else:
                 await self.host.client(session.plugin_id).session_cancel(session_id, timeout=self.call_timeout)
         except (RpcError, SidecarError) as exc:
-            log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, exc.message)
+            log.warning("plugin %s did not cancel session %s: %s", session.plugin_id, session_id, redact(exc.message))
         view = dict(session.view) or {"sessionId": session_id, "kind": session.kind}
         view["status"] = "cancelled"
         await self._apply_view(session_id, view, from_call=False)
@@ -344,11 +394,22 @@ class ConnectionManager:
         await self._apply_view(update.session_id, view, from_call=False, credentials=credentials)
 
     async def _apply_view(
-        self, session_id: str, view: dict[str, Any], *, from_call: bool, credentials: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        view: dict[str, Any],
+        *,
+        from_call: bool,
+        credentials: dict[str, Any] | None = None,
+        call_seq: int | None = None,
     ) -> None:
+        """Record a session view: from the plugin's update (`from_call=False`) or a call's answer.
+
+        `call_seq` is the update count when the call was made: an update applied while
+        the call ran is newer than its answer, which then does not overwrite it
+        (unless the answer ends the session).
+        """
         store = self.runtime.store
-        lock = self._session_locks.setdefault(session_id, anyio.Lock())
-        async with lock:
+        async with self._session_locks(session_id):
             session = await store.sessions.get(session_id)
             if session is None:
                 return
@@ -358,6 +419,14 @@ class ConnectionManager:
                 # a late answer or update must not undo a finished session; only a connected
                 # session hears "connected" again (the credentials may follow the call's answer)
                 return
+            if (
+                call_seq is not None
+                and self._update_seq.get(session_id, 0) != call_seq
+                and view.get("status") not in TERMINAL_SESSION_STATUSES
+            ):
+                return  # the plugin already reported something newer than this answer
+            if not from_call:
+                self._update_seq[session_id] = self._update_seq.get(session_id, 0) + 1
             view = with_qr_image({**view, "sessionId": session_id, "kind": session.kind})
             status = str(view.get("status") or session.status)
             await store.sessions.update(session_id, status=status, view=view)
@@ -368,17 +437,27 @@ class ConnectionManager:
                 reason = view.get("error") or f"session {status}"
                 await store.connections.update_status(connection_id, "error", redact(str(reason)))
             if status in TERMINAL_SESSION_STATUSES:
-                self._session_locks.pop(session_id, None)
+                self._update_seq.pop(session_id, None)
         await self._publish(session_id)
 
     async def _connected(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
+        async with self._connection_locks(connection_id):
+            await self._connect(connection_id, view, credentials)
+
+    async def _connect(self, connection_id: str, view: dict[str, Any], credentials: dict[str, Any] | None) -> None:
         store = self.runtime.store
         current = await store.connections.get(connection_id)
         if current is None or current.status == "revoked":
             return  # logout is final: a late update cannot bring the connection back
         first = current.status != "connected"
+        leases = self.runtime.leases
+        fence = None
+        if leases is not None and (first or credentials):
+            # the login happened here, with this host's plugin: this host serves the account now
+            lease = await leases.take(connection_id)
+            fence = leases.fence(connection_id, lease.epoch)
         if credentials:
-            await store.connections.set_credentials(connection_id, credentials)
+            await store.connections.set_credentials(connection_id, credentials, fence=fence)
         record = await store.connections.update(
             connection_id,
             account_id=view.get("accountId") or None,
@@ -391,14 +470,24 @@ class ConnectionManager:
             await store.connections.update_status(connection_id, "error", redact(f"channel did not start: {exc}"))
             return
         if (first or credentials) and record.plugin_id != REMOTE_PROVIDER:
-            await self._hand_over(record)
+            # in the background: this runs inside the plugin's own notification, which must not wait on it
+            if self._tg is not None:
+                self._tg.start_soon(self._hand_over, record)
+            else:
+                await self._hand_over(record)
 
     async def _hand_over(self, record: ConnectionRecord) -> None:
         """`connection.resume`: the plugin serves the connection from now on, with its stored credentials."""
+        current = await self.runtime.store.connections.get(record.connection_id)
+        if current is None or current.status != "connected":
+            return  # revoked (or expired) meanwhile: nothing to hand over
         try:
-            await self.host.client(record.plugin_id).resume(await self.connection_info(record))
+            await self.host.client(record.plugin_id).resume(await self.connection_info(current))
+            self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
         except RpcError as exc:
-            if exc.code != METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+            if exc.code == METHOD_NOT_FOUND:  # a plugin without resume learnt it through its own session
+                self._handed.setdefault(record.plugin_id, set()).add(record.connection_id)
+            else:
                 log.warning(
                     "plugin %s did not take over connection %s: %s; it gets it at its next start",
                     record.plugin_id,
@@ -449,29 +538,132 @@ class ConnectionManager:
                 else:
                     await self.host.client(record.plugin_id).logout(connection_id, timeout=self.call_timeout)
             except (RpcError, SidecarError) as exc:
-                # revoking locally must not depend on the plugin being up
-                log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, exc.message)
-            await self._revoke(record)
+                # revoking locally must not depend on the plugin being up; it must at least stop serving it
+                log.warning("plugin %s: logout of %s failed: %s", record.plugin_id, connection_id, redact(exc.message))
+                if record.plugin_id != REMOTE_PROVIDER:
+                    await self._release_quietly(record)
+            async with self._connection_locks(connection_id):
+                await self._revoke(record)
         return await self.get_connection(connection_id)
+
+    async def _release_quietly(self, record: ConnectionRecord) -> None:
+        try:
+            await self.host.client(record.plugin_id).release(record.connection_id)
+        except RpcError as exc:
+            log.info("plugin %s: release of %s: %s", record.plugin_id, record.connection_id, redact(exc.message))
 
     async def on_connection_status(self, plugin_id: str, params: ConnectionStatusParams) -> None:
         store = self.runtime.store
-        record = await store.connections.get(params.connection_id)
-        if record is None or record.plugin_id != plugin_id or record.status == "revoked":
-            return
-        if params.status == "revoked":
-            await self._revoke(record, params.error)
-            return
-        await store.connections.update_status(
-            record.connection_id, params.status, redact(params.error) if params.error else None
-        )
+        async with self._connection_locks(params.connection_id):
+            record = await store.connections.get(params.connection_id)
+            if record is None or record.plugin_id != plugin_id or record.status == "revoked":
+                return
+            if params.status == "revoked":
+                await self._revoke(record, params.error)
+                return
+            await store.connections.update_status(
+                record.connection_id, params.status, redact(params.error) if params.error else None
+            )
 
     async def _revoke(self, record: ConnectionRecord, error: str | None = None) -> None:
+        """Revoked first (a `connected` arriving meanwhile finds it final), then forgotten; hold its lock."""
         store = self.runtime.store
+        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
         await self.runtime.remove_channel(record.channel_id)
         await store.connections.set_credentials(record.connection_id, {})
         await store.plugin_state.drop(record.plugin_id, record.connection_id)  # a revoked account is forgotten
-        await store.connections.update_status(record.connection_id, "revoked", redact(error) if error else None)
+
+    # ---------------------------------------------------------------- several hosts (SPEC 10)
+
+    def serving(self, connection_id: str) -> bool:
+        """This host holds the connection's lease and its plugin process has it (sends may go out)."""
+        leases = self.runtime.leases
+        if leases is None:
+            return True
+        return leases.owns(connection_id) and any(connection_id in handed for handed in self._handed.values())
+
+    async def sync_channels(self, records: list[ConnectionRecord]) -> None:
+        """Channels follow the shared store: another host's new connection runs here too, a revoked one stops.
+
+        Every host runs every connected connection's channel (its handler's replies
+        are built anywhere); only the lease holder hands it to its plugin and sends.
+        """
+        running = self.runtime.channels
+        for record in records:
+            if record.status == "connected" and record.channel_id not in running:
+                try:
+                    await self.runtime.add_channel(record.channel_id, self._channel_config(record))
+                except Exception as exc:
+                    log.warning("connection %s: channel did not start: %s", record.connection_id, exc)
+            elif record.status == "revoked" and record.channel_id in running:
+                await self.runtime.remove_channel(record.channel_id)
+
+    async def on_leases_changed(self, gained: list[Lease], lost: list[str]) -> None:
+        """Hand gained connections to their plugin (`connection.resume`), take lost ones back (`.release`).
+
+        A plugin that answers -32601 restarts with its new set. Hand-overs a plugin
+        missed (it was starting) are retried at every tick until they land.
+        """
+        store = self.runtime.store
+        leases = self.runtime.leases
+        restart: set[str] = set()
+        for connection_id in lost:
+            for plugin_id, handed in self._handed.items():
+                if connection_id in handed:
+                    handed.discard(connection_id)
+                    self._unreleased.setdefault(plugin_id, set()).add(connection_id)
+        for plugin_id, pending in list(self._unreleased.items()):
+            for connection_id in sorted(pending):
+                if leases is not None and leases.owns(connection_id):
+                    pending.discard(connection_id)  # ours again: nothing to let go
+                    continue
+                outcome = await self._call_plugin(plugin_id, "release", connection_id)
+                if outcome != "retry":
+                    pending.discard(connection_id)
+                if outcome == "restart":
+                    restart.add(plugin_id)
+            if not pending:
+                self._unreleased.pop(plugin_id, None)
+        owned = leases.owned if leases is not None else {}
+        for connection_id in sorted(owned):
+            record = await store.connections.get(connection_id)
+            if record is None or record.status != "connected":
+                continue
+            handed = self._handed.setdefault(record.plugin_id, set())
+            fresh = any(lease.connection_id == connection_id for lease in gained)
+            if connection_id in handed and not fresh:
+                continue
+            outcome = await self._call_plugin(record.plugin_id, "resume", record)
+            if outcome == "done":
+                handed.add(connection_id)
+                self.runtime.wake()  # its deliveries may go out from here now
+            elif outcome == "restart":
+                restart.add(record.plugin_id)
+        if leases is not None and leases.leaving:
+            return  # the host stops its plugins next: no restarts
+        for plugin_id in sorted(restart):
+            try:
+                await self.host.restart(plugin_id)  # initialize hands it exactly its connections now
+            except Exception as exc:
+                log.warning("plugin %s did not restart with its new connections: %s", plugin_id, exc)
+
+    async def _call_plugin(self, plugin_id: str, action: str, target: ConnectionRecord | str) -> str:
+        """`done`, `restart` (the plugin does not know the method) or `retry` (not running now)."""
+        client = self.host.client(plugin_id)
+        try:
+            if isinstance(target, str):
+                await client.release(target)
+            else:
+                await client.resume(await self.connection_info(target))
+        except RpcError as exc:
+            if exc.code == METHOD_NOT_FOUND:
+                return "restart"
+            if exc.code == UNAVAILABLE:
+                # not running: a start hands it exactly its connections; a starting one is asked again
+                return "retry" if self.host.supervisor(plugin_id) is not None else "done"
+            log.warning("plugin %s: connection.%s failed: %s", plugin_id, action, redact(exc.message))
+            return "retry"
+        return "done"
 
     def _channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         if record.plugin_id == REMOTE_PROVIDER:

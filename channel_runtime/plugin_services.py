@@ -23,13 +23,11 @@ from plugin_host.protocol import (
 )
 from plugin_host.services import HostServices
 
-from .store import StateLimitError
+from .store import FencedError, StateLimitError
 
 if TYPE_CHECKING:
     from .application import Application
     from .connections import ConnectionManager
-
-STATE_KEY_MAX_CHARS = 512
 
 
 class RuntimeServices(HostServices):
@@ -61,25 +59,26 @@ class RuntimeServices(HostServices):
     # ---------------------------------------------------------------- host-kept plugin state
 
     async def state_get(self, plugin_id: str, params: StateGetParams) -> StateGetResult:
-        _check_key(params.key)
         await self._check_scope(plugin_id, params.connection_id)
         value = await self._runtime.store.plugin_state.get(plugin_id, params.connection_id, params.key)
         return StateGetResult(value=value, epoch=await self._epoch(params.connection_id))
 
     async def state_put(self, plugin_id: str, params: StatePutParams) -> StatePutResult:
-        _check_key(params.key)
         await self._check_scope(plugin_id, params.connection_id)
         epoch = await self._epoch(params.connection_id)
         if params.epoch is not None and params.epoch < epoch:
-            raise RpcError(
-                FENCED,
-                f"connection {params.connection_id} moved on (epoch {epoch}, this write carries {params.epoch})",
-                {"epoch": epoch},
-            )
+            raise _fenced(params.connection_id, epoch, params.epoch)
+        leases = self._runtime.leases
+        # several hosts: the write lands only while this host holds the lease, checked with the write
+        fence = leases.fence(params.connection_id, params.epoch) if leases and params.connection_id else None
         try:
-            await self._runtime.store.plugin_state.put(plugin_id, params.connection_id, params.key, params.value)
+            await self._runtime.store.plugin_state.put(
+                plugin_id, params.connection_id, params.key, params.value, fence=fence
+            )
         except StateLimitError as exc:
             raise RpcError(INVALID_PARAMS, str(exc), {"limit": exc.limit}) from None
+        except FencedError as exc:
+            raise _fenced(params.connection_id, exc.epoch, params.epoch) from None
         return StatePutResult(epoch=epoch)
 
     async def _check_scope(self, plugin_id: str, connection_id: str | None) -> None:
@@ -90,10 +89,24 @@ class RuntimeServices(HostServices):
             raise RpcError(UNKNOWN_CONNECTION, f"plugin {plugin_id} has no connection {connection_id}")
 
     async def _epoch(self, connection_id: str | None) -> int:
-        """The connection's lease epoch (SPEC 10); one host owns every connection here, so it stays 0."""
-        return 0
+        """The connection's lease epoch (SPEC 10); 0 for plugin-wide values and on a single host."""
+        leases = self._runtime.leases
+        if connection_id is None or leases is None:
+            return 0
+        held = leases.epoch(connection_id)
+        if held is not None:
+            return held
+        lease = await self._runtime.store.leases.get(connection_id)
+        return lease.epoch if lease is not None else 0
+
+    async def before_stop(self) -> None:
+        """The plugin host stops next: other hosts take this host's connections over now (SPEC 10)."""
+        await self._runtime.hand_over()
 
 
-def _check_key(key: str) -> None:
-    if not key or len(key) > STATE_KEY_MAX_CHARS:
-        raise RpcError(INVALID_PARAMS, f"a state key is 1 to {STATE_KEY_MAX_CHARS} characters, not {len(key)}")
+def _fenced(connection_id: str | None, epoch: int, carried: int | None) -> RpcError:
+    return RpcError(
+        FENCED,
+        f"this host no longer serves connection {connection_id} (epoch {epoch}, this write carries {carried})",
+        {"epoch": epoch},
+    )

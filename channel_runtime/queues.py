@@ -38,7 +38,7 @@ class QueueWorker(Generic[E]):
         self._claim = claim
         self._process = process
         self._concurrency = concurrency
-        self._idle_poll = idle_poll
+        self.idle_poll = idle_poll
         self._busy = 0
         self._wakeup = anyio.Event()
 
@@ -61,7 +61,7 @@ class QueueWorker(Generic[E]):
                     except Exception:
                         log.exception("%s: claiming work failed", self.name)
                 if not entries:
-                    with anyio.move_on_after(self._idle_poll):
+                    with anyio.move_on_after(self.idle_poll):
                         await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     continue

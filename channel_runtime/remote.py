@@ -55,12 +55,13 @@ class SidecarClient:
 
     def channel_config(self, record: ConnectionRecord) -> ChannelConfig:
         """The `external_connector` channel of a connection the sidecar serves."""
-        return ChannelConfig(
-            kind="external_connector",
+        return ChannelConfig.for_sidecar_connection(
+            url=self.url,
+            token=self._token,
+            connection_id=record.connection_id,
+            connector_kind=record.kind,
             account_id=record.account_id,
             display_name=record.display_name,
-            config={"url": self.url, "connectorKind": record.kind, "connectionId": record.connection_id},
-            secrets={"token": self._token},
         )
 
     # ---------------------------------------------------------------- the routes of SPEC 11

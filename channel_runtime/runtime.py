@@ -8,7 +8,6 @@ background loop runs in the runtime's task group; `stop()` cancels and awaits it
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,9 +25,10 @@ from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResul
 from .activity import ActivityCounts
 from .channels import BUILTIN_KINDS, Channel, ChannelFactory, DeliveryError
 from .config import ChannelConfig
+from .leases import LeaseKeeper, NodeSettings, default_node_id, describe_nodes
 from .messages import InboundMessage, OutboundMessage
 from .queues import QueueWorker, backoff_delay
-from .store import Store, open_store
+from .store import ConnectionRecord, Lease, Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, Delivery, InboxEntry, OutboxEntry, error_text
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[InboundMessage], Awaitable["OutboundMessage | list[OutboundMessage] | None"]]
+SHARED_IDLE_POLL = 0.2  # seconds; cheaper than a NOTIFY per commit, which PostgreSQL serialises
 CHANNEL_STATES = ("starting", "running", "stopped", "failed", "disabled", "removed")
 
 
@@ -85,6 +86,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         lease: float = 300.0,
         handler_timeout: float | None = None,
         retention_interval: float = 3600.0,
+        node: NodeSettings | None = None,
     ) -> None:
         self.handler: Handler = handler or echo_handler
         self._store_spec = store
@@ -107,6 +109,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         # a handler must finish within its claim's lease, or the entry would be handed out twice
         self._handler_timeout = handler_timeout if handler_timeout is not None else lease * 0.9
         self._retention_interval = retention_interval
+        # several hosts (SPEC 10): on a shared store, claims and connections are leased to this node
+        self._node = node
+        self.node_id = node.node_id if node is not None else default_node_id()
+        self.leases: LeaseKeeper | None = None
         self._inbox = QueueWorker[InboxEntry](
             "inbox", self._claim_inbox, self._handle_entry, concurrency=inbox_concurrency, idle_poll=idle_poll
         )
@@ -165,8 +171,21 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         if self._store is None:
             self._store = await self._open_store()
         try:
-            await self._store.inbox.release_claims()
-            await self._store.outbox.release_claims()
+            if self._store.shared:
+                # other hosts add work here too (replies for the connections this host serves): look more often
+                for worker in (self._inbox, self._outbox):
+                    worker.idle_poll = min(worker.idle_poll, SHARED_IDLE_POLL)
+                # other hosts consume the same queues: claims come back by lease expiry, never at start
+                self.leases = LeaseKeeper(
+                    self._store,
+                    self._node or NodeSettings(),
+                    self.clock,
+                    connections=self._leasable_connections,
+                    on_change=self._leases_changed,
+                )
+            else:
+                await self._store.inbox.release_claims()
+                await self._store.outbox.release_claims()
             async with owned_task_group() as tg:
                 self._tg = tg
                 self._started = True
@@ -177,7 +196,11 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                             if config.enabled and channel_id not in self._channels:
                                 await self._start_new(channel_id, config, raise_errors=False)
                     if self.connections is not None:
-                        await self.connections.start()
+                        # the channels of connections read the host's registry, which it opens at its own start
+                        await self.connections.host.registry.open()
+                        await self.connections.start(tg)
+                    if self.leases is not None:
+                        await tg.start(self.leases.run)  # the first leases are taken before plugins start
                     await tg.start(self._inbox.run)
                     await tg.start(self._outbox.run)
                     tg.start_soon(self._retention_loop)
@@ -193,6 +216,10 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         finally:
             self._tg = None
             self._started = False
+            if self.leases is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.leases.hand_over()  # when the plugin host did not ask first
+                self.leases = None
             if self._store is not None and not isinstance(self._store_spec, Store):
                 with anyio.CancelScope(shield=True):
                     await self._store.aclose()
@@ -209,19 +236,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
-        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
-
-        url = str(self._store_spec)
-        env = dict(os.environ)
-        if self._secret_key:
-            env[SECRET_KEY_ENV] = self._secret_key
-        key_home = self.home or (Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite:///") else None)
-        if key_home is None and SECRET_KEY_ENV not in env:
-            # memory:// without a home or a key: the credentials live as long as the process, and so may the key
-            cipher = CredentialCipher.ephemeral()
-        else:
-            cipher = load_cipher(key_home or Path("."), env)
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        return await open_application_store(
+            str(self._store_spec), clock=self.clock, home=self.home, secret_key=self._secret_key
+        )
 
     # ---------------------------------------------------------------- channels (SPEC 6.2)
 
@@ -338,8 +355,17 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             self._inbox.wake()
         return entry is not None
 
+    @property
+    def _claim_lease(self) -> float:
+        # several hosts: a short lease the keeper renews while this host lives, so a dead host's work returns soon
+        return self.leases.settings.lease_ttl if self.leases is not None else self._lease
+
+    @property
+    def _claim_owner(self) -> str | None:
+        return self.leases.node_id if self.leases is not None else None
+
     async def _claim_inbox(self, limit: int) -> list[InboxEntry]:
-        return await self.store.inbox.claim_ready(limit, lease=self._lease)
+        return await self.store.inbox.claim_ready(limit, lease=self._claim_lease, owner=self._claim_owner)
 
     async def _handle_entry(self, entry: InboxEntry) -> None:
         store = self.store
@@ -348,7 +374,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
                 result = await self.handler(entry.message)
             replies = [] if result is None else result if isinstance(result, list) else [result]
             try:
-                deliveries = [self._delivery(reply) for reply in replies]
+                deliveries = await self._deliveries(replies)
             except ChannelError as exc:
                 # a reply to a channel that does not exist (removed, revoked): running the handler again cannot help
                 log.warning("inbox entry %d dead-lettered: %s", entry.id, exc)
@@ -382,6 +408,16 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             self._outbox.wake()
         return delivery.request_id
 
+    async def _deliveries(self, replies: list[OutboundMessage]) -> list[Delivery]:
+        try:
+            return [self._delivery(reply) for reply in replies]
+        except ChannelError:
+            if self.leases is None:
+                raise
+        # several hosts: the connection may have connected on another host a moment ago; look once more
+        await self._leasable_connections()
+        return [self._delivery(reply) for reply in replies]
+
     def _delivery(self, message: OutboundMessage) -> Delivery:
         """The outbox delivery of `message`: its SendRequest and stable `requestId` (SPEC 6.4)."""
         config = self._configs.get(message.channel_id)
@@ -408,7 +444,23 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         return Delivery(message.channel_id, request_id, msgspec.to_builtins(request), conversation)
 
     async def _claim_outbox(self, limit: int) -> list[OutboxEntry]:
-        return await self.store.outbox.claim_ready(limit, lease=self._lease)
+        return await self.store.outbox.claim_ready(
+            limit, lease=self._claim_lease, owner=self._claim_owner, channels=self._deliverable_channels()
+        )
+
+    def _deliverable_channels(self) -> list[str] | None:
+        """Several hosts: a connection's deliveries go out only through the host holding its lease (SPEC 10)."""
+        if self.leases is None:
+            return None
+        return [channel_id for channel_id in self._configs if self._serves(channel_id)]
+
+    def _serves(self, channel_id: str) -> bool:
+        """This host runs the channel and, for a connection's, holds its lease and has handed it to the plugin."""
+        config = self._configs.get(channel_id)
+        if config is None or channel_id not in self._channels:
+            return False
+        connection_id = config.connection_id
+        return connection_id is None or self._serves_connection(connection_id)
 
     async def _deliver_entry(self, entry: OutboxEntry) -> None:
         store = self.store
@@ -424,6 +476,9 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
             if retry_after is not None:  # a plugin's or sidecar's number: bounded (inf would block forever)
                 retry_after = min(max(retry_after, 0.0), self._retry_cap) if retry_after == retry_after else None
             permanent = isinstance(exc, DeliveryError) and exc.permanent
+            if self.leases is not None and not self._serves(entry.channel_id):
+                # the connection moved to another host meanwhile: its new owner sends it
+                permanent, retry_after = False, 0.0
             if permanent or entry.attempts >= self._delivery_attempts:
                 log.warning("delivery %s dead-lettered: %s", entry.request_id, error)
                 await store.outbox.dead_letter(entry.id, error)
@@ -445,11 +500,70 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
         self._inbox.wake()
         self._outbox.wake()
 
+    # ---------------------------------------------------------------- several hosts (SPEC 10)
+
+    async def _leasable_connections(self) -> list[ConnectionRecord]:
+        """Every connection, for the lease keeper; other hosts' new or revoked ones get (or lose) their channel."""
+        records = await self.store.connections.list()
+        if self.connections is not None:
+            await self.connections.sync_channels(records)
+        return records
+
+    async def _leases_changed(self, gained: list[Lease], lost: list[str]) -> None:
+        if self.connections is not None:
+            await self.connections.on_leases_changed(gained, lost)
+        if gained:
+            self._outbox.wake()  # their deliveries may go out from here now
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        """Several hosts: the base URL of the host serving `connection_id` when it is another one (None: here or nobody)."""
+        if self.leases is None or self._serves_connection(connection_id):
+            return None
+        lease = await self.store.leases.get(connection_id)
+        if lease is None or lease.node_id in (None, self.leases.node_id) or lease.expires_at <= self.clock.time():
+            return None
+        for node in await self.store.leases.nodes():
+            if node.node_id == lease.node_id:
+                url = node.info.get("url")
+                return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+        return None
+
+    def _serves_connection(self, connection_id: str) -> bool:
+        if self.leases is None:
+            return True
+        if self.connections is not None:
+            return self.connections.serving(connection_id)
+        return self.leases.owns(connection_id)
+
+    async def hand_over(self) -> None:
+        """Several hosts: let other hosts serve this host's connections now (call before stopping the plugins)."""
+        if self.leases is not None:
+            await self.leases.hand_over()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """`GET /api/nodes`: every host with its leases; a single-host store has this host alone, no leases."""
+        now = self.clock.time()
+        if self.leases is None:
+            return [
+                {
+                    "nodeId": self.node_id,
+                    "instance": None,
+                    "self": True,
+                    "live": True,
+                    "startedAt": None,
+                    "heartbeatAt": now,
+                    "expiresAt": None,
+                    "info": {},
+                    "leases": [],
+                }
+            ]
+        return await describe_nodes(self.store, self.leases.node_id, now)
+
     # ---------------------------------------------------------------- housekeeping
 
     async def _retention_loop(self) -> None:
         while True:
-            await anyio.sleep(self._retention_interval)
+            await self.clock.sleep(self._retention_interval)
             try:
                 store = self.store
                 await store.bridge_dedupe.prune()

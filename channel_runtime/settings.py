@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leases import NodeSettings
 
 HOME_ENV = "CHANNEL_RUNTIME_HOME"
 STORE_ENV = "CHANNEL_RUNTIME_STORE"
@@ -14,6 +19,10 @@ ADMIN_TOKEN_ENV = "CHANNEL_RUNTIME_ADMIN_TOKEN"
 BRIDGE_TOKEN_ENV = "CHANNEL_RUNTIME_BRIDGE_TOKEN"
 PUBLIC_URL_ENV = "CHANNEL_RUNTIME_PUBLIC_URL"
 METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
+# several hosts (SPEC 10); the lease times are knobs for tests and slow networks (defaults: SPEC's 10 s / 3 s)
+LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
+LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
+NODE_URL_ENV = "CHANNEL_RUNTIME_NODE_URL"  # where the other hosts reach this one (webhooks are passed on to it)
 # a remote `channel-runtime sidecar` (SPEC 11) serving the connector kinds no local plugin provides
 SIDECAR_URL_ENV = "CHANNEL_RUNTIME_SIDECAR_URL"
 SIDECAR_TOKEN_ENV = "CHANNEL_RUNTIME_SIDECAR_TOKEN"
@@ -129,9 +138,29 @@ class Settings:
 
         return load_or_create_key(self.home, self.env)
 
+    def node(self) -> NodeSettings:
+        """This host among several (SPEC 10): `CHANNEL_RUNTIME_NODE_ID`, lease times, its URL for /api/nodes."""
+        from .leases import LEASE_RENEW, LEASE_TTL, NodeSettings, default_node_id
+
+        return NodeSettings(
+            node_id=default_node_id(self.env),
+            lease_ttl=_seconds(self.env, LEASE_TTL_ENV) or LEASE_TTL,
+            renew_every=_seconds(self.env, LEASE_RENEW_ENV) or LEASE_RENEW,
+            info={"url": self.node_url},
+        )
+
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
         return [s for s in (self.admin_token, self.bridge_token, self.sidecar_token) if s]
+
+    @property
+    def node_url(self) -> str:
+        """This host's base URL for the other hosts: `CHANNEL_RUNTIME_NODE_URL`, else its name and port."""
+        explicit = (self.env.get(NODE_URL_ENV) or "").strip().rstrip("/")
+        if explicit:
+            return explicit
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else _url_host(self.host)
+        return f"http://{host}:{self.port}"
 
     @property
     def admin_url(self) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ import httpx
 import msgspec
 
 from plugin_host.clock import Clock, SystemClock
+from plugin_host.errors import TIMED_OUT, RpcError
 from plugin_host.lifetime import owned_task_group
 from plugin_host.protocol import BridgeEvent, InboundAck, SendRequest, SendResult
 
@@ -34,13 +35,19 @@ from .connections import ConnectionManager
 from .forwarder import Forwarder
 from .plugin_services import RuntimeServices
 from .runtime import IngestError, IngestResult
-from .store import Store, open_store
+from .store import Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, error_text
 
 if TYPE_CHECKING:
     from plugin_host.host import PluginHost
 
+    from .channels import Channel
+    from .leases import LeaseKeeper
+
 log = logging.getLogger(__name__)
+# the plugin may still be sending it (it did not answer in time): SPEC 11's in-progress rules apply;
+# a plugin that died mid-call answers the retry itself from its own SPEC 3.6 records
+_OUTCOME_UNKNOWN = frozenset({TIMED_OUT})
 
 # delivered events are kept this long, so that a plugin's repeat of one is still known (the
 # application's own bridge dedupe covers the rest); far shorter than the dedupe's 7 days
@@ -129,6 +136,25 @@ class Sidecar(anyio.AsyncContextManagerMixin):
     async def remove_channel(self, channel_id: str) -> None:
         """No channels here (see `add_channel`)."""
 
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        return {}
+
+    # a sidecar is one host with its own store (SPEC 11): no leases, nothing to hand over
+
+    @property
+    def leases(self) -> LeaseKeeper | None:
+        return None
+
+    def wake(self) -> None:
+        return None
+
+    async def hand_over(self) -> None:
+        return None
+
+    async def serving_host(self, connection_id: str) -> str | None:
+        return None
+
     # ---------------------------------------------------------------- lifetime
 
     @asynccontextmanager
@@ -142,6 +168,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             async with owned_task_group() as tg:
                 self._started = True
                 try:
+                    await self.connections.start(tg)
                     await tg.start(self._forwarder.run)
                     tg.start_soon(self._retention_loop)
                     yield self
@@ -166,14 +193,9 @@ class Sidecar(anyio.AsyncContextManagerMixin):
             await self.__aexit__(None, None, None)
 
     async def _open_store(self) -> Store:
-        from .crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
-
-        url = str(self._store_spec)
-        if self.home is None and not self._secret_key:
-            cipher = CredentialCipher.ephemeral()  # a throwaway sidecar (tests): credentials live with the process
-        else:
-            cipher = load_cipher(self.home or Path("."), {SECRET_KEY_ENV: self._secret_key} if self._secret_key else {})
-        return await open_store(url, clock=self.clock, cipher=cipher)
+        return await open_application_store(
+            str(self._store_spec), clock=self.clock, home=self.home, secret_key=self._secret_key
+        )
 
     # ---------------------------------------------------------------- inbound: queue, then forward
 
@@ -220,15 +242,13 @@ class Sidecar(anyio.AsyncContextManagerMixin):
         if begin.outcome == "in_progress":
             self.sends["in_progress"] += 1
             raise SendInProgress()
-        if not request.channel_id or not request.kind:
-            request = msgspec.structs.replace(
-                request, channel_id=request.channel_id or connection.channel_id, kind=request.kind or connection.kind
-            )
         try:
             result = await self.plugin_host.client(connection.plugin_id).send(request, timeout=self.command_timeout)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):  # a failed or abandoned try: the next delivery sends again
-                await store.send_dedupe.fail(begin.record.dedupe_key, error_text(exc))
+        except RpcError as exc:
+            if exc.code not in _OUTCOME_UNKNOWN:  # refused: nothing went out, the next delivery sends again
+                with anyio.CancelScope(shield=True):
+                    await store.send_dedupe.fail(begin.record.dedupe_key, error_text(exc))
+            # else the plugin may have sent it: the record stays processing (409, sent again once stale)
             self.sends["failed"] += 1
             raise
         await store.send_dedupe.complete(begin.record.dedupe_key, msgspec.to_builtins(result))
@@ -239,7 +259,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
 
     async def _retention_loop(self) -> None:
         while True:
-            await anyio.sleep(self._retention_interval)
+            await self.clock.sleep(self._retention_interval)
             try:
                 await self.store.forward.prune(FORWARDED_RETENTION)
                 await self.store.send_dedupe.prune()

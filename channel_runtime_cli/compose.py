@@ -51,15 +51,28 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
     """The whole service as one ASGI app: runtime, plugin host, admin API; the lifespan owns them."""
     from admin_api import create_app
     from channel_runtime.runtime import ChannelRuntime
+    from channel_runtime.store import is_shared_url
     from plugin_host.host import PluginHost
 
-    host = PluginHost(settings.home)
+    registry_backend = None
+    node = None
+    if is_shared_url(settings.store_url):
+        # several hosts (SPEC 10): the registry and the archives live in the shared database too
+        from channel_runtime.store.postgres_registry import PostgresRegistry
+
+        registry_backend = PostgresRegistry(settings.store_url)
+        try:
+            node = settings.node()
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    host = PluginHost(settings.home, registry_backend=registry_backend)
     runtime = ChannelRuntime(
         handler=load_handler(settings.handler),
         store=settings.store_url,
         plugin_host=host,
         home=settings.home,
         secret_key=settings.secret_key(),
+        node=node,
     )
 
     if settings.sidecar_url and runtime.connections is not None:

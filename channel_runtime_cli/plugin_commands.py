@@ -105,7 +105,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         try:
             return await host.install(path, source_label=f"cli:{path.name}")
         finally:
-            host.registry.close()
+            await host.registry.aclose()
 
     try:
         outcome = anyio.run(install)
@@ -126,19 +126,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not db.exists():
         print(f"no plugins installed in {home}")
         return 0
-    registry = PluginRegistry(db)
-    try:
-        rows = [
-            (
-                r.id,
-                r.active_version or "-",
-                "yes" if r.enabled else "no",
-                ", ".join(v.version for v in registry.versions(r.id)),
-            )
-            for r in registry.list()
-        ]
-    finally:
-        registry.close()
+
+    async def read() -> list[tuple[str, str, str, str]]:
+        registry = PluginRegistry(db)
+        await registry.open()
+        try:
+            return [
+                (
+                    r.id,
+                    r.active_version or "-",
+                    "yes" if r.enabled else "no",
+                    ", ".join(v.version for v in registry.versions(r.id)),
+                )
+                for r in registry.list()
+            ]
+        finally:
+            await registry.aclose()
+
+    import anyio
+
+    rows = anyio.run(read)
     if not rows:
         print(f"no plugins installed in {home}")
         return 0

@@ -1,8 +1,17 @@
-"""PluginHost: every installed plugin, its registry entry and its running supervisor (SPEC 5.1-5.2)."""
+"""PluginHost: every installed plugin, its registry entry and its running supervisor (SPEC 5.1-5.2).
+
+With a shared registry (several hosts on one database, SPEC 10) the registry is
+the truth every host converges on: an install stores the archive with the
+version, each host materialises a version from it (checking its sha256) before
+it runs it, and a watch loop applies what another host changed (install,
+enable, disable, activate, config, uninstall) within `registry_poll` seconds,
+or at once when the backend's notice arrives.
+"""
 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import logging
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -20,11 +29,18 @@ from .clock import Clock, SystemClock
 from .errors import Refusal
 from .lifetime import owned_task_group
 from .manifest import Manifest
-from .package import InstalledPackage, install_package, sweep_temporary
+from .package import (
+    MAX_UPLOAD_BYTES,
+    InstalledPackage,
+    PackageError,
+    install_package,
+    installed_sha256,
+    sweep_temporary,
+)
 from .process import LaunchSpec, LogLine
 from .protocol import ConnectorDescriptor
 from .redact import secret_values
-from .registry import PluginRecord, PluginRegistry, VersionRecord
+from .registry import PluginRecord, PluginRegistry, RegistryBackend, VersionRecord
 from .services import HostServices
 from .supervisor import PluginSupervisor, StartError
 
@@ -61,6 +77,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         clock: Clock | None = None,
         host_env: Mapping[str, str] | None = None,
         supervisor_options: dict[str, Any] | None = None,
+        registry_backend: RegistryBackend | None = None,
+        registry_poll: float = 2.0,
     ) -> None:
         self.home = Path(home)
         self.plugins_dir = self.home / "plugins"
@@ -69,7 +87,9 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         self._host_env = host_env
         self._services = services
         self._supervisor_options = supervisor_options or {}
-        self.registry = PluginRegistry(self.home / "state.db", clock=self._clock)
+        # the single-host registry is `<home>/state.db`; several hosts share one (SPEC 10)
+        self.registry = PluginRegistry(registry_backend or self.home / "state.db", clock=self._clock)
+        self._registry_poll = registry_poll
         self._running: dict[str, _Running] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._install_lock = anyio.Lock()
@@ -100,6 +120,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[PluginHost]:
         sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
+        await self.registry.open()
         try:
             async with owned_task_group() as tg:
                 self._tg = tg
@@ -110,16 +131,24 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                         for record in self.registry.list():
                             if record.enabled and record.active_version:
                                 starting.start_soon(self._start_reporting, record.id, record.active_version)
+                    if self.registry.shared:
+                        tg.start_soon(self._watch_registry)
                     yield self
                 finally:
                     self._started = False
                     with anyio.CancelScope(shield=True):
+                        # the application hands what the plugins serve elsewhere first (SPEC 10)
+                        try:
+                            await self.services.before_stop()
+                        except Exception:
+                            log.exception("handing over before the host stops failed")
                         async with anyio.create_task_group() as stopping:
                             for plugin_id in list(self._running):
                                 stopping.start_soon(self._stop, plugin_id)
         finally:
             self._tg = None
-            self.registry.close()
+            with anyio.CancelScope(shield=True):
+                await self.registry.aclose()
 
     async def start(self) -> None:
         """Start every enabled plugin; a plugin that fails to start is left to its supervisor's backoff."""
@@ -137,10 +166,36 @@ class PluginHost(anyio.AsyncContextManagerMixin):
     # ---------------------------------------------------------------- install / uninstall
 
     async def install(self, source: BinaryIO | IO[bytes] | Path, *, source_label: str = "upload") -> InstallOutcome:
+        await self.registry.open()  # the CLI installs without starting the host
         async with self._install_lock:
-            package: InstalledPackage = await anyio.to_thread.run_sync(install_package, source, self.plugins_dir)
-            self.registry.add_version(package.manifest, package.sha256, source_label)
-        return InstallOutcome(package.id, package.version, package.sha256, package.created)
+            archive: bytes | None = None
+            if self.registry.shared:
+                # every host materialises the version from the stored archive: keep its bytes
+                archive = await anyio.to_thread.run_sync(_read_bounded, source)
+            package: InstalledPackage = await anyio.to_thread.run_sync(
+                install_package, archive if archive is not None else source, self.plugins_dir
+            )
+            known = self.registry.version(package.id, package.version)
+            if known is not None and known.sha256 != package.sha256:
+                if package.created:  # this host had no copy yet: what it just extracted is not the registry's
+                    shutil.rmtree(package.path, ignore_errors=True)
+                raise PackageError(
+                    "version_conflict",
+                    f"{package.id} {package.version} is already installed from a different archive; "
+                    "bump the version or uninstall it first",
+                    {
+                        "id": package.id,
+                        "version": package.version,
+                        "installedSha256": known.sha256,
+                        "sha256": package.sha256,
+                    },
+                    status=409,
+                )
+            created = await self.registry.add_version(package.manifest, package.sha256, source_label, archive=archive)
+        # several hosts: new means new to the shared registry, whatever this machine had on disk
+        return InstallOutcome(
+            package.id, package.version, package.sha256, created if self.registry.shared else package.created
+        )
 
     async def uninstall_version(self, plugin_id: str, version: str, *, force: bool = False) -> None:
         async with self._lock(plugin_id):
@@ -161,10 +216,10 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                     )
                 if plugin_id in self._running:
                     await self._stop(plugin_id)
-                self.registry.set_active(plugin_id, others[-1] if others else None)
+                await self.registry.set_active(plugin_id, others[-1] if others else None)
                 if others and record.enabled and self._started:
                     await self._start_reporting(plugin_id, others[-1])
-            self.registry.remove_version(plugin_id, version)
+            await self.registry.remove_version(plugin_id, version)
             shutil.rmtree(self.plugins_dir / plugin_id / version, ignore_errors=True)
 
     async def uninstall(self, plugin_id: str, *, force: bool = False) -> None:
@@ -173,7 +228,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             await self._check_unused(plugin_id, force)
             if plugin_id in self._running:
                 await self._stop(plugin_id)
-            self.registry.remove(plugin_id)
+            await self.registry.remove(plugin_id)
             shutil.rmtree(self.plugins_dir / plugin_id, ignore_errors=True)
 
     async def _check_unused(self, plugin_id: str, force: bool) -> None:
@@ -194,14 +249,14 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             if not record.active_version:
                 raise HostError("no_version", f"plugin {plugin_id} has no installed version", status=409)
             self._check_kinds(plugin_id, self._manifest(plugin_id, record.active_version))
-            self.registry.set_enabled(plugin_id, True)
+            await self.registry.set_enabled(plugin_id, True)
             if self._started and plugin_id not in self._running:
                 await self._start_reporting(plugin_id, record.active_version)
 
     async def disable(self, plugin_id: str) -> None:
         async with self._lock(plugin_id):
             self._record(plugin_id)
-            self.registry.set_enabled(plugin_id, False)
+            await self.registry.set_enabled(plugin_id, False)
             if plugin_id in self._running:
                 await self._stop(plugin_id)
 
@@ -235,7 +290,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             if old is not None and old.version == version:
                 return
             if not record.enabled or not self._started:
-                self.registry.set_active(plugin_id, version)
+                await self.registry.set_active(plugin_id, version)
                 return
             self._check_kinds(plugin_id, manifest)
             new = await self._supervise(plugin_id, version, manifest)
@@ -254,7 +309,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
                     status=409 if old else 502,
                 ) from None
             self._running[plugin_id] = _Running(version, new)
-            self.registry.set_active(plugin_id, version)
+            await self.registry.set_active(plugin_id, version)
             if old is not None:
                 await old.supervisor.aclose()
 
@@ -266,7 +321,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             manifest = self._manifest(plugin_id, record.active_version) if record.active_version else None
             if manifest is not None:
                 validate_config(manifest, config)
-            self.registry.set_config(plugin_id, config)
+            await self.registry.set_config(plugin_id, config)
             running = self._running.get(plugin_id)
             if running is not None:
                 # config reaches a plugin only through initialize: restart it
@@ -443,6 +498,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         """A new supervisor whose tasks the host's task group owns (until `aclose()`)."""
         self._require_started()
         assert self._tg is not None
+        await self._materialise(plugin_id, version)
         sup = self._make_supervisor(plugin_id, version, manifest)
         await self._tg.start(sup.serve)
         return sup
@@ -465,3 +521,109 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         running = self._running.pop(plugin_id, None)
         if running is not None:
             await running.supervisor.aclose()
+
+    # ---------------------------------------------------------------- a shared registry (SPEC 10)
+
+    async def _materialise(self, plugin_id: str, version: str) -> None:
+        """Make sure this machine has the registry's package of `version` (a shared registry's archive)."""
+        if not self.registry.shared:
+            return
+        record = self.registry.version(plugin_id, version)
+        if record is None:
+            raise HostError("version_not_found", f"plugin {plugin_id} has no version {version}", status=404)
+        target = self.plugins_dir / plugin_id / version
+        if installed_sha256(target) == record.sha256:
+            return
+        archive = await self.registry.archive(plugin_id, version)
+        if archive is None:
+            raise HostError("archive_missing", f"the registry keeps no archive of {plugin_id} {version}", status=502)
+        digest = hashlib.sha256(archive).hexdigest()
+        if digest != record.sha256:
+            raise HostError(
+                "archive_mismatch",
+                f"the stored archive of {plugin_id} {version} has sha256 {digest}, not the recorded {record.sha256}",
+                {"sha256": digest, "expected": record.sha256},
+                status=502,
+            )
+        if target.exists():  # another archive's files under this version (an old registry): replaced
+            await anyio.to_thread.run_sync(shutil.rmtree, target)
+        package = await anyio.to_thread.run_sync(install_package, archive, self.plugins_dir)
+        log.info("materialised plugin %s %s from the registry (sha256 %s)", plugin_id, version, package.sha256[:12])
+
+    async def _watch_registry(self) -> None:
+        """Converge on what other hosts changed in the shared registry."""
+        while True:
+            await self.registry.wait_for_change(self._registry_poll)
+            try:
+                if await self.registry.refresh():
+                    await self.converge()
+            except Exception:
+                log.exception("applying registry changes failed; retrying at the next change")
+
+    async def converge(self) -> None:
+        """Run what the registry says, here: each plugin's enabled flag, active version and config."""
+        for record in self.registry.list():
+            async with self._lock(record.id):
+                try:
+                    await self._converge(record.id)
+                except Exception as exc:
+                    log.warning("plugin %s: could not apply the registry's state: %s", record.id, exc)
+        for plugin_id in list(self._running):
+            if self.registry.get(plugin_id) is None:  # uninstalled elsewhere
+                async with self._lock(plugin_id):
+                    await self._stop(plugin_id)
+        async with self._install_lock:  # an install in progress has files but no registry row yet
+            await anyio.to_thread.run_sync(self._remove_unlisted_versions)
+
+    async def _converge(self, plugin_id: str) -> None:
+        record = self.registry.get(plugin_id)
+        if record is None:
+            return
+        wanted = record.active_version if record.enabled else None
+        running = self._running.get(plugin_id)
+        if wanted is None:
+            if running is not None:
+                await self._stop(plugin_id)
+            return
+        if running is None:
+            await self._start_reporting(plugin_id, wanted)
+        elif running.version != wanted:
+            new = await self._supervise(plugin_id, wanted, self._manifest(plugin_id, wanted))
+            try:
+                await new.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await new.aclose()
+                raise
+            self._running[plugin_id] = _Running(wanted, new)
+            await running.supervisor.aclose()
+        elif running.supervisor.config != record.config:
+            running.supervisor.config = record.config
+            running.supervisor.redactor.add(*secret_values(record.config, running.supervisor.manifest.config_schema))
+            try:
+                await running.supervisor.restart()
+            except StartError as exc:
+                log.warning("plugin %s did not restart with its new config: %s", plugin_id, exc)
+
+    def _remove_unlisted_versions(self) -> None:
+        """Drop local copies of versions the shared registry no longer lists (uninstalled on another host)."""
+        if not self.plugins_dir.is_dir():
+            return
+        for id_dir in self.plugins_dir.iterdir():
+            if not id_dir.is_dir() or id_dir.name.startswith("."):
+                continue
+            running = self._running.get(id_dir.name)
+            for version_dir in id_dir.iterdir():
+                listed = self.registry.version(id_dir.name, version_dir.name) is not None
+                if not listed and not (running and running.version == version_dir.name):
+                    shutil.rmtree(version_dir, ignore_errors=True)
+
+
+def _read_bounded(source: BinaryIO | IO[bytes] | Path) -> bytes:
+    """An upload's bytes, at most one byte past the limit (the package check refuses that with 413)."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            return f.read(MAX_UPLOAD_BYTES + 1)
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    return source.read(MAX_UPLOAD_BYTES + 1)

@@ -35,6 +35,8 @@ from .manifest import Manifest, Runtime
 from .process_group import LaunchPlan
 
 RESERVED_ENV_PREFIX = "CHANNEL_RUNTIME_"
+# the sidecar's own secrets (SPEC 11): a manifest cannot ask for them either
+RESERVED_ENV_NAMES = frozenset({"CONNECTOR_API_TOKEN", "BEAVER_BRIDGE_TOKEN"})
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 # set by the host; a manifest cannot pass host values for them
 FIXED_ENV = frozenset({"HOME", "TMPDIR", "PLUGIN_DIR", "PYTHONPATH"})
@@ -181,6 +183,10 @@ def _check_module(root: Path, module: str) -> None:
 # ---------------------------------------------------------------- the environment
 
 
+def _reserved(name: str) -> bool:
+    return name.startswith(RESERVED_ENV_PREFIX) or name in RESERVED_ENV_NAMES
+
+
 def plugin_env(
     host_env: Mapping[str, str],
     *,
@@ -192,12 +198,12 @@ def plugin_env(
     """Exactly the environment of SPEC 5.3: nothing of the host leaks unless listed.
 
     PATH, LANG, LC_ALL, TZ and the `allowed` names that are set in `host_env`
-    (never `CHANNEL_RUNTIME_*`, never one the host sets itself); HOME is the data
+    (never `CHANNEL_RUNTIME_*` nor the sidecar's tokens, never one the host sets itself); HOME is the data
     folder, TMPDIR its `tmp/`, PLUGIN_DIR the version folder, PYTHONPATH when given.
     """
     env: dict[str, str] = {}
     for name in (*PASSTHROUGH_ENV, *allowed):
-        if name in host_env and not name.startswith(RESERVED_ENV_PREFIX) and name not in FIXED_ENV:
+        if name in host_env and not _reserved(name) and name not in FIXED_ENV:
             env[name] = host_env[name]
     env["HOME"] = str(data_dir)
     env["TMPDIR"] = str(data_dir / TMP_DIRNAME)

@@ -104,6 +104,22 @@ def secret_values(config: Any, schema: Any = None) -> list[str]:
     return found
 
 
+def credential_secrets(credentials: Any) -> list[str]:
+    """The strings of a connection's credentials the host masks in everything a plugin says.
+
+    Secret fields (`secret_values`), plus any other value of 8+ characters mixing
+    letters and digits (an unnamed token); plain words and URLs (`"domain": "feishu"`,
+    a base URL) stay readable, or every answer naming them would be masked.
+    """
+    named = secret_values(credentials)
+    tokenish = [
+        v
+        for v in secret_strings(credentials)
+        if len(v) >= 8 and _DIGIT.search(v) and _LETTER.search(v) and "://" not in v
+    ]
+    return list(dict.fromkeys(named + tokenish))
+
+
 def mask_secret_fields(config: Any, schema: Any = None) -> Any:
     """`config` with the value of every secret field (`is_secret_field`) replaced by the mask."""
     if isinstance(config, Mapping):

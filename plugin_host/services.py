@@ -70,6 +70,10 @@ class HostServices:
         """How many live connections use the plugin (uninstall is refused while any do)."""
         return 0
 
+    async def before_stop(self) -> None:
+        """The host is about to stop its plugins: hand what they serve to other hosts first (SPEC 10)."""
+        return None
+
 
 def _decode(raw: msgspec.Raw | None, type_: type[Any]) -> Any:
     return msgspec.json.decode(raw or b"{}", type=type_)  # a ValidationError answers -32602

@@ -36,7 +36,7 @@ from .protocol import (
     NameVersion,
     PluginRef,
 )
-from .redact import Redactor, secret_strings
+from .redact import Redactor, credential_secrets
 from .rpc import RequestContext
 from .services import HostServices, dispatch_notification, dispatch_request
 
@@ -560,7 +560,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             log.exception("plugin %s: reading the connections to resume failed", self.spec.plugin_id)
             raise StartError(f"the connections to resume could not be read: {exc}") from exc
         for info in connections:  # known secrets are masked whatever shape the plugin logs them in
-            self.redactor.add(*secret_strings(info.credentials))
+            self.redactor.add(*credential_secrets(info.credentials))
         params = InitializeParams(
             protocol_version=PROTOCOL_VERSION,
             host=NameVersion(name=HOST_NAME, version=self.host_version),

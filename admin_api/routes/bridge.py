@@ -11,6 +11,7 @@ import base64
 import logging
 from typing import Any
 
+import httpx
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +29,11 @@ from ..errors import ApiError
 log = logging.getLogger(__name__)
 
 WEBHOOK_BODY_LIMIT = JSON_LIMIT
+FORWARDED_HEADER = "x-channel-runtime-forwarded"
+FORWARD_TIMEOUT = 15.0
+_HOP_BY_HOP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "content-encoding"}
+)
 # hop-by-hop and framing headers are the server's business, not the plugin's
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
@@ -63,6 +69,10 @@ async def webhook(request: Request) -> Response:
     if host is None or connection is None or connection.status == "revoked":
         raise ApiError("unknown_connection", "unknown or revoked connection", status=404)
     body = await read_body(request, WEBHOOK_BODY_LIMIT, "webhook body")
+    if FORWARDED_HEADER not in request.headers:
+        owner = await runtime.serving_host(connection.connection_id)
+        if owner is not None:  # several hosts (SPEC 10): the plugin process that serves the account is there
+            return await _forward(request, owner, body)
     params = WebhookParams(
         connection_id=connection.connection_id,
         method=request.method,
@@ -89,6 +99,25 @@ async def webhook(request: Request) -> Response:
         # committed before the platform hears back; a failure here makes it deliver again
         await runtime.ingest(event, plugin_id=connection.plugin_id)
     return _plugin_response(result)
+
+
+async def _forward(request: Request, base: str, body: bytes) -> Response:
+    """Pass a platform's webhook on to the host holding the connection's lease, and its answer back."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    headers[FORWARDED_HEADER] = "1"  # once: the other host answers itself, whatever it believes
+    url = base.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    try:
+        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT) as client:
+            answer = await client.request(request.method, url, content=body, headers=headers)
+    except httpx.HTTPError:
+        raise ApiError(
+            "plugin_unavailable",
+            "the host serving this connection is unreachable",
+            status=503,
+            headers={"Retry-After": "5"},
+        ) from None
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS | _HOP_BY_HOP}
+    return Response(answer.content, status_code=answer.status_code, headers=kept)
 
 
 def _plugin_response(result: WebhookResult) -> Response:

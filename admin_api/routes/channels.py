@@ -29,7 +29,7 @@ async def list_channels(request: Request) -> Response:
                 "channelId": channel_id,
                 "kind": config.kind if config else None,
                 "mode": config.mode if config else None,
-                "connectorKind": (config.config.get("connectorKind") if config else None),
+                "connectorKind": config.connector_kind if config else None,
                 "state": state["state"],
                 "lastError": state["last_error"],
                 "startedAt": state["started_at"],

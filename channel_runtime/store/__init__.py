@@ -5,10 +5,15 @@
         begin, entry = await store.pipeline.accept_event(connection_id, event_id, message)
 
 URLs: `memory://` (an in-memory SQLite database: tests, throwaway runtimes), `sqlite:///PATH` (relative PATH) or
-`sqlite:////abs/PATH` (the embedded default); `postgresql://` is reserved.
+`sqlite:////abs/PATH` (the embedded default), both single-host; `postgresql://user:password@host:port/db`
+(also `postgres://`; libpq's query parameters pass through) for several hosts on one database (SPEC 10).
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 from plugin_host.clock import Clock, SystemClock
 
@@ -27,12 +32,18 @@ from .base import (
     ConnectorSessionStore,
     DedupeRecord,
     Delivery,
+    FencedError,
     ForwardEntry,
     ForwardQueueStore,
     InboxEntry,
     InboxStore,
     KeyValueStore,
+    Lease,
+    LeaseFence,
+    LeaseStore,
+    Listener,
     MessageDedupeStore,
+    NodeRecord,
     NotFoundError,
     OutboxEntry,
     OutboxStore,
@@ -52,6 +63,62 @@ from .base import (
 
 class UnsupportedStoreError(StoreError):
     """The store URL names a backend this version does not have."""
+
+
+async def open_application_store(
+    url: str, *, clock: Clock | None = None, home: Path | None = None, secret_key: str | None = None, **options: Any
+) -> Store:
+    """The store of a runtime or sidecar at `url`, with its credentials cipher.
+
+    The key comes from `secret_key`, else `CHANNEL_RUNTIME_SECRET_KEY`, else `<home>/secret-key`
+    (created when missing; `home` defaults to the SQLite file's folder). Only a store with
+    neither a key nor a place for one (`memory://` without a home) gets a throwaway key:
+    its credentials live as long as the process anyway.
+    """
+    from ..crypto import SECRET_KEY_ENV, CredentialCipher, load_cipher
+
+    env = dict(os.environ)
+    if secret_key:
+        env[SECRET_KEY_ENV] = secret_key
+    key_home = home or (Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite:///") else None)
+    if key_home is None and SECRET_KEY_ENV not in env:
+        cipher = CredentialCipher.ephemeral()
+    else:
+        cipher = load_cipher(key_home or Path("."), env)
+    store = await open_store(url, clock=clock, cipher=cipher, **options)
+    if store.shared:
+        try:
+            await _check_shared_key(store, cipher)
+        except BaseException:
+            await store.aclose()
+            raise
+    return store
+
+
+_KEY_CHECK = "channel_runtime.secret_key_check"  # the kv key other hosts wrote: keep its name
+
+
+async def _check_shared_key(store: Store, cipher: CredentialCipher) -> None:
+    """Several hosts decrypt each other's credentials: refuse to start with a key that differs from theirs."""
+    from ..crypto import SECRET_KEY_ENV, CredentialDecryptError
+
+    token = await store.kv.get(_KEY_CHECK)
+    if token is None:
+        await store.kv.set(_KEY_CHECK, cipher.encrypt({"check": "channel-runtime"}).decode("ascii"))
+        return
+    try:
+        cipher.decrypt(str(token).encode("ascii"))
+    except CredentialDecryptError:
+        raise StoreError(
+            f"this host's credentials key differs from the other hosts' of {store!r}: "
+            f"set {SECRET_KEY_ENV} to the same key on every host"
+        ) from None
+
+
+def is_shared_url(url: str) -> bool:
+    """True for the store several hosts share (`postgresql://`, SPEC 10); the embedded ones are single-host."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in ("postgresql", "postgres")
 
 
 async def open_store(
@@ -91,12 +158,22 @@ async def open_store(
         return open_sqlite_store(
             url, rest[1:], clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
         )
-    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+    if sep and scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import open_postgres_store
+        except ImportError as exc:  # the driver is the `postgresql` extra
+            raise UnsupportedStoreError(
+                f"{safe_url(url)!r} needs the PostgreSQL driver: pip install 'channel-runtime[postgresql]' ({exc})"
+            ) from None
+        return await open_postgres_store(
+            url, clock=clock, cipher=cipher, dedupe_ttl=dedupe_ttl, retention=retention, lease=lease
+        )
+    if scheme.startswith(("postgresql+", "postgres+")):
         raise UnsupportedStoreError(
-            f"PostgreSQL stores are not yet supported ({safe_url(url)!r}); use sqlite:///PATH or memory://"
+            f"unknown store URL {safe_url(url)!r}: write postgresql://... (the driver is psycopg, built in)"
         )
     raise UnsupportedStoreError(
-        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// (postgresql:// is planned)"
+        f"unknown store URL {safe_url(url)!r}: expected sqlite:///PATH, memory:// or postgresql://..."
     )
 
 
@@ -114,12 +191,18 @@ __all__ = [
     "ConnectorSessionStore",
     "DedupeRecord",
     "Delivery",
+    "FencedError",
     "ForwardEntry",
     "ForwardQueueStore",
     "InboxEntry",
     "InboxStore",
     "KeyValueStore",
+    "Lease",
+    "LeaseFence",
+    "LeaseStore",
+    "Listener",
     "MessageDedupeStore",
+    "NodeRecord",
     "NotFoundError",
     "OutboxEntry",
     "OutboxStore",
@@ -132,7 +215,9 @@ __all__ = [
     "StoreError",
     "UnsupportedStoreError",
     "dedupe_key",
+    "is_shared_url",
     "event_conversation",
+    "open_application_store",
     "open_store",
     "outbox_conversation",
 ]

@@ -20,17 +20,30 @@ Queues (inbox, outbox) share one model:
   opens the same file (a CLI command) from stealing live work. A consumer must
   finish an entry within its lease; `attempts` counts the claims. An owner that
   knows it is the only consumer (the runtime, at start) may call
-  `release_claims()` to hand every claim back at once instead of waiting.
+  `release_claims()` to hand every claim back at once instead of waiting;
+- several hosts (SPEC 10) claim with their node id as `owner`: each renews its
+  own claims while it lives (`renew_claims`), so a long handler keeps its entry
+  and a dead host's entries come back once its short lease runs out; a host that
+  stops cleanly hands its claims back at once (`release_claims(owner)`).
+  `channels` limits a claim to the channels a host may serve (the outbox of a
+  connection goes out only through the host that holds its lease).
+
+Leases (SPEC 10) are the other shared-state primitive: a node's heartbeat row,
+and one lease per connection (`LeaseStore`) whose `epoch` grows on every change
+of owner; writes of per-connection state pass a `LeaseFence` and are refused
+(`FencedError`) when the writer no longer holds that lease.
 """
 
 from __future__ import annotations
 
 import abc
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal, get_args
 
+import anyio
 import msgspec
 
 from plugin_host.protocol import BridgeEvent, SessionStatus
@@ -55,6 +68,14 @@ SESSION_STATES: frozenset[str] = frozenset(get_args(SessionStatus))  # SPEC 3.5
 
 class StoreError(Exception):
     """A store operation that cannot be done (bad URL, unknown record, invalid value)."""
+
+
+class FencedError(StoreError):
+    """A write of per-connection state by a node that no longer holds the connection's lease (SPEC 10)."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
 
 
 class NotFoundError(StoreError, KeyError):
@@ -233,12 +254,18 @@ class InboxStore(abc.ABC):
         """Mark `channelId + messageId` seen and enqueue, atomically; None when the id was seen."""
 
     @abc.abstractmethod
-    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
-        """Claim up to `limit` due conversation heads (see the module doc)."""
+    async def claim_ready(
+        self, limit: int = 16, *, lease: float | None = None, owner: str | None = None
+    ) -> list[InboxEntry]:
+        """Claim up to `limit` due conversation heads (see the module doc), for `owner` when given."""
 
     @abc.abstractmethod
-    async def release_claims(self) -> int:
-        """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
+    async def release_claims(self, owner: str | None = None) -> int:
+        """Make claimed entries claimable now: every one (the sole consumer, at its start) or `owner`'s; count."""
+
+    @abc.abstractmethod
+    async def renew_claims(self, owner: str, lease: float) -> int:
+        """Extend `owner`'s live claims to `now + lease` (a host renews its claims while it lives); count."""
 
     @abc.abstractmethod
     async def ack(self, entry_id: int) -> bool:
@@ -306,11 +333,23 @@ class OutboxStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]: ...
+    async def claim_ready(
+        self,
+        limit: int = 16,
+        *,
+        lease: float | None = None,
+        owner: str | None = None,
+        channels: Collection[str] | None = None,
+    ) -> list[OutboxEntry]:
+        """Claim due conversation heads; only of `channels` when given (None: any channel)."""
 
     @abc.abstractmethod
-    async def release_claims(self) -> int:
-        """Make every claimed entry claimable now (only for the sole consumer, at its start); count."""
+    async def release_claims(self, owner: str | None = None) -> int:
+        """Make claimed entries claimable now: every one (the sole consumer, at its start) or `owner`'s; count."""
+
+    @abc.abstractmethod
+    async def renew_claims(self, owner: str, lease: float) -> int:
+        """Extend `owner`'s live claims to `now + lease`; count."""
 
     @abc.abstractmethod
     async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
@@ -466,8 +505,13 @@ class ConnectionStore(abc.ABC):
         """Set the status and error (None clears it); NotFoundError when unknown."""
 
     @abc.abstractmethod
-    async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
-        """Store credentials encrypted with the store's `CredentialCipher`; `{}` clears them."""
+    async def set_credentials(
+        self, connection_id: str, credentials: dict[str, Any], *, fence: LeaseFence | None = None
+    ) -> None:
+        """Store credentials encrypted with the store's `CredentialCipher`; `{}` clears them.
+
+        With a `fence`, only while its node holds the connection's lease (FencedError otherwise).
+        """
 
     @abc.abstractmethod
     async def get_credentials(self, connection_id: str) -> dict[str, Any]:
@@ -569,12 +613,145 @@ class PluginStateStore(abc.ABC):
         """The value, or None when unset."""
 
     @abc.abstractmethod
-    async def put(self, plugin_id: str, connection_id: str | None, key: str, value: Any) -> None:
-        """Set (None deletes); StateLimitError beyond the limits, changing nothing."""
+    async def put(
+        self, plugin_id: str, connection_id: str | None, key: str, value: Any, *, fence: LeaseFence | None = None
+    ) -> None:
+        """Set (None deletes); StateLimitError beyond the limits, changing nothing.
+
+        With a `fence` (per-connection values only), only while its node holds the
+        connection's lease at an epoch not newer than the fence's (FencedError otherwise).
+        """
 
     @abc.abstractmethod
     async def drop(self, plugin_id: str, connection_id: str | None = None) -> int:
         """Forget every value of one scope (or of the whole plugin when `connection_id` is None); count."""
+
+
+# ---------------------------------------------------------------- nodes and connection leases (SPEC 10)
+
+
+class NodeRecord(_Record, frozen=True):
+    """A host's heartbeat row: live while `expires_at` is in the future."""
+
+    node_id: str
+    started_at: float
+    heartbeat_at: float
+    expires_at: float
+    info: dict[str, Any]
+
+
+class Lease(_Record, frozen=True):
+    """Who serves a connection. `node_id` None: nobody (released); `epoch` grows on every change of owner."""
+
+    connection_id: str
+    node_id: str | None
+    epoch: int
+    expires_at: float
+
+
+class LeaseFence(msgspec.Struct, frozen=True):
+    """A per-connection write's claim to be made by the lease holder (`epoch` None: any epoch of that holder)."""
+
+    node_id: str
+    epoch: int | None = None
+
+
+def check_fence(lease: Lease | None, fence: LeaseFence, connection_id: str) -> None:
+    """SPEC 10 fencing as one rule for every backend: the writer holds the lease, at no older epoch."""
+    if lease is None or lease.node_id != fence.node_id:
+        epoch = lease.epoch if lease is not None else 0
+        raise FencedError(f"this host no longer holds connection {connection_id} (epoch {epoch})", epoch)
+    if fence.epoch is not None and fence.epoch < lease.epoch:
+        raise FencedError(
+            f"connection {connection_id} moved on (epoch {lease.epoch}, this write carries {fence.epoch})", lease.epoch
+        )
+
+
+class LeaseStore(abc.ABC):
+    """Nodes (heartbeats) and connection leases, shared by every host of one database."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, ttl: float, info: dict[str, Any] | None = None) -> NodeRecord:
+        """Create or refresh `node_id`'s row, live for `ttl` seconds from now."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node row (live or not yet pruned), by node id."""
+
+    @abc.abstractmethod
+    async def leave(self, node_id: str) -> int:
+        """A clean stop: release the node's leases and remove its row, at once; the leases released."""
+
+    @abc.abstractmethod
+    async def prune_nodes(self, older_than: float) -> int:
+        """Remove rows of nodes whose heartbeat ran out `older_than` seconds ago or more; count."""
+
+    @abc.abstractmethod
+    async def leases(self, node_id: str | None = None) -> list[Lease]:
+        """Every lease row (or `node_id`'s), by connection id."""
+
+    @abc.abstractmethod
+    async def get(self, connection_id: str) -> Lease | None: ...
+
+    @abc.abstractmethod
+    async def acquire(self, node_id: str, connection_ids: Sequence[str], ttl: float) -> list[Lease]:
+        """Take each lease that is free, expired or already `node_id`'s; the ones now held (epoch + 1 on a new owner)."""
+
+    @abc.abstractmethod
+    async def take(self, node_id: str, connection_id: str, ttl: float) -> Lease:
+        """Take the lease whoever holds it (a fresh login on this host); epoch + 1 unless it was already ours."""
+
+    @abc.abstractmethod
+    async def renew(self, node_id: str, ttl: float) -> list[Lease]:
+        """Extend every lease `node_id` still holds to `now + ttl`; those leases."""
+
+    @abc.abstractmethod
+    async def release(self, node_id: str, connection_ids: Sequence[str]) -> int:
+        """Give up those of `node_id`'s leases (others may take them at once); count."""
+
+
+class Listener(abc.ABC):
+    """Wake-ups for one topic (`leases`, `registry`): another host changed something worth looking at."""
+
+    @abc.abstractmethod
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a notice; True when one came."""
+
+
+class LocalNotices:
+    """Notices within one process (the embedded stores: one host, so no one else to hear)."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[_LocalListener]] = {}
+
+    def publish(self, topic: str) -> None:
+        for listener in self._listeners.get(topic, ()):
+            listener.notify()
+
+    @asynccontextmanager
+    async def listen(self, topic: str) -> AsyncIterator[Listener]:
+        listener = _LocalListener()
+        self._listeners.setdefault(topic, set()).add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners[topic].discard(listener)
+
+
+class _LocalListener(Listener):
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        came = self._event.is_set()
+        if came:
+            self._event = anyio.Event()
+        return came
 
 
 # ---------------------------------------------------------------- sidecar mode (SPEC 11)
@@ -691,7 +868,11 @@ class SendDedupeStore(abc.ABC):
 
 
 class Store:
-    """All areas of one store; `await store.aclose()` (or `async with`) when done."""
+    """All areas of one store; `await store.aclose()` (or `async with`) when done.
+
+    `shared` tells whether several hosts may use it at once (PostgreSQL); the
+    embedded stores (`memory://`, `sqlite:///`) are single-host (SPEC 10).
+    """
 
     def __init__(
         self,
@@ -706,7 +887,10 @@ class Store:
         kv: KeyValueStore,
         pipeline: PipelineStore,
         plugin_state: PluginStateStore,
+        leases: LeaseStore,
+        listen: Callable[[str], AbstractAsyncContextManager[Listener]],
         close: Callable[[], Awaitable[None]],
+        shared: bool = False,
         forward: ForwardQueueStore | None = None,
         send_dedupe: SendDedupeStore | None = None,
     ) -> None:
@@ -720,6 +904,11 @@ class Store:
         self.kv = kv
         self.pipeline = pipeline
         self.plugin_state = plugin_state
+        self.leases = leases
+        # `async with store.listen("leases") as listener: await listener.wait(3.0)`
+        self.listen = listen
+        # True: several hosts share this store (SPEC 10: leases, owned claims, a shared registry)
+        self.shared = shared
         # sidecar mode's areas (SPEC 11): a backend without them cannot be a sidecar's store
         self._forward = forward
         self._send_dedupe = send_dedupe

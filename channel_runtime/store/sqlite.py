@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -31,6 +31,7 @@ from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTE
 
 from ..crypto import CredentialCipher
 from ..messages import InboundMessage
+from . import rows
 from .base import (
     DEDUPE_IN_PROGRESS_TTL,
     DEDUPE_RETENTION,
@@ -49,7 +50,12 @@ from .base import (
     InboxEntry,
     InboxStore,
     KeyValueStore,
+    Lease,
+    LeaseFence,
+    LeaseStore,
+    LocalNotices,
     MessageDedupeStore,
+    NodeRecord,
     NotFoundError,
     OutboxEntry,
     OutboxStore,
@@ -61,6 +67,7 @@ from .base import (
     Store,
     StoreError,
     check_connection_status,
+    check_fence,
     check_session_status,
     clean_view,
     decide_begin,
@@ -234,6 +241,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX send_dedupe_by_status ON send_dedupe (status, updated_at)",
     ),
+    # several hosts (SPEC 10): claims owned by a node, node heartbeats, connection leases
+    # (the embedded store keeps the same tables so that one contract suite covers every backend)
+    (
+        "ALTER TABLE inbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE forward_queue ADD COLUMN claimed_by TEXT",
+        "CREATE INDEX inbox_claims ON inbox (claimed_by) WHERE status = 'claimed'",
+        "CREATE INDEX outbox_claims ON outbox (claimed_by) WHERE status = 'claimed'",
+        """CREATE TABLE nodes (
+            node_id TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE connection_leases (
+            connection_id TEXT PRIMARY KEY,
+            node_id TEXT,
+            epoch INTEGER NOT NULL,
+            expires_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX connection_leases_by_node ON connection_leases (node_id)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -242,12 +273,7 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode("utf-8")
 
 
-def _unjson(text: str | None) -> Any:
-    return None if text is None else msgspec.json.decode(text)
-
-
-def _float_or_none(value: float | None) -> float | None:
-    return None if value is None else float(value)
+_unjson = rows.unjson
 
 
 class _Batched(Generic[T]):
@@ -401,23 +427,9 @@ class Database:
 # ---------------------------------------------------------------- dedupe
 
 
-def _dedupe_record(row: sqlite3.Row) -> DedupeRecord:
-    return DedupeRecord(
-        dedupe_key=row["dedupe_key"],
-        connection_id=row["connection_id"],
-        event_id=row["event_id"],
-        status=row["status"],
-        first_seen_at=float(row["first_seen_at"]),
-        updated_at=float(row["updated_at"]),
-        delivery_attempts=row["delivery_attempts"],
-        message_id=row["message_id"],
-        last_error=row["last_error"],
-    )
-
-
 def _get_dedupe(conn: sqlite3.Connection, key: str, table: str = "bridge_dedupe") -> DedupeRecord | None:
     row = conn.execute(f"SELECT * FROM {table} WHERE dedupe_key = ?", (key,)).fetchone()
-    return None if row is None else _dedupe_record(row)
+    return None if row is None else rows.dedupe_record(row)
 
 
 def _put_dedupe(conn: sqlite3.Connection, record: DedupeRecord, table: str = "bridge_dedupe") -> None:
@@ -480,7 +492,7 @@ class SqliteBridgeDedupe(BridgeDedupeStore):
 
     async def get(self, key: str) -> DedupeRecord | None:
         row = self._db.one("SELECT * FROM bridge_dedupe WHERE dedupe_key = ?", (key,))
-        return None if row is None else _dedupe_record(row)
+        return None if row is None else rows.dedupe_record(row)
 
     async def prune(self, retention: float | None = None) -> int:
         cutoff = self._clock.time() - (self.retention if retention is None else retention)
@@ -540,9 +552,10 @@ class _Queue:
             f" NOT EXISTS (SELECT 1 FROM {t} WHERE channel_id = ?1 AND conversation = ?2 AND {_LIVE}))"
         )
         self._claim = (
-            f"UPDATE {t} SET status = 'claimed', claimed_until = ?1, attempts = attempts + 1, updated_at = ?2"
-            f" WHERE id IN (SELECT id FROM {t} WHERE head = 1"
+            f"UPDATE {t} SET status = 'claimed', claimed_until = ?1, claimed_by = ?4, attempts = attempts + 1,"
+            f" updated_at = ?2 WHERE id IN (SELECT id FROM {t} WHERE head = 1"
             "  AND ((status = 'pending' AND next_attempt_at <= ?2) OR (status = 'claimed' AND claimed_until <= ?2))"
+            "  AND (?5 IS NULL OR channel_id IN (SELECT value FROM json_each(?5)))"
             "  ORDER BY id LIMIT ?3)"
             " RETURNING *"
         )
@@ -571,19 +584,29 @@ class _Queue:
         """Mark the conversation's earliest live entry as its head (after one finished)."""
         conn.execute(self._promote, (channel_id, conversation))
 
-    def claim(self, limit: int, lease: float | None) -> list[sqlite3.Row]:
+    def claim(
+        self, limit: int, lease: float | None, owner: str | None = None, channels: Collection[str] | None = None
+    ) -> list[sqlite3.Row]:
         now = self.clock.time()
         until = now + (self.lease if lease is None else lease)
+        wanted = None if channels is None else _json(sorted(channels))
         with self.db.write() as conn:
-            rows = conn.execute(self._claim, (until, now, limit)).fetchall()
-        return sorted(rows, key=lambda r: r["id"])
+            found = conn.execute(self._claim, (until, now, limit, owner, wanted)).fetchall()
+        return sorted(found, key=lambda r: r["id"])
 
-    def release(self) -> int:
+    def release(self, owner: str | None = None) -> int:
         with self.db.write() as conn:
             return conn.execute(
-                f"UPDATE {self.table} SET status = 'pending', claimed_until = NULL, updated_at = ?"
-                " WHERE status = 'claimed'",
-                (self.clock.time(),),
+                f"UPDATE {self.table} SET status = 'pending', claimed_until = NULL, claimed_by = NULL, updated_at = ?1"
+                " WHERE status = 'claimed' AND (?2 IS NULL OR claimed_by = ?2)",
+                (self.clock.time(), owner),
+            ).rowcount
+
+    def renew(self, owner: str, lease: float) -> int:
+        with self.db.write() as conn:
+            return conn.execute(
+                f"UPDATE {self.table} SET claimed_until = ? WHERE status = 'claimed' AND claimed_by = ?",
+                (self.clock.time() + lease, owner),
             ).rowcount
 
     def update_live(self, conn: sqlite3.Connection, entry_id: int, sql_set: str, params: Sequence[Any]) -> bool:
@@ -606,11 +629,15 @@ class _Queue:
     def retry(self, entry_id: int, error: str, delay: float) -> bool:
         due = self.clock.time() + max(0.0, delay)
         return self.finish(
-            entry_id, "status = 'pending', claimed_until = NULL, last_error = ?, next_attempt_at = ?", (error, due)
+            entry_id,
+            "status = 'pending', claimed_until = NULL, claimed_by = NULL, last_error = ?, next_attempt_at = ?",
+            (error, due),
         )
 
     def dead_letter(self, entry_id: int, error: str) -> bool:
-        return self.finish(entry_id, "status = 'dead', head = 0, claimed_until = NULL, last_error = ?", (error,))
+        return self.finish(
+            entry_id, "status = 'dead', head = 0, claimed_until = NULL, claimed_by = NULL, last_error = ?", (error,)
+        )
 
     def get(self, entry_id: int) -> sqlite3.Row | None:
         return self.db.one(f"SELECT * FROM {self.table} WHERE id = ?", (entry_id,))
@@ -621,40 +648,6 @@ class _Queue:
     def pending_count(self) -> int:
         row = self.db.one(f"SELECT COUNT(*) FROM {self.table} WHERE {_LIVE}")
         return int(row[0]) if row is not None else 0
-
-
-def _inbox_entry(row: sqlite3.Row) -> InboxEntry:
-    return InboxEntry(
-        id=row["id"],
-        channel_id=row["channel_id"],
-        session_id=row["conversation"],
-        message=msgspec.json.decode(row["payload"], type=InboundMessage),
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=float(row["next_attempt_at"]),
-        claimed_until=_float_or_none(row["claimed_until"]),
-        last_error=row["last_error"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
-
-
-def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(
-        id=row["id"],
-        channel_id=row["channel_id"],
-        request_id=row["item_key"],
-        conversation=row["conversation"],
-        payload=_unjson(row["payload"]),
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=float(row["next_attempt_at"]),
-        claimed_until=_float_or_none(row["claimed_until"]),
-        last_error=row["last_error"],
-        result=_unjson(row["result"]),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
 
 
 class SqliteInbox(InboxStore):
@@ -698,11 +691,16 @@ class SqliteInbox(InboxStore):
         with q.db.write() as conn:  # the dedupe mark and the entry land together or not at all
             return self.commit_in(conn, message, q.clock.time())
 
-    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[InboxEntry]:
-        return [_inbox_entry(r) for r in self._queue.claim(limit, lease)]
+    async def claim_ready(
+        self, limit: int = 16, *, lease: float | None = None, owner: str | None = None
+    ) -> list[InboxEntry]:
+        return [rows.inbox_entry(r) for r in self._queue.claim(limit, lease, owner)]
 
-    async def release_claims(self) -> int:
-        return self._queue.release()
+    async def release_claims(self, owner: str | None = None) -> int:
+        return self._queue.release(owner)
+
+    async def renew_claims(self, owner: str, lease: float) -> int:
+        return self._queue.renew(owner, lease)
 
     async def ack(self, entry_id: int) -> bool:
         with self._queue.db.write() as conn:
@@ -716,10 +714,10 @@ class SqliteInbox(InboxStore):
 
     async def get(self, entry_id: int) -> InboxEntry | None:
         row = self._queue.get(entry_id)
-        return None if row is None else _inbox_entry(row)
+        return None if row is None else rows.inbox_entry(row)
 
     async def list_dead(self, limit: int = 100) -> list[InboxEntry]:
-        return [_inbox_entry(r) for r in self._queue.dead(limit)]
+        return [rows.inbox_entry(r) for r in self._queue.dead(limit)]
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
@@ -757,17 +755,27 @@ class SqliteOutbox(OutboxStore):
         with q.db.write() as conn:
             return self.enqueue_in(conn, channel_id, request_id, payload, conversation, q.clock.time())
 
-    async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[OutboxEntry]:
-        return [_outbox_entry(r) for r in self._queue.claim(limit, lease)]
+    async def claim_ready(
+        self,
+        limit: int = 16,
+        *,
+        lease: float | None = None,
+        owner: str | None = None,
+        channels: Collection[str] | None = None,
+    ) -> list[OutboxEntry]:
+        return [rows.outbox_entry(r) for r in self._queue.claim(limit, lease, owner, channels)]
 
-    async def release_claims(self) -> int:
-        return self._queue.release()
+    async def release_claims(self, owner: str | None = None) -> int:
+        return self._queue.release(owner)
+
+    async def renew_claims(self, owner: str, lease: float) -> int:
+        return self._queue.renew(owner, lease)
 
     async def mark_sent(self, entry_id: int, result: dict[str, Any] | None = None) -> bool:
         q, params = self._queue, (None if result is None else _json(result),)
         return await q.db.batched(  # the dispatcher's deliveries finish together: share their commit
             lambda conn: q.update_live(
-                conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, result = ?", params
+                conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, claimed_by = NULL, result = ?", params
             )
         )
 
@@ -779,14 +787,14 @@ class SqliteOutbox(OutboxStore):
 
     async def get(self, entry_id: int) -> OutboxEntry | None:
         row = self._queue.get(entry_id)
-        return None if row is None else _outbox_entry(row)
+        return None if row is None else rows.outbox_entry(row)
 
     async def get_by_request_id(self, request_id: str) -> OutboxEntry | None:
         row = self._queue.db.one("SELECT * FROM outbox WHERE item_key = ?", (request_id,))
-        return None if row is None else _outbox_entry(row)
+        return None if row is None else rows.outbox_entry(row)
 
     async def list_dead(self, limit: int = 100) -> list[OutboxEntry]:
-        return [_outbox_entry(r) for r in self._queue.dead(limit)]
+        return [rows.outbox_entry(r) for r in self._queue.dead(limit)]
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
@@ -875,23 +883,6 @@ _CONNECTION_COLUMNS = (
 )  # never the credentials themselves
 
 
-def _connection(row: sqlite3.Row) -> ConnectionRecord:
-    return ConnectionRecord(
-        connection_id=row["connection_id"],
-        kind=row["kind"],
-        plugin_id=row["plugin_id"],
-        channel_id=row["channel_id"],
-        account_id=row["account_id"],
-        display_name=row["display_name"],
-        options=_unjson(row["options"]),
-        status=row["status"],
-        error=row["error"],
-        has_credentials=bool(row["has_credentials"]),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
-
-
 class SqliteConnections(ConnectionStore):
     """Connections; records are cached (every inbound event looks its connection up).
 
@@ -951,7 +942,7 @@ class SqliteConnections(ConnectionStore):
                 ).fetchone()
         except sqlite3.IntegrityError:
             raise StoreError(f"connection {connection_id} already exists") from None
-        return _connection(row)
+        return rows.connection(row)
 
     async def get(self, connection_id: str) -> ConnectionRecord | None:
         cache = self._fresh_cache()
@@ -962,30 +953,32 @@ class SqliteConnections(ConnectionStore):
             )
             if row is None:
                 return None  # misses are not cached: unknown ids must not grow it
-            record = cache[connection_id] = _connection(row)
+            record = cache[connection_id] = rows.connection(row)
         return record
 
     async def list(
         self, *, status: str | None = None, kind: str | None = None, plugin_id: str | None = None
     ) -> list[ConnectionRecord]:
-        rows = self._db.all(
+        found = self._db.all(
             f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE (?1 IS NULL OR status = ?1)"
             " AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR plugin_id = ?3) ORDER BY created_at, rowid",
             (status, kind, plugin_id),
         )
-        return [_connection(r) for r in rows]
+        return [rows.connection(r) for r in found]
 
-    def _update(self, connection_id: str, changes: dict[str, Any]) -> ConnectionRecord:
+    def _update(self, connection_id: str, changes: dict[str, Any], fence: LeaseFence | None = None) -> ConnectionRecord:
         changes["updated_at"] = self._clock.time()
         assignments = ", ".join(f"{column} = ?" for column in changes)  # column names are ours, not input
         with self._db.write() as conn:
+            if fence is not None:
+                check_fence(_get_lease(conn, connection_id), fence, connection_id)
             row = conn.execute(
                 f"UPDATE connections SET {assignments} WHERE connection_id = ? RETURNING {_CONNECTION_COLUMNS}",
                 (*changes.values(), connection_id),
             ).fetchone()
         if row is None:
             raise NotFoundError(f"unknown connection {connection_id}")
-        record = self._fresh_cache()[connection_id] = _connection(row)
+        record = self._fresh_cache()[connection_id] = rows.connection(row)
         return record
 
     async def update(
@@ -1012,10 +1005,12 @@ class SqliteConnections(ConnectionStore):
         check_connection_status(status)
         return self._update(connection_id, {"status": status, "error": error})
 
-    async def set_credentials(self, connection_id: str, credentials: dict[str, Any]) -> None:
+    async def set_credentials(
+        self, connection_id: str, credentials: dict[str, Any], *, fence: LeaseFence | None = None
+    ) -> None:
         # empty credentials clear them (NULL), so has_credentials turns false
         token = require_cipher(self._cipher).encrypt(credentials) if credentials else None
-        self._update(connection_id, {"credentials": token})
+        self._update(connection_id, {"credentials": token}, fence)
 
     async def get_credentials(self, connection_id: str) -> dict[str, Any]:
         row = self._db.one("SELECT credentials FROM connections WHERE connection_id = ?", (connection_id,))
@@ -1028,19 +1023,6 @@ class SqliteConnections(ConnectionStore):
         self._cache.pop(connection_id, None)
         with self._db.write() as conn:  # sessions go with it (ON DELETE CASCADE)
             return conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,)).rowcount > 0
-
-
-def _session(row: sqlite3.Row) -> ConnectorSessionRecord:
-    return ConnectorSessionRecord(
-        session_id=row["session_id"],
-        connection_id=row["connection_id"],
-        kind=row["kind"],
-        plugin_id=row["plugin_id"],
-        status=row["status"],
-        view=_unjson(row["view"]),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
 
 
 class SqliteSessions(ConnectorSessionStore):
@@ -1072,21 +1054,21 @@ class SqliteSessions(ConnectorSessionStore):
                 ).fetchone()
             except sqlite3.IntegrityError:
                 raise StoreError(f"connector session {session_id} already exists") from None
-        return _session(row)
+        return rows.session(row)
 
     async def get(self, session_id: str) -> ConnectorSessionRecord | None:
         row = self._db.one("SELECT * FROM connector_sessions WHERE session_id = ?", (session_id,))
-        return None if row is None else _session(row)
+        return None if row is None else rows.session(row)
 
     async def list(
         self, *, connection_id: str | None = None, status: str | None = None
     ) -> list[ConnectorSessionRecord]:
-        rows = self._db.all(
+        found = self._db.all(
             "SELECT * FROM connector_sessions WHERE (?1 IS NULL OR connection_id = ?1)"
             " AND (?2 IS NULL OR status = ?2) ORDER BY created_at, rowid",
             (connection_id, status),
         )
-        return [_session(r) for r in rows]
+        return [rows.session(r) for r in found]
 
     async def update(
         self, session_id: str, *, status: str | None = None, view: dict[str, Any] | None = None
@@ -1101,7 +1083,7 @@ class SqliteSessions(ConnectorSessionStore):
             ).fetchone()
         if row is None:
             raise NotFoundError(f"unknown connector session {session_id}")
-        return _session(row)
+        return rows.session(row)
 
 
 class SqliteKeyValue(KeyValueStore):
@@ -1147,7 +1129,9 @@ class SqlitePluginState(PluginStateStore):
         )
         return None if row is None else _unjson(row["value"])
 
-    async def put(self, plugin_id: str, connection_id: str | None, key: str, value: Any) -> None:
+    async def put(
+        self, plugin_id: str, connection_id: str | None, key: str, value: Any, *, fence: LeaseFence | None = None
+    ) -> None:
         scope = connection_id or ""
         text = None if value is None else _json(value)
         if text is not None and len(text.encode("utf-8")) > self.value_max_bytes:
@@ -1158,6 +1142,8 @@ class SqlitePluginState(PluginStateStore):
         now = self._clock.time()
 
         def write(conn: sqlite3.Connection) -> None:
+            if fence is not None and connection_id:
+                check_fence(_get_lease(conn, connection_id), fence, connection_id)
             if text is None:
                 if conn.execute(
                     "DELETE FROM plugin_state WHERE plugin_id = ? AND scope = ? AND key = ?", (plugin_id, scope, key)
@@ -1207,23 +1193,112 @@ class SqlitePluginState(PluginStateStore):
             ).rowcount
 
 
+# ---------------------------------------------------------------- nodes and leases
+
+
+def _get_lease(conn: sqlite3.Connection, connection_id: str) -> Lease | None:
+    row = conn.execute("SELECT * FROM connection_leases WHERE connection_id = ?", (connection_id,)).fetchone()
+    return None if row is None else rows.lease(row)
+
+
+# an upsert that takes a lease when it is free, expired or ours; a new owner bumps the epoch
+_ACQUIRE = (
+    "INSERT INTO connection_leases (connection_id, node_id, epoch, expires_at, updated_at) VALUES (?1, ?2, 1, ?3, ?4)"
+    " ON CONFLICT (connection_id) DO UPDATE SET node_id = excluded.node_id,"
+    " epoch = epoch + (node_id IS NOT excluded.node_id), expires_at = excluded.expires_at,"
+    " updated_at = excluded.updated_at"
+    " WHERE {condition} RETURNING *"
+)
+
+
+class SqliteLeases(LeaseStore):
+    def __init__(self, db: Database, clock: Clock, notices: LocalNotices) -> None:
+        self._db = db
+        self._clock = clock
+        self._notices = notices
+
+    async def heartbeat(self, node_id: str, ttl: float, info: dict[str, Any] | None = None) -> NodeRecord:
+        now = self._clock.time()
+        with self._db.write() as conn:
+            row = conn.execute(
+                "INSERT INTO nodes (node_id, started_at, heartbeat_at, expires_at, info) VALUES (?1, ?2, ?2, ?3, ?4)"
+                " ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,"
+                " expires_at = excluded.expires_at, info = excluded.info RETURNING *",
+                (node_id, now, now + ttl, _json(info or {})),
+            ).fetchone()
+        return rows.node(row)
+
+    async def nodes(self) -> list[NodeRecord]:
+        return [rows.node(r) for r in self._db.all("SELECT * FROM nodes ORDER BY node_id")]
+
+    async def leave(self, node_id: str) -> int:
+        with self._db.write() as conn:
+            released = conn.execute(
+                "UPDATE connection_leases SET node_id = NULL, expires_at = 0, updated_at = ? WHERE node_id = ?",
+                (self._clock.time(), node_id),
+            ).rowcount
+            conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+        self._notices.publish("leases")
+        return released
+
+    async def prune_nodes(self, older_than: float) -> int:
+        with self._db.write() as conn:
+            return conn.execute("DELETE FROM nodes WHERE expires_at <= ?", (self._clock.time() - older_than,)).rowcount
+
+    async def leases(self, node_id: str | None = None) -> list[Lease]:
+        found = self._db.all(
+            "SELECT * FROM connection_leases WHERE ?1 IS NULL OR node_id = ?1 ORDER BY connection_id", (node_id,)
+        )
+        return [rows.lease(r) for r in found]
+
+    async def get(self, connection_id: str) -> Lease | None:
+        row = self._db.one("SELECT * FROM connection_leases WHERE connection_id = ?", (connection_id,))
+        return None if row is None else rows.lease(row)
+
+    async def acquire(self, node_id: str, connection_ids: Sequence[str], ttl: float) -> list[Lease]:
+        now = self._clock.time()
+        sql = _ACQUIRE.format(condition="node_id IS NULL OR expires_at <= ?4 OR node_id = excluded.node_id")
+        held: list[Lease] = []
+        with self._db.write() as conn:
+            for connection_id in connection_ids:
+                row = conn.execute(sql, (connection_id, node_id, now + ttl, now)).fetchone()
+                if row is not None:
+                    held.append(rows.lease(row))
+        return held
+
+    async def take(self, node_id: str, connection_id: str, ttl: float) -> Lease:
+        now = self._clock.time()
+        with self._db.write() as conn:
+            row = conn.execute(_ACQUIRE.format(condition="1"), (connection_id, node_id, now + ttl, now)).fetchone()
+        self._notices.publish("leases")
+        return rows.lease(row)
+
+    async def renew(self, node_id: str, ttl: float) -> list[Lease]:
+        now = self._clock.time()
+        with self._db.write() as conn:
+            found = conn.execute(
+                "UPDATE connection_leases SET expires_at = ?, updated_at = ? WHERE node_id = ? RETURNING *",
+                (now + ttl, now, node_id),
+            ).fetchall()
+        return sorted((rows.lease(r) for r in found), key=lambda lease: lease.connection_id)
+
+    async def release(self, node_id: str, connection_ids: Sequence[str]) -> int:
+        now = self._clock.time()
+        with self._db.write() as conn:
+            released = sum(
+                conn.execute(
+                    "UPDATE connection_leases SET node_id = NULL, expires_at = 0, updated_at = ?"
+                    " WHERE connection_id = ? AND node_id = ?",
+                    (now, connection_id, node_id),
+                ).rowcount
+                for connection_id in connection_ids
+            )
+        if released:
+            self._notices.publish("leases")
+        return released
+
+
 # ---------------------------------------------------------------- sidecar mode (SPEC 11)
-
-
-def _forward_entry(row: sqlite3.Row) -> ForwardEntry:
-    return ForwardEntry(
-        id=row["id"],
-        connection_id=row["channel_id"],
-        conversation=row["conversation"],
-        event=msgspec.json.decode(row["payload"], type=BridgeEvent),
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=float(row["next_attempt_at"]),
-        claimed_until=_float_or_none(row["claimed_until"]),
-        last_error=row["last_error"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
 
 
 class SqliteForwardQueue(ForwardQueueStore):
@@ -1241,7 +1316,7 @@ class SqliteForwardQueue(ForwardQueueStore):
         return entry_id is not None
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]:
-        return [_forward_entry(r) for r in self._queue.claim(limit, lease)]
+        return [rows.forward_entry(r) for r in self._queue.claim(limit, lease)]
 
     async def release_claims(self) -> int:
         return self._queue.release()
@@ -1260,10 +1335,10 @@ class SqliteForwardQueue(ForwardQueueStore):
 
     async def get(self, entry_id: int) -> ForwardEntry | None:
         row = self._queue.get(entry_id)
-        return None if row is None else _forward_entry(row)
+        return None if row is None else rows.forward_entry(row)
 
     async def list_dead(self, limit: int = 100) -> list[ForwardEntry]:
-        return [_forward_entry(r) for r in self._queue.dead(limit)]
+        return [rows.forward_entry(r) for r in self._queue.dead(limit)]
 
     async def pending_count(self) -> int:
         return self._queue.pending_count()
@@ -1352,6 +1427,7 @@ def open_sqlite_store(
     lease: float = DEFAULT_LEASE,
 ) -> Store:
     db = Database(path)
+    notices = LocalNotices()
     bridge_dedupe = SqliteBridgeDedupe(db, clock, ttl=dedupe_ttl, retention=retention)
     inbox = SqliteInbox(db, clock, lease=lease)
     outbox = SqliteOutbox(db, clock, lease=lease)
@@ -1370,6 +1446,8 @@ def open_sqlite_store(
         kv=SqliteKeyValue(db, clock),
         pipeline=SqlitePipeline(db, clock, bridge_dedupe, inbox, outbox),
         plugin_state=SqlitePluginState(db, clock),
+        leases=SqliteLeases(db, clock, notices),
+        listen=notices.listen,
         close=close,
         forward=SqliteForwardQueue(db, clock, lease=lease),
         send_dedupe=SqliteSendDedupe(db, clock, ttl=dedupe_ttl, retention=retention),

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import METHOD_NOT_FOUND, RpcError
+from ..locks import KeyedLock
 from ..protocol import ConnectionInfo
 from .context import Context
-from .locks import KeyedLock
 
 if TYPE_CHECKING:
     from .plugin import Plugin
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 ConnectHook = Callable[[Context, ConnectionInfo], Awaitable[None]]
 DisconnectHook = Callable[[Context, str], Awaitable[None]]
 
+CONNECT_CONCURRENCY = 16  # on_connect hooks run at once when a plugin (re)starts with many connections
 log = logging.getLogger(__name__)
 
 
@@ -56,9 +57,15 @@ class ServedConnections:
             except Exception:
                 log.exception("connection %s: on_connect failed; it is not served", info.connection_id)
 
+        limiter = anyio.CapacityLimiter(CONNECT_CONCURRENCY)  # thousands of accounts must not flood the host
+
+        async def bounded(info: ConnectionInfo) -> None:
+            async with limiter:
+                await one(info)
+
         async with anyio.create_task_group() as tg:
             for info in infos:
-                tg.start_soon(one, info)
+                tg.start_soon(bounded, info)
 
     async def disconnect(self, connection_id: str) -> bool:
         """Stop serving a connection; False when it was not served."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import UNAVAILABLE, RpcError
+from ..errors import OVERLOADED, UNAVAILABLE, RpcError
 from ..protocol import (
     BridgeEvent,
     ConnectionStatus,
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .state import HostState
 
 DEFAULT_HOST_CALL_TIMEOUT = 30.0
+_OVERLOAD_FIRST_PAUSE = 0.05
+_OVERLOAD_MAX_PAUSE = 1.0
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 
 
@@ -47,8 +49,23 @@ class HostClient:
         timeout: float | None = DEFAULT_HOST_CALL_TIMEOUT,
         result_type: Any = Any,
     ) -> Any:
-        """A request to the host; raises `RpcError` (-32001 on timeout)."""
-        return await self._conn.call(method, params, timeout=timeout, result_type=result_type)
+        """A request to the host; raises `RpcError` (-32001 on timeout).
+
+        A host that answers -32004 (its queue of this plugin's requests is full) is
+        asked again with backoff within `timeout`: a burst (hundreds of accounts
+        resumed at once) waits for room instead of failing.
+        """
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        pause = _OVERLOAD_FIRST_PAUSE
+        while True:
+            left = None if deadline is None else deadline - anyio.current_time()
+            try:
+                return await self._conn.call(method, params, timeout=left, result_type=result_type)
+            except RpcError as exc:
+                if exc.code != OVERLOADED or (deadline is not None and anyio.current_time() + pause >= deadline):
+                    raise
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _OVERLOAD_MAX_PAUSE)
 
     async def notify(self, method: str, params: Any = None) -> None:
         await self._conn.notify(method, params)
@@ -58,7 +75,7 @@ class HostClient:
 
         An event the host would refuse (an empty id, a bad timestamp...) raises
         ValueError here, with the reason, instead of travelling."""
-        return await self._conn.call("event.inbound", encode_checked(event), timeout=timeout, result_type=InboundAck)
+        return await self.call("event.inbound", encode_checked(event), timeout=timeout, result_type=InboundAck)
 
     async def session_update(self, update: SessionUpdate) -> None:
         await self._conn.notify("session.update", encode_checked(update))

@@ -34,8 +34,8 @@ import msgspec
 
 from ..clock import Clock, SystemClock
 from ..errors import IN_PROGRESS, RpcError
+from ..locks import KeyedLock
 from ..protocol import STATE_VALUE_MAX_BYTES
-from .locks import KeyedLock
 
 PROCESSING_TIMEOUT = 60.0  # a record in progress this long is stale: send again
 RETRY_AFTER_SECONDS = 5

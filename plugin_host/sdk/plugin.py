@@ -248,7 +248,11 @@ class Plugin:
                 return {**(begin.result or {}), "duplicate": True}
             try:
                 result = await fn(ctx, params)
-            except BaseException:  # cancelled or failed: nothing in progress any more
+            except anyio.get_cancelled_exc_class():
+                # the host gave up (timeout) or the plugin stops: whether the platform took the message
+                # is unknown, so the record stays `processing` (SPEC 3.6: -32010, sent again once stale)
+                raise
+            except Exception:  # the handler itself failed: nothing was sent, the next try sends
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_grace):
                     try:
                         await store.fail(params.connection_id, params.request_id)

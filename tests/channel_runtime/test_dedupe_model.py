@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from channel_runtime.store import Store, open_store
 from plugin_host.clock import FakeClock
+from tests.support.postgres import session_database
 
 T = TypeVar("T")
 TTL = 60.0
@@ -92,12 +93,23 @@ class DedupeMachine(RuleBasedStateMachine):
         self.portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self.portal = self.portal_cm.__enter__()
         self.store = self.run(self.open)
+        self.empty()
 
     def url(self) -> str:
+        if self.backend == "postgresql":
+            return _postgres_url()
         return "memory://" if self.backend == "memory" else f"sqlite:///{self.tmp / 'state.db'}"
 
     async def open(self) -> Store:
         return await open_store(self.url(), clock=self.clock, dedupe_ttl=TTL, retention=RETENTION)
+
+    def empty(self) -> None:
+        """Every example starts from an empty store (PostgreSQL: one schema for the run, emptied)."""
+        if self.backend == "postgresql":
+            import psycopg
+
+            with psycopg.connect(self.url(), autocommit=True) as conn:
+                conn.execute("TRUNCATE bridge_dedupe")
 
     def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         return self.portal.call(fn)
@@ -212,11 +224,28 @@ class SqliteDedupeMachine(DedupeMachine):
     backend = "sqlite"
 
 
+class PostgresDedupeMachine(DedupeMachine):
+    backend = "postgresql"
+
+
+_POSTGRES_URL: list[str] = []
+
+
+def _postgres_url() -> str:
+    if not _POSTGRES_URL:
+        _POSTGRES_URL.append(session_database().url())
+    return _POSTGRES_URL[0]
+
+
 _SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestMemoryDedupe = MemoryDedupeMachine.TestCase
 TestMemoryDedupe.settings = _SETTINGS
 TestSqliteDedupe = SqliteDedupeMachine.TestCase
 TestSqliteDedupe.settings = _SETTINGS
+# the session's database (dropped at the end) through the `postgres` fixture
+TestPostgresDedupe = pytest.mark.usefixtures("postgres")(PostgresDedupeMachine.TestCase)
+# every step is several round trips to a server: fewer examples keep it within seconds
+TestPostgresDedupe.settings = settings(max_examples=50, stateful_step_count=40, deadline=None)
 
 
 # ---------------------------------------------------------------- concurrency
@@ -238,10 +267,13 @@ async def _race(stores: list[Store], key: tuple[str, str]) -> list[str]:
     return outcomes
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-two-stores"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-two-stores", "postgresql", "postgresql-two-stores"])
 def store_urls(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     if request.param == "memory":
         return ["memory://"]
+    if request.param.startswith("postgresql"):
+        url = request.getfixturevalue("postgres").url()
+        return [url] if request.param == "postgresql" else [url, url]
     url = f"sqlite:///{tmp_path / 'state.db'}"
     return [url] if request.param == "sqlite" else [url, url]
 

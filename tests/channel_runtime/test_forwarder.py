@@ -156,6 +156,11 @@ async def test_an_event_the_application_refuses_for_good_is_dead_lettered_and_it
             await store.forward.enqueue(event(2))
             forwarder.wake()
             await eventually(lambda: any(e["eventId"] == "e2" for e in bridge.events()))
+
+            async def drained() -> bool:  # e2 answered, and its delivery recorded
+                return (await forwarder.refresh()).backlog == 0
+
+            await eventually(drained)
             [dead] = await store.forward.list_dead()
             stats = await forwarder.refresh()
     assert [e["eventId"] for e in bridge.events()] == ["e1", "e1", "e1", "e2"]

@@ -92,3 +92,32 @@ async def test_state_is_kept_per_plugin_and_connection_across_restarts_and_hot_s
         assert await runtime.store.plugin_state.get("raw", cid, "cursor") is None
         revoked = await ask(host, "raw", "state.put", {"key": "cursor", "value": "late", "connectionId": cid})
         assert revoked["code"] == -32011
+
+
+async def test_hundreds_of_connections_resumed_at_once_are_all_served(tmp_path: Path) -> None:
+    """A restart hands every connection over in `initialize`; each `on_connect` asks the host for state.
+
+    Started all at once they used to exceed the host's bound on a plugin's requests in
+    flight (maxConcurrency + 256: -32004), and the refused ones were silently left unserved.
+    """
+    from plugin_host.package import pack_directory
+    from tests.support import REPO, eventually
+
+    home = tmp_path / "home"
+    count = 600
+    async with service(home) as (runtime, host):
+        for n in range(count):
+            record = await runtime.store.connections.create(kind="echo", plugin_id="echo", status="connected")
+            await runtime.store.connections.set_credentials(record.connection_id, {"token": f"tok-{n:04d}-x"})
+        await host.install(pack_directory(REPO / "plugins" / "echo", tmp_path / "echo.zip"))
+        await host.enable("echo")
+
+        async def served_all() -> bool:
+            health = await host.client("echo").health()
+            return len(health.connections or {}) == count
+
+        assert await eventually(served_all, timeout=60)
+
+        records = await runtime.store.connections.list(plugin_id="echo")
+        counts = [await runtime.store.plugin_state.get("echo", r.connection_id, "handovers") for r in records]
+        assert counts == [1] * count

@@ -43,13 +43,14 @@ async def test_registry_survives_reopening(tmp_path: Path) -> None:
         await host.install(pack_directory(REPO / "plugins" / "echo", tmp_path / "echo.zip"))
         await host.set_config("echo", {})
     registry = PluginRegistry(tmp_path / "state.db")
+    await registry.open()
     try:
         [record] = registry.list()
         assert record.id == "echo" and record.active_version == "1.0.0" and not record.enabled
         assert [v.version for v in registry.all_versions()["echo"]] == ["1.0.0"]
         assert registry.version("echo", "1.0.0").manifest.connectors[0].kind == "echo"
     finally:
-        registry.close()
+        await registry.aclose()
 
 
 async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tmp_path: Path) -> None:
@@ -69,7 +70,11 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
                     account_id="acc",
                     display_name="Raw",
                     options={},
-                    credentials={"nested": {"value": "swordfish-77"}, "list": ["opensesame-42"]},
+                    credentials={
+                        "nested": {"value": "swordfish-77"},
+                        "list": ["opensesame-42"],
+                        "domain": "feishu",  # a plain word: masking it would mask every answer naming it
+                    },
                 )
             ]
 
@@ -77,7 +82,9 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
         await host.install(raw_plugin_zip(tmp_path, "raw"))
         await host.set_config("raw", {"appSecret": "hunter-two-x", "region": "eu-west"})
         await host.enable("raw")
-        await host.supervisor("raw").call("stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west"})
+        await host.supervisor("raw").call(
+            "stderr", {"text": "saw swordfish-77 opensesame-42 hunter-two-x eu-west on feishu"}
+        )
 
         def masked() -> bool:
             return any("saw" in line for line in host.logs("raw"))
@@ -85,7 +92,7 @@ async def test_credentials_and_secret_config_values_are_masked_in_plugin_logs(tm
         await eventually(masked)
         [line] = [line for line in host.logs("raw") if "saw" in line]
         assert "swordfish-77" not in line and "opensesame-42" not in line and "hunter-two-x" not in line
-        assert line.count(MASK) == 3 and "eu-west" in line
+        assert line.count(MASK) == 3 and "eu-west" in line and "on feishu" in line
         # a new secret config value is known at once, before the restart it causes
         await host.set_config("raw", {"appSecret": "second-pass-y"})
         await host.supervisor("raw").call("stderr", {"text": "now second-pass-y"})
@@ -134,9 +141,10 @@ async def test_start_does_not_wait_for_one_plugin_before_starting_the_next(tmp_p
         await host.install(raw_plugin_zip(tmp_path, "a_silent", "silent_initialize", timeouts={"handshakeMs": 5000}))
         await host.install(raw_plugin_zip(tmp_path, "b_good"))
     registry = PluginRegistry(home / "state.db")
-    registry.set_enabled("a_silent", True)
-    registry.set_enabled("b_good", True)
-    registry.close()
+    await registry.open()
+    await registry.set_enabled("a_silent", True)
+    await registry.set_enabled("b_good", True)
+    await registry.aclose()
 
     host = PluginHost(home, host_env=default_host_env())
     start_returned = False

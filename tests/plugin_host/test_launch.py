@@ -158,12 +158,24 @@ def test_environment_is_only_the_allowed_names() -> None:
         "LISTED": "yes",
         "UNLISTED": "no",
         "CHANNEL_RUNTIME_ADMIN_TOKEN": "admin-secret",
+        "CONNECTOR_API_TOKEN": "sidecar-secret",  # the sidecar's own tokens (SPEC 11)
+        "BEAVER_BRIDGE_TOKEN": "bridge-secret",
+        "CONNECTOR_COMMAND_TIMEOUT_SECONDS": "30",  # not a secret: a plugin may list it
     }
     env = plugin_env(
         host,
         data_dir=Path("/data/p"),
         plugin_dir=Path("/plugins/p/1.0.0"),
-        allowed=["LISTED", "CHANNEL_RUNTIME_ADMIN_TOKEN", "HOME", "PYTHONPATH", "NOT_SET"],
+        allowed=[
+            "LISTED",
+            "CHANNEL_RUNTIME_ADMIN_TOKEN",
+            "CONNECTOR_API_TOKEN",
+            "BEAVER_BRIDGE_TOKEN",
+            "CONNECTOR_COMMAND_TIMEOUT_SECONDS",
+            "HOME",
+            "PYTHONPATH",
+            "NOT_SET",
+        ],
         pythonpath=["/plugins/p/1.0.0", "/sdk"],
     )
     assert env == {
@@ -171,6 +183,7 @@ def test_environment_is_only_the_allowed_names() -> None:
         "LANG": "C.UTF-8",
         "TZ": "UTC",
         "LISTED": "yes",
+        "CONNECTOR_COMMAND_TIMEOUT_SECONDS": "30",
         "HOME": "/data/p",
         "TMPDIR": "/data/p/tmp",
         "PLUGIN_DIR": "/plugins/p/1.0.0",

@@ -339,13 +339,19 @@ async def test_no_secret_in_any_answer_or_log(tmp_path: Path, caplog: pytest.Log
 
 
 async def test_the_command_timeout_bounds_the_plugin_call_of_a_send(tmp_path: Path) -> None:
-    """CONNECTOR_COMMAND_TIMEOUT_SECONDS: a plugin that does not answer in time is a 504, sent again next time."""
+    """CONNECTOR_COMMAND_TIMEOUT_SECONDS: a plugin that does not answer in time is a 504.
+
+    The plugin may still have sent it, so the next try within 60 s is told to wait (409), and the
+    send goes again only once it is stale (SPEC 11's dedupe rules).
+    """
     import io
 
+    from plugin_host.clock import FakeClock
     from plugin_host.package import pack_directory
     from tests.support import REPO
 
-    async with running_sidecar(tmp_path / "home", command_timeout=0.5) as (sidecar, http):
+    clock = FakeClock()
+    async with running_sidecar(tmp_path / "home", command_timeout=0.5, clock=clock) as (sidecar, http):
         host = sidecar.plugin_host
         archive = pack_directory(REPO / "tests" / "plugins" / "sidecho", tmp_path / "sidecho.zip")
         await host.install(io.BytesIO(archive.read_bytes()))
@@ -358,6 +364,9 @@ async def test_the_command_timeout_bounds_the_plugin_call_of_a_send(tmp_path: Pa
         slow = await http.post("/send", json={**body, "metadata": {"hang": True}})
         assert slow.status_code == 504, slow.text
         assert assert_error_shape(slow)["details"]["rpcCode"] == -32001
-        again = await http.post("/send", json=body)  # the timed-out try was recorded failed: sent now
+        busy = await http.post("/send", json=body)
+        assert busy.status_code == 409 and busy.json() == {"retryAfterSeconds": 5}, busy.text
+        clock.advance(60)
+        again = await http.post("/send", json=body)  # stale: sent again
         assert again.status_code == 200 and again.json()["duplicate"] is False, again.text
         assert host.supervisor("sidecho").snapshot()["counters"]["timeouts"] == 1

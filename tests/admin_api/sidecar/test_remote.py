@@ -51,3 +51,36 @@ async def test_an_unreachable_sidecar_is_a_clear_503_and_the_connection_records_
         assert error["code"] == "sidecar_unavailable" and CONNECTOR_TOKEN not in answer.text
         [connection] = (await http.get("/api/connections")).json()
         assert connection["status"] == "error" and "could not be reached" in connection["error"]
+
+
+async def test_a_remote_session_moves_on_in_serve_without_anyone_asking(tmp_path: Path) -> None:
+    """The sidecar's session progresses (the phone scans); serve follows it on its own, so an
+    admin who closed the page, or an SSE stream, sees `scanned` without a GET."""
+    import io
+
+    from plugin_host.package import pack_directory
+    from tests.support import REPO, eventually
+
+    async with running_sidecar(tmp_path / "sidecar") as (sidecar, side_http):
+        host = sidecar.plugin_host
+        archive = pack_directory(REPO / "tests" / "plugins" / "qrdemo", tmp_path / "qrdemo.zip")
+        await host.install(io.BytesIO(archive.read_bytes()))
+        await host.enable("qrdemo")
+        await eventually(lambda: host.supervisor("qrdemo") is not None and host.supervisor("qrdemo").state == "running")
+        serve = make_app(tmp_path / "serve", with_runtime=True)
+        serve.state.runtime.connections.remote = SidecarClient(
+            "http://sidecar", CONNECTOR_TOKEN, transport=side_http._transport
+        )
+        async with lifespan(serve), admin_client(serve) as http:
+            started = (await http.post("/api/connector-sessions", json={"kind": "qrdemo"})).json()
+            session_id, connection_id = started["session"]["sessionId"], started["connection"]["connectionId"]
+            assert started["session"]["status"] == "qr_ready"
+            scanned = await side_http.post(f"/webhooks/{connection_id}", json={"action": "scan"})
+            assert scanned.status_code == 200, scanned.text
+            store = serve.state.runtime.store
+
+            async def followed() -> bool:
+                session = await store.sessions.get(session_id)
+                return session is not None and session.status == "scanned"
+
+            await eventually(followed, timeout=20)

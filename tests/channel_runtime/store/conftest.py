@@ -8,13 +8,17 @@ import pytest
 
 from plugin_host.clock import FakeClock
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgresql"]
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store URL of each backend (a reopened SQLite URL reads the same file)."""
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    """A fresh store URL of each backend (a reopened URL reads the same data, except memory://)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres").url())
+    return f"sqlite:///{tmp_path / 'state' / 'state.db'}"
 
 
 @pytest.fixture

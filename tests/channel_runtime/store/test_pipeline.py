@@ -18,6 +18,7 @@ from channel_runtime.messages import InboundMessage
 from channel_runtime.store import DEFAULT_LEASE, Store, open_store
 from channel_runtime.store.base import Delivery
 from plugin_host.clock import FakeClock
+from tests.support.postgres import session_database
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[3]
@@ -327,7 +328,8 @@ async def _replay(
     return seen
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+@pytest.mark.usefixtures("postgres")  # drops the session database at the end
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgresql"])
 @settings(max_examples=40, deadline=None)
 @given(steps=DELIVERIES)
 def test_accept_event_equals_begin_commit_complete(
@@ -335,7 +337,12 @@ def test_accept_event_equals_begin_commit_complete(
 ) -> None:
     async def run(atomic: bool) -> list[Any]:
         clock = FakeClock()
-        url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path_factory.mktemp('eq') / 'state.db'}"
+        if backend == "postgresql":
+            url = session_database().url()
+        elif backend == "memory":
+            url = "memory://"
+        else:
+            url = f"sqlite:///{tmp_path_factory.mktemp('eq') / 'state.db'}"
         async with await open_store(url, clock=clock, dedupe_ttl=60.0) as store:
             return await _replay(store, clock, steps, atomic=atomic)
 

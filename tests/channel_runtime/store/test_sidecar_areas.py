@@ -111,6 +111,8 @@ async def test_a_store_without_sidecar_areas_says_so() -> None:
             kv=real.kv,
             pipeline=real.pipeline,
             plugin_state=real.plugin_state,
+            leases=real.leases,
+            listen=real.listen,
             close=real.aclose,
         )
         with pytest.raises(StoreError, match="no sidecar forward queue"):
