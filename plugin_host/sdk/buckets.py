@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import msgspec
 
 from ..clock import Clock
+from ..locks import KeyedLock
 from ..protocol import STATE_VALUE_MAX_BYTES
-from .locks import KeyedLock
 
 # room for the JSON-RPC framing around a value (the limit counts the value alone, but stay clear of it)
 _VALUE_BUDGET = STATE_VALUE_MAX_BYTES - 512
