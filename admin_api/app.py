@@ -72,6 +72,8 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # no redirect to the trailing-slash-less path: Starlette builds it from the Host header
+    app.router.redirect_slashes = False
     app.state.host = host
     app.state.runtime = runtime
     app.state.settings = settings

@@ -64,9 +64,30 @@ async def read_json(request: Request, *, limit: int = JSON_LIMIT) -> Any:
     if not body.strip():
         raise ApiError("invalid_json", "a JSON body is required", status=400)
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise ApiError("invalid_json", f"the body is not valid JSON: {exc}", status=400) from None
+    if _has_lone_surrogate(value):
+        # "\ud800" is valid JSON but no UTF-8 text: the store and every answer would fail on it
+        raise ApiError("invalid_json", "the body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)", status=400)
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 async def read_object(request: Request, *, limit: int = JSON_LIMIT) -> dict[str, Any]:

@@ -10,6 +10,8 @@ system alike, and reports the median over repeats with its reference beside it:
   - raw floor: the same supervisor -> a msgspec newline echo (`bench/plugins/raw_echo`)
   - MCP: the official `mcp` SDK, stdio client -> server with one tool (`bench/plugins/mcp_echo`)
 - cold start: spawn -> `initialized` of the SDK plugin vs `python -c 'import msgspec, anyio'`
+- the sandbox (SPEC 5.3, `plugin_host.sandbox`): the same SDK plugin sandboxed vs not, sequential
+  p50 and cold start (targets: <= 1.1x and <= +30 ms)
 - idle RSS of the SDK plugin after the handshake vs a bare process that imported msgspec and anyio
 - host-kept state: `plugin.state.put` round trips timed inside an SDK plugin (`bench/plugins/sdk_state`)
   through the real `PluginHost` and `ChannelRuntime` (SQLite store), sequential (p50) and 16 in
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -45,6 +48,7 @@ import msgspec  # noqa: E402
 
 from plugin_host.launch import LaunchSpec, build_env  # noqa: E402
 from plugin_host.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
+from plugin_host.sandbox import Sandbox  # noqa: E402
 from plugin_host.supervisor import PluginSupervisor  # noqa: E402
 
 PLUGINS = BENCH_DIR / "plugins"
@@ -347,7 +351,7 @@ async def state_figures(settings: Settings, tmp: Path, figures: dict[str, dict[s
 # ---------------------------------------------------------------- the run
 
 
-SYSTEMS = ("sdk", "raw", "mcp")
+SYSTEMS = ("sdk", "raw", "mcp", "sbx")
 
 
 async def run(settings: Settings, progress: Callable[[str], None]) -> dict[str, dict[str, Runs]]:
@@ -359,11 +363,17 @@ async def run(settings: Settings, progress: Callable[[str], None]) -> dict[str, 
         data_root = Path(tmp)
         sdk_spec = launch_spec("sdk_echo", data_root)
         raw_spec = launch_spec("raw_echo", data_root)
+        sandbox = Sandbox(hidden=[data_root / "hidden"])
+        status = await sandbox.probe()
+        if not status.isolated:
+            progress(f"no sandbox here ({status.warning}): the sandbox rows measure the limits only")
+        sbx_spec = dataclasses.replace(launch_spec("sdk_echo", data_root / "sandboxed"), sandbox=sandbox)
         async with contextlib.AsyncExitStack() as stack:
             callers = {
                 "sdk": await stack.enter_async_context(supervisor_caller(sdk_spec)),
                 "raw": await stack.enter_async_context(supervisor_caller(raw_spec)),
                 "mcp": await stack.enter_async_context(mcp_caller()),
+                "sbx": await stack.enter_async_context(supervisor_caller(sbx_spec)),
             }
             for r in range(settings.seq_repeats):
                 for name in SYSTEMS:  # interleaved: drift and noise hit every system alike
@@ -372,16 +382,18 @@ async def run(settings: Settings, progress: Callable[[str], None]) -> dict[str, 
                     figures[name]["p50"].values.append(p50)
                     figures[name]["p99"].values.append(p99)
             for r in range(settings.tput_repeats):
-                for name in SYSTEMS:
+                for name in ("sdk", "raw", "mcp"):
                     progress(f"throughput {r + 1}/{settings.tput_repeats} {name}")
                     rate = await throughput(callers[name], settings.tput_seconds, settings.warmup_calls)
                     figures[name]["tput"].values.append(rate)
-        await cold_start_floor(sdk_spec)  # warm the page cache for both
+        await cold_start_floor(sdk_spec)  # warm the page cache for all
         await cold_start_ours(sdk_spec)
+        await cold_start_ours(sbx_spec)
         for r in range(settings.cold_starts):
             progress(f"cold start {r + 1}/{settings.cold_starts}")
             figures["sdk"]["cold"].values.append(await cold_start_ours(sdk_spec))
             figures["floor"]["cold"].values.append(await cold_start_floor(sdk_spec))
+            figures["sbx"]["cold"].values.append(await cold_start_ours(sbx_spec))
         for r in range(settings.rss_samples):
             progress(f"idle rss {r + 1}/{settings.rss_samples}")
             figures["sdk"]["rss"].values.append(await idle_rss_ours(sdk_spec, settle=0.5))
@@ -419,7 +431,9 @@ def paired(ours: Runs, ref: Runs, relate: Callable[[float, float], float]) -> fl
 
 
 def rows_of(f: dict[str, dict[str, Runs]]) -> list[Row]:
-    sdk, raw, mcp, floor = f["sdk"], f["raw"], f["mcp"], f["floor"]
+    sdk, raw, mcp, floor, sbx = f["sdk"], f["raw"], f["mcp"], f["floor"], f["sbx"]
+    sbx_p50 = paired(sbx["p50"], sdk["p50"], ratio)
+    sbx_cold = paired(sbx["cold"], sdk["cold"], lambda a, b: a - b)
     p50_ratio = paired(sdk["p50"], raw["p50"], ratio)
     tput_vs_mcp = paired(sdk["tput"], mcp["tput"], ratio)
     cold_extra = paired(sdk["cold"], floor["cold"], lambda a, b: a - b)
@@ -481,6 +495,24 @@ def rows_of(f: dict[str, dict[str, Runs]]) -> list[Row]:
             f"{cold_extra:+.1f} ms",
             "<= floor + 40 ms",
             cold_extra <= 40.0,
+        ),
+        Row(
+            "sandboxed: sequential p50 (us)",
+            sbx["p50"].median,
+            "not sandboxed",
+            sdk["p50"].median,
+            f"{sbx_p50:.2f}x",
+            "<= 1.1x",
+            sbx_p50 <= 1.1,
+        ),
+        Row(
+            "sandboxed: cold start (ms)",
+            sbx["cold"].median,
+            "not sandboxed",
+            sdk["cold"].median,
+            f"{sbx_cold:+.1f} ms",
+            "<= +30 ms",
+            sbx_cold <= 30.0,
         ),
         Row(
             "idle RSS (MiB)",
@@ -548,6 +580,7 @@ def spread(f: dict[str, dict[str, Runs]]) -> str:
         "floor": "floor",
         "state": "state.put",
         "store": "store",
+        "sbx": "sandboxed",
     }
     out = []
     for metric, unit in (("p50", "us"), ("p99", "us"), ("tput", "calls/s"), ("cold", "ms"), ("rss", "MiB")):

@@ -443,8 +443,7 @@ def part_coordination(report: Report, pg: PrivatePostgres, work: Path, count: in
 
 def part_failover(report: Report, pg: PrivatePostgres, work: Path, kills: int) -> list[float]:
     store = pg.fresh("failover")
-    probe_log = work / "probe.jsonl"
-    env = {"PROBE_LOG": str(probe_log)}  # SPEC lease times: the defaults
+    env: dict[str, str] = {}  # SPEC lease times: the defaults
     (work / "fo").mkdir(exist_ok=True)
     hosts = {name: Host(name, work / "fo", store, cpu=None, env=env) for name in ("node-a", "node-b")}
     times: list[float] = []
@@ -454,10 +453,14 @@ def part_failover(report: Report, pg: PrivatePostgres, work: Path, kills: int) -
         connection_id = install_and_connect(hosts["node-a"], REPO / "tests" / "plugins" / "lease_probe", "probe", work)
         wait(lambda: all(h.plugin_running("probe") for h in hosts.values()), 60, "probe running on both")
 
-        def records() -> list[dict[str, Any]]:
-            if not probe_log.exists():
-                return []
-            return [json.loads(line) for line in probe_log.read_text().splitlines() if line.strip()]
+        def records() -> list[dict[str, Any]]:  # each probe writes in its host's data folder
+            found = [
+                json.loads(line)
+                for path in (work / "fo").glob("*/plugin-data/probe/probe.jsonl")
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
+            return sorted(found, key=lambda r: r["t"])
 
         def owner() -> str | None:
             for h in hosts.values():

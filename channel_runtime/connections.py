@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FAILED_STATUSES = frozenset({"expired", "error", "cancelled"})
+# credentials a plugin hands over (session.update): encrypted and handed back on every resume
+MAX_CREDENTIALS_BYTES = 64 * 1024
 _LIVE_CONNECTION_STATUSES = ("pending", "pairing", "connected", "disconnected", "error")
 _SUBSCRIBER_BUFFER = 64
 REMOTE_SESSION_POLL_SECONDS = 1.5  # how often the progress of a remote sidecar's session is read
@@ -67,11 +69,22 @@ def connection_view(record: ConnectionRecord) -> dict[str, Any]:
 
 
 def with_qr_image(view: dict[str, Any]) -> dict[str, Any]:
-    """SPEC 6.5: a `qrCode` without `qrImage` gets an SVG data URI rendered by the host."""
+    """SPEC 6.5: a `qrCode` without `qrImage` gets an SVG data URI rendered by the host.
+
+    A code no QR symbol can hold turns the view into an error: the session ends clearly
+    instead of waiting for a scan that cannot happen.
+    """
     code = view.get("qrCode")
     if code and not view.get("qrImage"):
         view = dict(view)
-        view["qrImage"] = segno.make(str(code), error="m").svg_data_uri(scale=4, border=2)
+        try:
+            view["qrImage"] = segno.make(str(code), error="m").svg_data_uri(scale=4, border=2)
+        except ValueError:  # segno.DataOverflowError: too long for any QR version
+            view.update(
+                status="error",
+                qrCode=None,
+                error=f"the plugin's qrCode is too long to render as a QR code ({len(str(code))} characters)",
+            )
     return view
 
 
@@ -185,6 +198,8 @@ class ConnectionManager:
         store = self.runtime.store
         connection = await self._pairing_connection(kind, plugin_id, display_name, options, connection_id, channel_id)
         session = await store.sessions.create(connection_id=connection.connection_id, kind=kind, plugin_id=plugin_id)
+        hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
+        self.host.redactor(plugin_id).add(*hidden)  # an app secret the admin typed never shows in its logs
         params = SessionStartParams(
             session_id=session.session_id,
             kind=kind,
@@ -197,8 +212,7 @@ class ConnectionManager:
         try:
             view = await self.host.client(plugin_id).session_start(params, timeout=self.call_timeout)
         except RpcError as exc:
-            hidden = [v for k, v in options.items() if is_secret_name(k) and isinstance(v, str)]
-            message = redact(exc.message, hidden)
+            message = redact(self.host.redactor(plugin_id)(exc.message), hidden)
             await store.sessions.update(
                 session.session_id,
                 status="error",
@@ -343,7 +357,9 @@ class ConnectionManager:
         try:
             view = await self.host.client(session.plugin_id).session_input(session_id, value, timeout=self.call_timeout)
         except RpcError as exc:
-            raise OnboardingError("session_input_failed", redact(exc.message), status=502) from None
+            raise OnboardingError(
+                "session_input_failed", self.host.redactor(session.plugin_id)(exc.message), status=502
+            ) from None
         await self._apply_view(session_id, msgspec.to_builtins(view), from_call=True, call_seq=seq)
         return await self._current_view(session_id)
 
@@ -391,6 +407,17 @@ class ConnectionManager:
         view = msgspec.to_builtins(update)
         credentials = view.pop("credentials", None)
         view.pop("connectionId", None)
+        if credentials:
+            size = len(msgspec.json.encode(credentials))
+            if size > MAX_CREDENTIALS_BYTES:
+                log.warning(
+                    "plugin %s: credentials of session %s refused (%d bytes)", plugin_id, update.session_id, size
+                )
+                credentials = None
+                view.update(
+                    status="error",
+                    error=f"the plugin handed over {size} bytes of credentials; the limit is {MAX_CREDENTIALS_BYTES}",
+                )
         await self._apply_view(update.session_id, view, from_call=False, credentials=credentials)
 
     async def _apply_view(
@@ -427,7 +454,9 @@ class ConnectionManager:
                 return  # the plugin already reported something newer than this answer
             if not from_call:
                 self._update_seq[session_id] = self._update_seq.get(session_id, 0) + 1
-            view = with_qr_image({**view, "sessionId": session_id, "kind": session.kind})
+            # the plugin's words, stored and shown: every secret it was handed is masked
+            redactor = self.host.redactor(session.plugin_id)
+            view = with_qr_image(redactor.value({**view, "sessionId": session_id, "kind": session.kind}))
             status = str(view.get("status") or session.status)
             await store.sessions.update(session_id, status=status, view=view)
             connection_id = session.connection_id
@@ -435,7 +464,7 @@ class ConnectionManager:
                 await self._connected(connection_id, view, credentials)
             elif status in _FAILED_STATUSES:
                 reason = view.get("error") or f"session {status}"
-                await store.connections.update_status(connection_id, "error", redact(str(reason)))
+                await store.connections.update_status(connection_id, "error", redactor(str(reason)))
             if status in TERMINAL_SESSION_STATUSES:
                 self._update_seq.pop(session_id, None)
         await self._publish(session_id)
@@ -492,7 +521,7 @@ class ConnectionManager:
                     "plugin %s did not take over connection %s: %s; it gets it at its next start",
                     record.plugin_id,
                     record.connection_id,
-                    redact(exc.message),
+                    self.host.redactor(record.plugin_id)(exc.message),
                 )
 
     async def _publish(self, session_id: str) -> None:
@@ -558,11 +587,12 @@ class ConnectionManager:
             record = await store.connections.get(params.connection_id)
             if record is None or record.plugin_id != plugin_id or record.status == "revoked":
                 return
+            redactor = self.host.redactor(plugin_id)
             if params.status == "revoked":
-                await self._revoke(record, params.error)
+                await self._revoke(record, redactor(params.error) if params.error else None)
                 return
             await store.connections.update_status(
-                record.connection_id, params.status, redact(params.error) if params.error else None
+                record.connection_id, params.status, redactor(params.error) if params.error else None
             )
 
     async def _revoke(self, record: ConnectionRecord, error: str | None = None) -> None:

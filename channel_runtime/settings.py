@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from plugin_host.sandbox import Sandbox
+
     from .leases import NodeSettings
 
 HOME_ENV = "CHANNEL_RUNTIME_HOME"
@@ -23,6 +25,10 @@ METRICS_OPEN_ENV = "CHANNEL_RUNTIME_METRICS_OPEN"
 LEASE_TTL_ENV = "CHANNEL_RUNTIME_LEASE_TTL"
 LEASE_RENEW_ENV = "CHANNEL_RUNTIME_LEASE_RENEW"
 NODE_URL_ENV = "CHANNEL_RUNTIME_NODE_URL"  # where the other hosts reach this one (webhooks are passed on to it)
+SANDBOX_ENV = "CHANNEL_RUNTIME_SANDBOX"  # auto (default) | off | required (docs/SECURITY.md)
+MAX_CONNECTIONS_ENV = "CHANNEL_RUNTIME_MAX_CONNECTIONS"  # open HTTP connections; default from the fd limit
+HEADER_TIMEOUT_ENV = "CHANNEL_RUNTIME_HEADER_TIMEOUT"  # seconds a connection has to send a request's headers
+KEEPALIVE_TIMEOUT_ENV = "CHANNEL_RUNTIME_KEEPALIVE_TIMEOUT"  # seconds an idle keep-alive connection stays
 # a remote `channel-runtime sidecar` (SPEC 11) serving the connector kinds no local plugin provides
 SIDECAR_URL_ENV = "CHANNEL_RUNTIME_SIDECAR_URL"
 SIDECAR_TOKEN_ENV = "CHANNEL_RUNTIME_SIDECAR_TOKEN"
@@ -32,6 +38,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_HANDLER = "echo"
 ADMIN_TOKEN_FILE = "admin-token"
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 
 
 def resolve_home(env: Mapping[str, str] | None = None, home: str | os.PathLike[str] | None = None) -> Path:
@@ -79,6 +87,28 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _number(env: Mapping[str, str], name: str, default: float | None, *, minimum: float) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, not {raw}")
+    return value
+
+
+def _sandbox_mode(env: Mapping[str, str]) -> str:
+    from plugin_host.sandbox import SANDBOX_MODES
+
+    mode = (env.get(SANDBOX_ENV) or "auto").strip().lower()
+    if mode not in SANDBOX_MODES:
+        raise SettingsError(f"{SANDBOX_ENV} must be one of {', '.join(SANDBOX_MODES)}, not {mode!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -93,6 +123,11 @@ class Settings:
     bridge_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
     metrics_open: bool = False
+    sandbox_mode: str = "auto"
+    # HTTP server (issue 14): None = derived from the open-file limit at start
+    max_connections: int | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     sidecar_url: str | None = None
     sidecar_token: str | None = field(default=None, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -127,6 +162,12 @@ class Settings:
             bridge_token=(env.get(BRIDGE_TOKEN_ENV) or "").strip() or None,
             public_url=(env.get(PUBLIC_URL_ENV) or "").strip().rstrip("/") or None,
             metrics_open=_flag(env.get(METRICS_OPEN_ENV)),
+            sandbox_mode=_sandbox_mode(env),
+            max_connections=_int_or_none(_number(env, MAX_CONNECTIONS_ENV, None, minimum=8)),
+            header_timeout=_number(env, HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT, minimum=0.1)
+            or DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout=_number(env, KEEPALIVE_TIMEOUT_ENV, DEFAULT_KEEPALIVE_TIMEOUT, minimum=0.1)
+            or DEFAULT_KEEPALIVE_TIMEOUT,
             sidecar_url=(env.get(SIDECAR_URL_ENV) or "").strip().rstrip("/") or None,
             sidecar_token=(env.get(SIDECAR_TOKEN_ENV) or "").strip() or None,
             env=env,
@@ -149,6 +190,12 @@ class Settings:
             info={"url": self.node_url},
         )
 
+    def sandbox(self) -> Sandbox:
+        """The plugin sandbox of this service: the home folder out of every plugin's reach."""
+        from plugin_host.sandbox import Sandbox
+
+        return Sandbox(hidden=[self.home], mode=self.sandbox_mode, search_path=self.env.get("PATH"))  # type: ignore[arg-type]
+
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for redaction."""
         return [s for s in (self.admin_token, self.bridge_token, self.sidecar_token) if s]
@@ -166,6 +213,10 @@ class Settings:
     def admin_url(self) -> str:
         base = self.public_url or f"http://{_url_host(self.host)}:{self.port}"
         return f"{base}/admin"
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _url_host(host: str) -> str:

@@ -65,13 +65,20 @@ def build_app(settings: Settings, *, bundled: bool = True) -> Starlette:
             node = settings.node()
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    host = PluginHost(settings.home, registry_backend=registry_backend)
+    secret_key = settings.secret_key()
+    # every secret the host holds is masked in whatever its plugins say (logs, stderr, answers)
+    host = PluginHost(
+        settings.home,
+        registry_backend=registry_backend,
+        secrets=[*settings.secrets(), *(part.strip() for part in secret_key.split(","))],
+        sandbox=settings.sandbox(),
+    )
     runtime = ChannelRuntime(
         handler=load_handler(settings.handler),
         store=settings.store_url,
         plugin_host=host,
         home=settings.home,
-        secret_key=settings.secret_key(),
+        secret_key=secret_key,
         node=node,
     )
 

@@ -114,11 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging()
-    settings = Settings.load(home=args.home, store=args.store, host=args.host, port=args.port, handler=args.handler)
+    try:
+        settings = Settings.load(home=args.home, store=args.store, host=args.host, port=args.port, handler=args.handler)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    from .server import open_files_raised
+
+    open_files = open_files_raised()  # before anything opens: sockets, plugins' pipes, the database
     app = build_app(settings)
     print(f"channel-runtime: admin page at {settings.admin_url}", flush=True)
     _print_admin_token(settings)
-    return _run(app, settings.host, settings.port)
+    return _run(app, settings, open_files)
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
@@ -127,6 +133,9 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         settings = SidecarSettings.load(home=args.home, host=args.host, port=args.port)
     except SettingsError as exc:
         raise CliError(str(exc)) from None
+    from .server import open_files_raised
+
+    open_files = open_files_raised()
     app = build_sidecar_app(settings)
     service = settings.service
     print(f"channel-runtime sidecar: connector API on http://{service.host}:{service.port}", flush=True)
@@ -138,7 +147,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         )
     print(f"channel-runtime sidecar: admin page at {service.admin_url}", flush=True)
     _print_admin_token(service)
-    return _run(app, service.host, service.port)
+    return _run(app, service, open_files)
 
 
 def _configure_logging() -> None:
@@ -154,12 +163,15 @@ def _print_admin_token(settings: Settings) -> None:
         )
 
 
-def _run(app: object, host: str, port: int) -> int:
+def _run(app: object, settings: Settings, open_files: int) -> int:
     import anyio
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
+    from .server import hide_query_strings, quiet_repeats, server_config
+
+    server = uvicorn.Server(server_config(app, settings, open_files=open_files))
+    quiet_repeats()  # uvicorn's loggers exist now
+    hide_query_strings()
     # uvicorn re-raises the signal that stopped it once it is done; after a graceful stop, exit 0 instead
     received: list[int] = []
     previous = {

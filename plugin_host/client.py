@@ -24,6 +24,7 @@ from .protocol import (
     WebhookParams,
     WebhookResult,
 )
+from .redact import credential_secrets
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -73,6 +74,10 @@ class PluginClient:
 
     async def resume(self, info: ConnectionInfo) -> None:
         """SPEC 10: serve this connection from now on (credentials included)."""
+        sup = self._host.supervisor(self.plugin_id)
+        if sup is not None:  # whatever the plugin logs of them from now on is masked
+            shown = [info.connection_id, info.channel_id, info.account_id, info.display_name]
+            sup.redactor.add(*credential_secrets(info.credentials, public=shown))
         await self._call("connection.resume", info, Empty)
 
     async def release(self, connection_id: str) -> None:

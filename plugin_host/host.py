@@ -13,8 +13,9 @@ from __future__ import annotations
 import builtins
 import hashlib
 import logging
+import os
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import msgspec
 from .client import PluginClient
 from .clock import Clock, SystemClock
 from .errors import Refusal
+from .files import private_dir
 from .lifetime import owned_task_group
 from .manifest import Manifest
 from .package import (
@@ -39,8 +41,9 @@ from .package import (
 )
 from .process import LaunchSpec, LogLine
 from .protocol import ConnectorDescriptor
-from .redact import secret_values
+from .redact import Redactor, secret_values
 from .registry import PluginRecord, PluginRegistry, RegistryBackend, VersionRecord
+from .sandbox import Sandbox
 from .services import HostServices
 from .supervisor import PluginSupervisor, StartError
 
@@ -79,14 +82,20 @@ class PluginHost(anyio.AsyncContextManagerMixin):
         supervisor_options: dict[str, Any] | None = None,
         registry_backend: RegistryBackend | None = None,
         registry_poll: float = 2.0,
+        sandbox: Sandbox | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
-        self.home = Path(home)
+        self.home = private_dir(Path(home))
         self.plugins_dir = self.home / "plugins"
         self.data_dir = self.home / "plugin-data"
+        # SPEC 5.3: every plugin confined; the home (state, keys, other plugins) is out of its reach
+        self.sandbox = sandbox or Sandbox(hidden=[self.home], search_path=(host_env or os.environ).get("PATH"))
         self._clock = clock or SystemClock()
         self._host_env = host_env
         self._services = services
         self._supervisor_options = supervisor_options or {}
+        # the host's own secrets (admin and bridge tokens, credentials key): masked in every plugin's output
+        self._secrets: list[str] = [s for s in secrets if s]
         # the single-host registry is `<home>/state.db`; several hosts share one (SPEC 10)
         self.registry = PluginRegistry(registry_backend or self.home / "state.db", clock=self._clock)
         self._registry_poll = registry_poll
@@ -111,6 +120,18 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             raise RuntimeError("bind the host's services before it starts")
         self._services = services
 
+    def add_secrets(self, *values: str) -> None:
+        """More of the host's own secrets: every plugin's output masks them from now on."""
+        fresh = [v for v in values if v]
+        self._secrets += fresh
+        for running in self._running.values():
+            running.supervisor.redactor.add(*fresh)
+
+    def redactor(self, plugin_id: str) -> Redactor:
+        """What masks `plugin_id`'s words: its supervisor's redactor (every secret it was handed), or the host's."""
+        running = self._running.get(plugin_id)
+        return running.supervisor.redactor if running else Redactor(self._secrets)
+
     def client(self, plugin_id: str) -> PluginClient:
         """Typed host -> plugin calls to `plugin_id` (valid across restarts and hot swaps)."""
         return PluginClient(self, plugin_id)
@@ -121,6 +142,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncIterator[PluginHost]:
         sweep_temporary(self.plugins_dir)  # leftovers of an install killed mid-way
         await self.registry.open()
+        await self.sandbox.probe()  # once, before any plugin starts; a missing mechanism is logged loudly
         try:
             async with owned_task_group() as tg:
                 self._tg = tg
@@ -320,7 +342,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             record = self._record(plugin_id)
             manifest = self._manifest(plugin_id, record.active_version) if record.active_version else None
             if manifest is not None:
-                validate_config(manifest, config)
+                await validate_config(manifest, config)
             await self.registry.set_config(plugin_id, config)
             running = self._running.get(plugin_id)
             if running is not None:
@@ -368,6 +390,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             state = snap.get("state", "stopped")
         else:
             state = "stopped" if record.enabled else "disabled"
+        permissions = manifest.permissions_view if manifest else None
         view: dict[str, Any] = {
             "id": plugin_id,
             "name": manifest.name if manifest else plugin_id,
@@ -375,7 +398,15 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "activeVersion": active,
             "runningVersion": running.version if running else None,
             "versions": [
-                {"version": v.version, "sha256": v.sha256, "installedAt": v.installed_at, "source": v.source}
+                {
+                    "version": v.version,
+                    "sha256": v.sha256,
+                    "installedAt": v.installed_at,
+                    "source": v.source,
+                    # what activating this version would grant: shown before an upgrade
+                    "permissions": v.manifest.permissions_view,
+                    "permissionsChanged": permissions is not None and v.manifest.permissions_view != permissions,
+                }
                 for v in versions
             ],
             "enabled": record.enabled,
@@ -386,6 +417,8 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             "lastErrorAt": snap.get("lastErrorAt"),
             "nextAttemptInSeconds": snap.get("nextAttemptInSeconds"),
             "connectors": [msgspec.to_builtins(c.descriptor()) for c in (manifest.connectors if manifest else [])],
+            "permissions": permissions,
+            "sandbox": self.sandbox.status.view(),
         }
         if detail:
             view["counters"] = snap.get(
@@ -479,6 +512,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             data_dir=self.data_dir / plugin_id,
             manifest=manifest,
             host_env=self._host_env,
+            sandbox=self.sandbox,
         )
         sup = PluginSupervisor(
             spec,
@@ -487,7 +521,7 @@ class PluginHost(anyio.AsyncContextManagerMixin):
             clock=self._clock,
             **self._supervisor_options,
         )
-        sup.redactor.add(*secret_values(record.config or {}, manifest.config_schema))
+        sup.redactor.add(*self._secrets, *secret_values(record.config or {}, manifest.config_schema))
         return sup
 
     def _require_started(self) -> None:

@@ -6,8 +6,9 @@
     runtime_argv(manifest.runtime, folder, search_path=PATH)   # the checks of install and `plugin validate`
 
 The host (`process.py`), `plugin check` (`conformance.py`) and the SDK's test
-harness all launch through here, so a plugin is tested as the host runs it. A
-sandbox is a `LaunchPlan -> LaunchPlan` function applied in `plan_launch`.
+harness all launch through here, so a plugin is tested as the host runs it. The
+sandbox (`plugin_host.sandbox`, SPEC 5.3) is a `LaunchPlan -> LaunchPlan` transform
+applied in `plan_launch` when the spec carries one.
 
 Command rules (SPEC 4): an element that starts with `./` or contains a `/` is a
 path inside the plugin's version folder (absolute paths, `..` components and
@@ -27,12 +28,16 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plugin_host
 
 from .errors import Refusal
 from .manifest import Manifest, Runtime
 from .process_group import LaunchPlan
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 RESERVED_ENV_PREFIX = "CHANNEL_RUNTIME_"
 # the sidecar's own secrets (SPEC 11): a manifest cannot ask for them either
@@ -67,6 +72,7 @@ class LaunchSpec:
     manifest: Manifest
     host_env: Mapping[str, str] | None = None  # defaults to os.environ
     python: str = sys.executable
+    sandbox: Sandbox | None = None  # None: the plan runs as built (tests, `plugin check`, the SDK harness)
 
 
 def sdk_root() -> Path:
@@ -249,8 +255,10 @@ def build_env(spec: LaunchSpec) -> dict[str, str]:
 
 
 def plan_launch(spec: LaunchSpec) -> LaunchPlan:
-    """What the plugin of `spec` runs: command, environment, working directory (its data folder)."""
-    return LaunchPlan(argv=tuple(build_command(spec)), env=build_env(spec), cwd=spec.data_dir)
+    """What the plugin of `spec` runs: command, environment, working directory (its data folder),
+    confined by the spec's sandbox when it has one."""
+    plan = LaunchPlan(argv=tuple(build_command(spec)), env=build_env(spec), cwd=spec.data_dir)
+    return plan if spec.sandbox is None else spec.sandbox.wrap(plan, spec)
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -263,4 +271,6 @@ def prepare_launch(spec: LaunchSpec) -> LaunchPlan:
     """`plan_launch(spec)` with the data folder created: what every launcher calls before `spawn`."""
     plan = plan_launch(spec)
     prepare_data_dir(spec.data_dir)
+    if spec.sandbox is not None:
+        spec.sandbox.prepare(spec)
     return plan

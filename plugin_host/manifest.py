@@ -15,6 +15,8 @@ from .protocol import AuthType, ConnectorDescriptor
 
 MANIFEST_NAME = "plugin.json"
 MAX_MANIFEST_BYTES = 64 * 1024
+# nesting of the whole document: far beyond any real manifest, far below Python's recursion limit
+MAX_MANIFEST_DEPTH = 64
 
 
 class _M(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -68,6 +70,17 @@ class ManifestConnector(_M):
         return ConnectorDescriptor(self.kind, self.display_name, self.auth_type, self.capabilities, self.options_schema)
 
 
+class Permissions(_M):
+    """What a plugin asks for beyond its sandbox (docs/SECURITY.md): shown to the admin before enabling."""
+
+    network: bool = True  # false: the plugin runs in an empty network namespace
+    read_paths: list[str] = msgspec.field(default_factory=list)  # extra absolute paths it may read
+
+    def view(self, env: list[str]) -> dict[str, Any]:
+        """As the API shows it: with the host variables (`env`) the plugin may see."""
+        return {"network": self.network, "readPaths": list(self.read_paths), "env": list(env)}
+
+
 class Manifest(_M):
     manifest_version: int
     id: str
@@ -82,6 +95,11 @@ class Manifest(_M):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: Limits = msgspec.field(default_factory=Limits)
     health_interval_ms: int = 10000
+    permissions: Permissions = msgspec.field(default_factory=Permissions)
+
+    @property
+    def permissions_view(self) -> dict[str, Any]:
+        return self.permissions.view(self.env)
 
 
 class ManifestError(Refusal):
@@ -107,8 +125,15 @@ def load_manifest(data: bytes) -> Manifest:
         )
     try:
         obj = msgspec.json.decode(data.removeprefix(_BOM))
+        too_deep = _depth_over(obj, MAX_MANIFEST_DEPTH)
     except msgspec.DecodeError as exc:
         raise ManifestError("manifest_invalid_json", f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    except RecursionError:  # deeper than msgspec decodes
+        too_deep = True
+    if too_deep:
+        raise ManifestError(
+            "manifest_invalid_json", f"{MANIFEST_NAME} is nested deeper than {MAX_MANIFEST_DEPTH} levels"
+        )
 
     # jsonschema costs tens of milliseconds to import; plugins import this module on cold start.
     from .wire_schemas import errors_of, manifest_validator
@@ -131,12 +156,30 @@ def load_manifest(data: bytes) -> Manifest:
         ) from None
 
 
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return False
+
+
 def _config_schema_errors(config_schema: Any) -> list[dict[str, str]]:
     if config_schema is None:
         return []
     from jsonschema import Draft202012Validator
 
+    from .config_schema import schema_problems
     from .wire_schemas import errors_of
+
+    problems = schema_problems(config_schema)
+    if problems:
+        return problems
 
     meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
     return [

@@ -25,11 +25,21 @@ folder is published with one `os.rename` under an exclusive `flock` on
 failure nothing is left behind. Files keep their executable bits (mode 0o644 or
 0o755 at most), folders are 0o755.
 
+Decompression is bounded per read: only stored and deflate entries are accepted
+(what `pack_directory` writes; zipfile inflates BZIP2 and LZMA reads whole, so a
+1 KiB entry could take gigabytes before any check ran). The ratio check counts
+an entry's compressed size as at least `RATIO_FLOOR_BYTES` (a 3 KiB file of
+spaces is no bomb). Entries whose data overlap another entry's (or the central
+directory) are refused: shared data would let 30 KiB expand to hundreds of MB.
+A name component over 255 bytes or a name over 1,024 bytes is refused up front
+(the file system would refuse it mid-extraction).
+
 Refusal codes (`PackageError.code`, HTTP status in `.status`):
-`upload_too_large` 413; `invalid_zip`, `too_many_entries`, `uncompressed_too_large`,
-`unsafe_path`, `not_regular_file`, `duplicate_entry`, `reserved_name`,
-`compression_ratio`, `size_mismatch`, `manifest_missing`, `manifest_too_large`,
-`manifest_invalid_json`, `manifest_schema` 400; `version_conflict` 409.
+`upload_too_large` 413; `invalid_zip`, `unsupported_compression`, `overlapping_entries`,
+`too_many_entries`, `uncompressed_too_large`, `unsafe_path`, `name_too_long`,
+`not_regular_file`, `duplicate_entry`, `reserved_name`, `compression_ratio`,
+`size_mismatch`, `manifest_missing`, `manifest_too_large`, `manifest_invalid_json`,
+`manifest_schema` 400; `version_conflict` 409.
 A runtime that cannot start (SPEC 4, checked on the extracted files by
 `plugin_host.launch.runtime_argv`; `details.field` names the manifest field):
 `runtime_unsafe_path`, `runtime_program_missing`, `runtime_not_executable`,
@@ -66,6 +76,15 @@ MAX_UPLOAD_BYTES = 50 * 2**20
 MAX_TOTAL_BYTES = 200 * 2**20
 MAX_ENTRIES = 5000
 MAX_RATIO = 100
+# the ratio of an entry counts its compressed size as at least this much: small files that
+# compress well (a page of spaces) are no bomb, and the total limit bounds them anyway
+RATIO_FLOOR_BYTES = 1024
+# NAME_MAX of Linux file systems, and a bound on the whole name (PATH_MAX is 4,096 with the home)
+MAX_NAME_COMPONENT_BYTES = 255
+MAX_NAME_BYTES = 1024
+# bounded reads: zipfile inflates a deflate entry at most `n` bytes per read(n); BZIP2 and
+# LZMA entries decompress a whole compressed block per read, whatever n is
+ALLOWED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 PACKAGE_INFO_NAME = ".package.json"
 
 _CHUNK = 1 << 20
@@ -126,7 +145,7 @@ def install_package(
     plugins_dir.mkdir(parents=True, exist_ok=True)
     with _spool(source, limits.max_upload, plugins_dir) as (spool, sha256, size):
         with _open_zip(spool, limits.max_entries) as archive:
-            entries, manifest = _check(archive, limits)
+            entries, manifest = _check(archive, spool, limits)
             target = plugins_dir / manifest.id / manifest.version
             if _installed_sha256(target) == sha256:  # cheap early answer; re-checked under the lock
                 return InstalledPackage(manifest.id, manifest.version, sha256, target, manifest, False)
@@ -169,7 +188,7 @@ def inspect_package(
             return inspect_package(pack_directory(source, Path(tmp) / "package.zip"), **vars(limits))
     with _spool(source, limits.max_upload, None) as (spool, sha256, size):
         with _open_zip(spool, limits.max_entries) as archive:
-            entries, manifest = _check(archive, limits)
+            entries, manifest = _check(archive, spool, limits)
             # extracted for real: the runtime checks look at the files as install will publish them
             with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX) as tmp:
                 _extract(archive, entries, Path(tmp), limits)
@@ -348,8 +367,8 @@ class _Entry:
     mode: int  # permission bits to apply
 
 
-def _check(archive: zipfile.ZipFile, limits: Limits) -> tuple[list[_Entry], Manifest]:
-    """Every rule decidable from the central directory, then the manifest."""
+def _check(archive: zipfile.ZipFile, spool: IO[bytes], limits: Limits) -> tuple[list[_Entry], Manifest]:
+    """Every rule decidable from the central directory (and the local headers), then the manifest."""
     infos = archive.infolist()
     if len(infos) > limits.max_entries:  # _count_entries caught it unless the directory is odd
         raise _entries_refusal(len(infos), limits.max_entries)
@@ -358,15 +377,21 @@ def _check(archive: zipfile.ZipFile, limits: Limits) -> tuple[list[_Entry], Mani
         _check_name(info)
         if info.flag_bits & 0x1:
             raise PackageError("invalid_zip", f"{info.orig_filename!r} is encrypted; packages cannot be encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
-            raise PackageError("invalid_zip", f"{info.orig_filename!r} uses an unsupported compression method")
+        if info.compress_type not in ALLOWED_COMPRESSION:
+            raise PackageError(
+                "unsupported_compression",
+                f"entry {info.orig_filename!r} uses compression method {info.compress_type}; "
+                "packages use stored or deflate entries (as `channel-runtime plugin pack` writes them)",
+                {"entry": info.orig_filename, "method": info.compress_type},
+            )
         _check_type(info)
         declared_total += info.file_size
-        if not info.is_dir() and _ratio(info.file_size, info.compress_size) > limits.max_ratio:
+        if not info.is_dir() and _ratio(info.file_size, info.compress_size, RATIO_FLOOR_BYTES) > limits.max_ratio:
             raise _ratio_refusal(info, info.file_size, limits)
     if declared_total > limits.max_total:
         raise _total_refusal(declared_total, limits)
     _check_duplicates(infos)
+    _check_overlaps(infos, spool, archive.start_dir)
     prefix = _package_root(infos)
     entries = []
     for info in infos:
@@ -403,6 +428,52 @@ def _check_name(info: zipfile.ZipInfo) -> None:
             reason = "an empty or '.' component"
     if reason:
         raise PackageError("unsafe_path", f"entry {name!r} has {reason}", {"entry": name})
+    encoded = name.encode("utf-8", "surrogateescape")
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in name.rstrip("/").split("/"))
+    if longest > MAX_NAME_COMPONENT_BYTES or len(encoded) > MAX_NAME_BYTES:
+        raise PackageError(
+            "name_too_long",
+            f"entry {name[:80]!r}... has a name of {len(encoded)} bytes with a component of {longest}; "
+            f"the limits are {MAX_NAME_BYTES} bytes per name and {MAX_NAME_COMPONENT_BYTES} per component",
+            {"entry": name, "limit": MAX_NAME_COMPONENT_BYTES},
+        )
+
+
+_LOCAL_HEADER = b"PK\x03\x04"
+_LOCAL_HEADER_SIZE = 30
+
+
+def _check_overlaps(infos: list[zipfile.ZipInfo], spool: IO[bytes], directory_start: int) -> None:
+    """Each entry's local header and data lie before the next entry and the central directory.
+
+    Zip allows no sharing, but readers follow offsets blindly: 180 records pointing at one
+    deflated stream would each expand it again (a quoted-overlap bomb).
+    """
+    spans = []
+    for info in infos:
+        spool.seek(info.header_offset)
+        header = spool.read(_LOCAL_HEADER_SIZE)
+        if len(header) < _LOCAL_HEADER_SIZE or header[:4] != _LOCAL_HEADER:
+            raise PackageError("invalid_zip", f"entry {info.orig_filename!r} has no local header at its offset")
+        name_len, extra_len = struct.unpack_from("<2H", header, 26)
+        end = info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len + info.compress_size
+        spans.append((info.header_offset, end, info.orig_filename))
+    spans.sort()
+    previous_end, previous_name = 0, ""
+    for start, end, name in spans:
+        if start < previous_end:
+            raise PackageError(
+                "overlapping_entries",
+                f"entries {previous_name!r} and {name!r} share bytes of the archive; every entry needs its own data",
+                {"entry": name},
+            )
+        previous_end, previous_name = end, name
+    if previous_end > directory_start:
+        raise PackageError(
+            "overlapping_entries",
+            f"entry {previous_name!r} runs into the central directory",
+            {"entry": previous_name},
+        )
 
 
 def _check_type(info: zipfile.ZipInfo) -> None:
@@ -484,9 +555,10 @@ def _manifest_refusal(exc: ManifestError) -> PackageError:
     return PackageError(exc.code, exc.message, {"errors": exc.errors} if exc.errors else {})
 
 
-def _ratio(size: int, compressed: int) -> float:
+def _ratio(size: int, compressed: int, floor: int = 0) -> float:
     if size == 0:
         return 0.0
+    compressed = max(compressed, floor)
     return size / compressed if compressed > 0 else float("inf")
 
 
@@ -533,13 +605,13 @@ def _stream_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, 
                     )
                 if count > budget:
                     raise _total_refusal(count, limits)
-                if _ratio(count, info.compress_size) > limits.max_ratio:
+                if _ratio(count, info.compress_size, RATIO_FLOOR_BYTES) > limits.max_ratio:
                     raise _ratio_refusal(info, count, limits)
                 crc = zlib.crc32(chunk, crc)
                 yield chunk
     except PackageError:
         raise
-    except Exception as exc:  # BadZipFile, zlib.error, EOFError, lzma/bz2 errors...: all mean corrupt data
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError...: all mean corrupt data
         raise PackageError("invalid_zip", f"entry {info.orig_filename!r} cannot be read: {exc}") from None
     if count != info.file_size:
         raise PackageError(
@@ -667,4 +739,4 @@ def _deflate_ratio(path: Path) -> float:
             size += len(chunk)
             compressed += len(compressor.compress(chunk))
     compressed += len(compressor.flush())
-    return _ratio(size, compressed)
+    return _ratio(size, compressed, RATIO_FLOOR_BYTES)

@@ -26,10 +26,10 @@ from .errors import UNAVAILABLE, RpcError
 from .launch import LaunchError, LaunchSpec, prepare_launch
 from .lifetime import owned_task_group
 from .process_group import GroupProcess, LaunchPlan, spawn
-from .redact import Redactor
-from .rpc import Connection, NotificationHandler, RequestHandler, ViolationHook
+from .redact import Redactor, log_safe
+from .rpc import Connection, IncomingHook, NotificationHandler, RequestHandler, ViolationHook
 
-__all__ = ["LaunchError", "LaunchSpec", "PluginProcess", "StderrRing", "plugin_logger"]
+__all__ = ["LaunchError", "LaunchSpec", "LogBudget", "PluginProcess", "StderrRing", "plugin_logger"]
 
 STDERR_RING_LINES = 1000
 STDERR_LINE_BYTES = 4096
@@ -57,34 +57,26 @@ _LINE_SEQUENCE = itertools.count(1)
 
 
 class StderrRing:
-    """The last lines of a plugin's stderr, redacted on the way out.
+    """The last lines of a plugin's stderr, kept raw and redacted on the way out.
 
-    A line is redacted once, when first read (`tail`) or forwarded to the log:
-    a plugin flooding stderr costs the host a line split per line, not a
-    regex pass, and secrets registered later are still masked. Each line keeps
-    its arrival time and a sequence number unique in this process (so a reader
+    Every read (`tail`, `entries`) redacts with the secrets known at that moment: a
+    credential the host learns after the line was written is masked all the same, and
+    a flooding plugin costs the host a line split per line, not a regex pass. Each line
+    keeps its arrival time and a sequence number unique in this process (so a reader
     asks only for what is newer, across rings of one plugin).
     """
 
     def __init__(self, redactor: Redactor | None = None, maxlen: int = STDERR_RING_LINES) -> None:
         self.redactor = redactor or Redactor()
-        # [text, redacted?, arrival wall time, sequence number]
-        self._lines: collections.deque[list[Any]] = collections.deque(maxlen=maxlen)
+        # (raw text, arrival wall time, sequence number)
+        self._lines: collections.deque[tuple[str, float, int]] = collections.deque(maxlen=maxlen)
 
     def __len__(self) -> int:
         return len(self._lines)
 
-    def append(self, text: str) -> list[Any]:
+    def append(self, text: str) -> None:
         # a label for the admin, not logic: the wall clock is enough
-        entry = [text, False, time.time(), next(_LINE_SEQUENCE)]
-        self._lines.append(entry)
-        return entry
-
-    def redacted(self, entry: list[Any]) -> str:
-        if not entry[1]:
-            entry[0] = self.redactor(entry[0])
-            entry[1] = True
-        return entry[0]
+        self._lines.append((text, time.time(), next(_LINE_SEQUENCE)))
 
     def tail(self, n: int) -> list[str]:
         return [line.text for line in self.entries(n)]
@@ -93,12 +85,12 @@ class StderrRing:
         """The last `n` lines with a sequence number above `after`, oldest first."""
         if n <= 0:
             return []
-        entries = [e for e in list(self._lines)[-n:] if e[3] > after]
-        return [LogLine(seq=entry[3], at=entry[2], text=self.redacted(entry)) for entry in entries]
+        lines = [line for line in list(self._lines)[-n:] if line[2] > after]
+        return [LogLine(seq=seq, at=at, text=self.redactor(text)) for text, at, seq in lines]
 
 
-class _LogBudget:
-    """Token bucket for forwarding stderr lines to the host's log (a flood must not flood it)."""
+class LogBudget:
+    """Token bucket for forwarding a plugin's lines to the host's log (a flood must not flood it)."""
 
     def __init__(self, rate: float = 200.0, burst: float = 1000.0) -> None:
         self.rate, self.burst = rate, burst
@@ -133,6 +125,7 @@ class PluginProcess(anyio.AsyncContextManagerMixin):
         on_request: RequestHandler | None = None,
         on_notification: NotificationHandler | None = None,
         on_violation: ViolationHook | None = None,
+        on_incoming: IncomingHook | None = None,
         redactor: Redactor | None = None,
         stderr_ring: StderrRing | None = None,
         shutdown_timeout: float = 2.0,
@@ -149,10 +142,11 @@ class PluginProcess(anyio.AsyncContextManagerMixin):
         self.redactor = redactor or Redactor()
         self.logger = logger or plugin_logger(spec.plugin_id)
         self._stderr_ring = stderr_ring if stderr_ring is not None else StderrRing(self.redactor)
-        self._log_budget = _LogBudget()
+        self._log_budget = LogBudget()
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_violation = on_violation
+        self._on_incoming = on_incoming
         self._child: GroupProcess | None = None
         self._conn: Connection | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -286,6 +280,7 @@ class PluginProcess(anyio.AsyncContextManagerMixin):
             name=f"plugin {spec.plugin_id}",
             # the plugin's own requests (event.inbound, ...): bounded so a flood cannot fan out
             max_incoming=spec.manifest.limits.max_concurrency + 256,
+            on_incoming=self._on_incoming,
             **kwargs,
         )
         self.logger.debug("started plugin %s %s (pid %s)", spec.plugin_id, spec.version, child.pid)
@@ -347,7 +342,7 @@ class PluginProcess(anyio.AsyncContextManagerMixin):
         text = raw.decode("utf-8", "replace").rstrip("\r")
         if truncated:
             text += " …[truncated]"
-        entry = self._stderr_ring.append(text)
+        self._stderr_ring.append(text)
         if self.logger.isEnabledFor(logging.INFO):
             budget = self._log_budget
             dropped = budget.dropped
@@ -357,7 +352,7 @@ class PluginProcess(anyio.AsyncContextManagerMixin):
                     self.logger.warning(
                         "plugin %s: %d stderr lines not logged (flood); see its logs", self.spec.plugin_id, dropped
                     )
-                self.logger.info("%s", self._stderr_ring.redacted(entry))
+                self.logger.info("%s", log_safe(self.redactor(text)))
 
     async def _watch_exit(self) -> None:
         assert self._child is not None and self._conn is not None

@@ -8,6 +8,9 @@ secret, well-known API-key prefixes, and long high-entropy runs. Identifiers sta
 readable: a run that starts with a lower-case id prefix (`out_`, `conn_`, `ou_`,
 `oc_`, `om_`...), a UUID, or a 32/64-digit hex digest is not a token shape.
 
+Values of `VERBATIM_FIELDS` (a session's `qrCode`, `qrImage`) are masked only where
+they hold a known secret: a QR payload is shown to be scanned, whatever it looks like.
+
 A field is secret (`is_secret_field`) when its JSON Schema says so (`writeOnly`,
 `format: password`, `x-secret`/`secret: true`) or its name names a secret
 (token, secret, password, key, credential...): config forms, answers and logs use
@@ -104,18 +107,26 @@ def secret_values(config: Any, schema: Any = None) -> list[str]:
     return found
 
 
-def credential_secrets(credentials: Any) -> list[str]:
+def credential_secrets(credentials: Any, *, public: Iterable[str] = ()) -> list[str]:
     """The strings of a connection's credentials the host masks in everything a plugin says.
 
-    Secret fields (`secret_values`), plus any other value of 8+ characters mixing
-    letters and digits (an unnamed token); plain words and URLs (`"domain": "feishu"`,
-    a base URL) stay readable, or every answer naming them would be masked.
+    Secret fields (`secret_values`, whatever their shape), plus any other value of 8+
+    characters mixing letters and digits (an unnamed token). Plain words and URLs
+    (`"domain": "feishu"`, a base URL), identifiers (the id shapes: an `appId` like
+    `cli_…`) and what the host shows anyway (`public`: the account id, the display name)
+    stay readable, or every answer naming them would be masked.
     """
+    shown = set(public)
     named = secret_values(credentials)
     tokenish = [
         v
         for v in secret_strings(credentials)
-        if len(v) >= 8 and _DIGIT.search(v) and _LETTER.search(v) and "://" not in v
+        if len(v) >= 8
+        and _DIGIT.search(v)
+        and _LETTER.search(v)
+        and "://" not in v
+        and v not in shown
+        and not _ID_SHAPE.fullmatch(v)
     ]
     return list(dict.fromkeys(named + tokenish))
 
@@ -168,14 +179,39 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     return _walk(value, known)
 
 
+# what a person must act on as it is (a QR code to scan, its rendering): only known secrets are
+# masked there; a token shape inside a QR payload is the payload, and masking it breaks the code
+VERBATIM_FIELDS = frozenset({"qrCode", "qrImage"})
+
+
+def _known_only(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+    return value
+
+
 def _walk(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, Mapping):
-        return {k: _walk(v, secrets) for k, v in value.items()}
+        return {k: _known_only(v, secrets) if k in VERBATIM_FIELDS else _walk(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_walk(v, secrets) for v in value]
     return value
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def log_safe(text: str) -> str:
+    """`text` with control characters (ESC, CR, NUL... but not tab) written as `\\xNN`, for one log line.
+
+    A plugin's words reach the host's log: raw ESC sequences would drive the operator's
+    terminal and a CR would overwrite what the line seems to say.
+    """
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _CONTROLS.search(text) else text
 
 
 class Redactor:

@@ -26,6 +26,7 @@ import anyio
 import msgspec
 
 from .clock import Clock, SystemClock
+from .files import private_database
 from .manifest import Manifest
 
 _SCHEMA = """
@@ -146,7 +147,7 @@ class SqliteRegistryBackend(RegistryBackend):
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(private_database(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")

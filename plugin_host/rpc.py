@@ -90,6 +90,9 @@ class _Error(msgspec.Struct):
 RequestHandler = Callable[[str, "msgspec.Raw | None", "RequestContext"], Awaitable[Any]]
 NotificationHandler = Callable[[str, "msgspec.Raw | None"], Awaitable[None]]
 ViolationHook = Callable[[str, bytes], None]
+# called in the read loop, before the notification is queued: what must happen before anything else
+# the peer says is handled (the host registers the secrets a `session.update` carries)
+IncomingHook = Callable[[str, "msgspec.Raw | None"], None]
 
 
 class RequestContext:
@@ -171,8 +174,10 @@ class Connection:
         on_violation: ViolationHook | None = None,
         name: str = "peer",
         max_incoming: int | None = None,
+        on_incoming: IncomingHook | None = None,
     ) -> None:
         self._receive = receive
+        self._on_incoming = on_incoming
         self._send = send
         self._on_request = on_request
         self._on_notification = on_notification
@@ -495,7 +500,7 @@ class Connection:
             return
         try:
             msg = _decoder.decode(line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deeply is a bad line like any other
             self._violation("not_json_rpc", line)
             return
         if msg.jsonrpc != "2.0":
@@ -507,6 +512,11 @@ class Connection:
         if msg.method is not UNSET:
             params = None if msg.params is UNSET else msg.params
             if msg.id is UNSET:
+                if self._on_incoming is not None:
+                    try:
+                        self._on_incoming(msg.method, params)
+                    except Exception:  # a hook's bug must not end the reader
+                        log.exception("%s: incoming hook failed on %s", self.name, msg.method)
                 await self._dispatch_notification(msg.method, params)
             elif msg.id is None:
                 self._violation("invalid_request", line)

@@ -24,11 +24,13 @@ import anyio.abc
 import msgspec
 
 from .clock import Clock, SystemClock
-from .errors import ERROR_NAMES, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
+from .errors import ERROR_NAMES, METHOD_NOT_FOUND, OVERLOADED, TIMED_OUT, TOO_LARGE, UNAVAILABLE, RpcError
 from .lifetime import owned_task_group
-from .process import LaunchError, LaunchSpec, LogLine, PluginProcess, StderrRing, plugin_logger
+from .process import LaunchError, LaunchSpec, LogBudget, LogLine, PluginProcess, StderrRing, plugin_logger
 from .protocol import (
     PROTOCOL_VERSION,
+    ConnectionInfo,
+    Empty,
     HealthResult,
     InitializeParams,
     InitializeResult,
@@ -36,7 +38,7 @@ from .protocol import (
     NameVersion,
     PluginRef,
 )
-from .redact import Redactor, credential_secrets
+from .redact import Redactor, credential_secrets, log_safe
 from .rpc import RequestContext
 from .services import HostServices, dispatch_notification, dispatch_request
 
@@ -48,6 +50,10 @@ UNHEALTHY_THRESHOLD = 3
 _LOCAL_CODES = frozenset({TIMED_OUT, UNAVAILABLE, TOO_LARGE, OVERLOADED})
 _VIOLATION_LOG_FIRST = 10
 _VIOLATION_LOG_EVERY = 1000
+# room for the JSON-RPC envelope around initialize's params ({"jsonrpc":"2.0","id":N,"method":...})
+_ENVELOPE_BYTES = 128
+# connection.resume calls in flight at once while the connections left out of initialize follow
+_RESUME_CONCURRENCY = 8
 
 State = Literal["stopped", "starting", "running", "degraded", "backoff", "failed", "disabled"]
 CALLABLE_STATES = frozenset({"running", "degraded"})
@@ -57,6 +63,14 @@ EventHook = Callable[["PluginSupervisor", str, dict[str, Any]], None]
 log = logging.getLogger(__name__)
 # call durations and latency samples; anyio.current_time() costs a backend lookup per call
 _monotonic = time.monotonic
+
+
+class _Credentials(msgspec.Struct, rename="camel"):
+    """What of `session.update` is read in the read loop: its secrets are registered first."""
+
+    credentials: Any = None
+    account_id: Any = None
+    display_name: Any = None
 
 
 class StartError(Exception):
@@ -196,6 +210,24 @@ class _Attempt:
         return self.result
 
 
+# ---------------------------------------------------------------- resuming in pages
+
+
+def _shown(info: ConnectionInfo) -> list[str]:
+    """What the host shows of a connection anyway: never masked as a credential."""
+    return [info.connection_id, info.channel_id, info.account_id, info.display_name]
+
+
+def _first_page(connections: list[ConnectionInfo], budget: int) -> tuple[list[ConnectionInfo], list[ConnectionInfo]]:
+    """The leading connections whose encoding fits `budget` bytes (in initialize), and the rest."""
+    used = 0
+    for i, info in enumerate(connections):
+        used += len(msgspec.json.encode(info)) + 1  # the comma between items
+        if used > budget:
+            return connections[:i], connections[i:]
+    return connections, []
+
+
 # ---------------------------------------------------------------- supervisor
 
 
@@ -265,6 +297,8 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         self._closing = anyio.Event()
         self._lifecycle = anyio.Lock()  # start/stop/restart/disable one at a time
         self._violations_logged = 0
+        self._log_budget = LogBudget()  # `log` notifications, like stderr lines
+        self._resume_after_start: list[ConnectionInfo] = []  # what did not fit in initialize
 
     # ---------------------------------------------------------------- ownership
 
@@ -514,6 +548,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             on_request=self._handle_request,
             on_notification=self._handle_notification,
             on_violation=self._handle_violation,
+            on_incoming=self._register_secrets,
             redactor=self.redactor,
             stderr_ring=self._stderr_ring,
             shutdown_timeout=self.shutdown_timeout,
@@ -560,15 +595,19 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             log.exception("plugin %s: reading the connections to resume failed", self.spec.plugin_id)
             raise StartError(f"the connections to resume could not be read: {exc}") from exc
         for info in connections:  # known secrets are masked whatever shape the plugin logs them in
-            self.redactor.add(*credential_secrets(info.credentials))
+            self.redactor.add(*credential_secrets(info.credentials, public=_shown(info)))
         params = InitializeParams(
             protocol_version=PROTOCOL_VERSION,
             host=NameVersion(name=HOST_NAME, version=self.host_version),
             plugin=PluginRef(id=self.spec.plugin_id, version=self.spec.version),
             state_dir=str(self.spec.data_dir),
             config=self.config,
-            connections=connections,
+            connections=[],
         )
+        # SPEC 10: initialize carries what fits in one message; the rest follows through connection.resume
+        budget = self.manifest.limits.max_message_bytes - len(msgspec.json.encode(params)) - _ENVELOPE_BYTES
+        first, self._resume_after_start = _first_page(connections, budget)
+        params = msgspec.structs.replace(params, connections=first)
         try:
             result: InitializeResult = await proc.call(
                 "initialize",
@@ -606,6 +645,10 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
 
     def _running(self, proc: PluginProcess, result: InitializeResult) -> None:
         self.initialize_result = result
+        if self._attempt is not None:
+            # a start or restart someone asked for succeeded: the old failure is history (an automatic
+            # recovery keeps it, so the admin still sees why the plugin restarted)
+            self.last_error = None
         self.started_at = self.clock.time()
         self.health = "ok"
         self.policy.on_started(self.clock.monotonic())
@@ -630,7 +673,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
         if crashed:
             self.counters.crashes += 1
             self._emit("crash", exitCode=exit_code, error=self.last_error)
-        self.logger.warning("plugin %s: %s", self.spec.plugin_id, self.last_error)
+        self.logger.warning("plugin %s: %s", self.spec.plugin_id, log_safe(self.last_error))
         attempt = self._attempt
         if attempt is not None:
             self._attempt = None
@@ -664,7 +707,49 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
 
             tg.start_soon(exit_watch)
             tg.start_soon(health_watch)
+            if self._resume_after_start:
+                rest, self._resume_after_start = self._resume_after_start, []
+                tg.start_soon(self._resume_rest, rest)
         return outcome[0] if outcome else None
+
+    async def _resume_rest(self, rest: list[ConnectionInfo]) -> None:
+        """The connections left out of initialize, handed over one `connection.resume` each (SPEC 10)."""
+        not_resumed: list[tuple[ConnectionInfo, str]] = []
+        unsupported = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[ConnectionInfo](len(rest))
+        for info in rest:
+            send.send_nowait(info)
+        send.close()
+
+        async def worker() -> None:
+            async for info in receive:
+                if unsupported.is_set():
+                    not_resumed.append((info, "it does not implement connection.resume"))
+                    continue
+                try:
+                    await self.call("connection.resume", info, result_type=Empty)
+                except RpcError as exc:
+                    if exc.code == METHOD_NOT_FOUND:
+                        unsupported.set()
+                        not_resumed.append((info, "it does not implement connection.resume"))
+                    elif exc.code == UNAVAILABLE:
+                        return  # the process is gone: its next start resumes them all again
+                    else:
+                        not_resumed.append((info, exc.message))
+
+        async with receive, anyio.create_task_group() as tg:
+            for _ in range(min(_RESUME_CONCURRENCY, len(rest))):
+                tg.start_soon(worker)
+        if not_resumed:
+            reasons = sorted({reason for _, reason in not_resumed})
+            ids = ", ".join(info.connection_id for info, _ in not_resumed[:5])
+            more = f" and {len(not_resumed) - 5} more" if len(not_resumed) > 5 else ""
+            self.last_error = self.redactor(
+                f"{len(not_resumed)} of {len(rest)} connection(s) that did not fit in initialize were not resumed "
+                f"({ids}{more}): {'; '.join(reasons)[:500]}"
+            )
+            self.logger.warning("plugin %s: %s", self.spec.plugin_id, log_safe(self.last_error))
+            self._emit("resume_incomplete", notResumed=len(not_resumed))
 
     async def _health_loop(self, proc: PluginProcess) -> str:
         interval = self.manifest.health_interval_ms / 1000.0
@@ -712,6 +797,18 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             return
         await dispatch_notification(self._services, self.spec.plugin_id, method, params)
 
+    def _register_secrets(self, method: str, params: msgspec.Raw | None) -> None:
+        """In the read loop: credentials are known secrets before anything the plugin says next is logged."""
+        if method != "session.update" or params is None:
+            return
+        try:
+            update = msgspec.json.decode(params, type=_Credentials)
+        except msgspec.DecodeError:
+            return  # the dispatcher reports the bad params
+        if update.credentials:
+            shown = [v for v in (update.account_id, update.display_name) if isinstance(v, str)]
+            self.redactor.add(*credential_secrets(update.credentials, public=shown))
+
     def _plugin_log(self, params: msgspec.Raw | None) -> None:
         try:
             entry = msgspec.json.decode(params or b"{}", type=LogParams)
@@ -723,10 +820,17 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
             level = logging.INFO
         if not self.logger.isEnabledFor(level):
             return
+        budget = self._log_budget
+        dropped = budget.dropped
+        if not budget.take(anyio.current_time()):
+            return
+        if dropped:
+            budget.dropped = 0
+            self.logger.warning("plugin %s: %d log notifications not logged (flood)", self.spec.plugin_id, dropped)
         text = entry.message
         if entry.fields:
             text += " " + msgspec.json.encode(entry.fields).decode()
-        self.logger.log(level, "%s", self.redactor(text))
+        self.logger.log(level, "%s", log_safe(self.redactor(text)))
 
     def _handle_violation(self, kind: str, head: bytes) -> None:
         if kind == "oversized":
@@ -741,7 +845,7 @@ class PluginSupervisor(anyio.AsyncContextManagerMixin):
                 self.spec.plugin_id,
                 kind,
                 n,
-                self.redactor(head[:200].decode("utf-8", "replace")),
+                log_safe(self.redactor(head[:200].decode("utf-8", "replace"))),
             )
         self._emit("violation", kind=kind)
 

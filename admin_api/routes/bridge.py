@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -131,7 +132,28 @@ def _plugin_response(result: WebhookResult) -> Response:
         content = answer.body.encode()
     status = answer.status if 100 <= answer.status <= 599 else 502
     headers: dict[str, Any] = {k: v for k, v in answer.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS}
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or not _valid_header_value(value):
+            raise ApiError(
+                "webhook_failed",
+                f"the plugin answered an invalid response header {name[:100]!r} "
+                "(names are tokens, values Latin-1 text without line breaks)",
+                status=502,
+            )
     return Response(content, status_code=status, headers=headers)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _valid_header_value(value: Any) -> bool:
+    if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 routes = [

@@ -20,7 +20,9 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     checks = await _checks(request)
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    # SPEC 5.3: a host without a plugin sandbox says so (ready all the same; the warning is loud)
+    body["sandbox"] = request.app.state.host.sandbox.status.view()
     return JSONResponse(body, status_code=200 if ready else 503, headers=_NO_CACHE)
 
 

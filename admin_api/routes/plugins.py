@@ -60,7 +60,9 @@ def _tail(request: Request) -> int:
         return LOGS_DEFAULT_TAIL
     if not raw.strip().isdigit():
         raise ApiError("invalid_parameter", "tail must be a whole number of lines", {"parameter": "tail"}, status=400)
-    return min(int(raw), LOGS_MAX_TAIL)
+    if int(raw) > LOGS_MAX_TAIL:  # as /openapi.json says: 0 to 1000
+        raise ApiError("invalid_parameter", f"tail is at most {LOGS_MAX_TAIL} lines", {"parameter": "tail"}, status=400)
+    return int(raw)
 
 
 # ---------------------------------------------------------------- collection

@@ -27,6 +27,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock
+from plugin_host.files import private_database
 from plugin_host.protocol import STATE_KEYS_PER_CONNECTION, STATE_VALUE_MAX_BYTES, BridgeEvent
 
 from ..crypto import CredentialCipher
@@ -296,7 +297,7 @@ class Database:
 
     def __init__(self, path: str) -> None:
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_database(Path(path))  # SPEC 8: the state database is 0600
         # isolation_level=None: no implicit transactions; we BEGIN ourselves
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         self.conn.row_factory = sqlite3.Row

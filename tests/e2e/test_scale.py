@@ -58,7 +58,6 @@ class Cluster:
         self.tmp = tmp_path
         self.url = url
         self.ttl, self.renew = ttl, renew
-        self.probe_log = tmp_path / "probe.jsonl"
         self.record = tmp_path / "handler.jsonl"
         self.hosts: dict[str, Host] = {}
 
@@ -76,7 +75,6 @@ class Cluster:
                 "CHANNEL_RUNTIME_NODE_ID": name,
                 "CHANNEL_RUNTIME_LEASE_TTL": str(self.ttl),
                 "CHANNEL_RUNTIME_LEASE_RENEW": str(self.renew),
-                "PROBE_LOG": str(self.probe_log),
                 "SCALE_RECORD": str(self.record),
                 "PYTHONPATH": str(REPO),  # where the --handler module lives
             },
@@ -99,7 +97,9 @@ class Cluster:
     # ---------------------------------------------------------------- what happened
 
     def probe(self) -> list[dict[str, Any]]:
-        return _jsonl(self.probe_log)
+        """Every probe process's records, of every host (each writes in its own data folder), in time order."""
+        files = self.tmp.glob("*/home/plugin-data/probe/probe.jsonl")
+        return sorted((r for path in files for r in _jsonl(path)), key=lambda r: r["t"])
 
     def handled(self) -> list[dict[str, Any]]:
         return [r for r in _jsonl(self.record) if r["step"] == "handled"]
@@ -107,9 +107,9 @@ class Cluster:
     def started(self) -> list[dict[str, Any]]:
         return [r for r in _jsonl(self.record) if r["step"] == "started"]
 
-    def serving(self, connection_id: str) -> list[int]:
+    def serving(self, connection_id: str) -> list[str]:
         """The probe processes serving `connection_id` now (connected, not released, not exited)."""
-        now: dict[int, bool] = {}
+        now: dict[str, bool] = {}
         for r in self.probe():
             if r.get("connectionId") == connection_id and r["event"] in ("connect", "disconnect"):
                 now[r["pid"]] = r["event"] == "connect"
@@ -208,10 +208,10 @@ def post_until_accepted(hosts: list[Host], body: dict[str, Any], deadline: float
     raise AssertionError(f"event {body['eventId']} was never accepted")
 
 
-def overlaps(probe: list[dict[str, Any]], connection_id: str) -> list[tuple[int, int]]:
+def overlaps(probe: list[dict[str, Any]], connection_id: str) -> list[tuple[str, str]]:
     """Pairs of processes that served `connection_id` at the same time (by the log's order)."""
-    serving: set[int] = set()
-    pairs: list[tuple[int, int]] = []
+    serving: set[str] = set()
+    pairs: list[tuple[str, str]] = []
     for r in probe:
         pid = r["pid"]
         if r["event"] == "connect" and r.get("connectionId") == connection_id:

@@ -31,7 +31,7 @@ SECRET = "wire-shared-credentials-key-0123456789"
 
 
 def pair(tmp_path: Path, name: str, url: str) -> tuple[ChannelRuntime, PluginHost, Path]:
-    log = tmp_path / f"tap-{name}.jsonl"
+    log = tmp_path / name / "plugin-data" / "tap" / "tap.jsonl"  # the data folder: writable in the sandbox
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "TAP_LOG": str(log),

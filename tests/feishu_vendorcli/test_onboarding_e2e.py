@@ -212,13 +212,16 @@ print("done", flush=True)
 
 
 async def test_vendor_cli_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    script = tmp_path / "vendor_install.py"
-    script.write_text(VENDOR_SCRIPT)
+    # the vendor CLI must be visible inside the plugin's sandbox: the plugin's own data folder is
+    # (a real one is installed system-wide; /tmp is private to the sandbox)
+    script = tmp_path / "home" / "plugin-data" / PLUGIN_ID / "vendor_install.py"
     # the plugin sees the manifest's env names that the host has set
     monkeypatch.setenv(
         "FEISHU_VENDOR_INSTALL_COMMAND", json.dumps([sys.executable, str(script), "cli_vendor1", "vendor-secret-77"])
     )
     async with running_stack(tmp_path) as s:
+        assert script.parent == s.home / "plugin-data" / PLUGIN_ID
+        script.write_text(VENDOR_SCRIPT)
         s.fake.add_app("cli_vendor1", "vendor-secret-77")
         session_id, connection_id = await s.start_session({"mode": "vendor_cli"})
         frames: list[dict[str, Any]] = []

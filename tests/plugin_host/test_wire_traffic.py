@@ -68,7 +68,8 @@ async def run_flow(
     tmp_path: Path, target_dir: Path, argv: list[str], *, handover_key: str, webhook: bool
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Drive every method through host and tap; returns the recorded lines and the plugin's stderr."""
-    log = tmp_path / "tap.jsonl"
+    # the plugin's data folder: the only place a sandboxed plugin may write
+    log = tmp_path / "home" / "plugin-data" / "tap" / "tap.jsonl"
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "TAP_LOG": str(log),

@@ -196,3 +196,102 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
         rel = path.relative_to(root).as_posix()
         tree[rel] = (st.st_mode, path.read_bytes() if stat.S_ISREG(st.st_mode) else None)
     return tree
+
+
+# ---------------------------------------------------------------- bombs
+
+
+def bomb_zip(size: int, method: int = zipfile.ZIP_BZIP2, declared_ratio: int = 50) -> bytes:
+    """A valid package plus `bomb.bin`: `size` zeros compressed with `method`, streamed (never held whole).
+
+    Its headers declare `declared_ratio`:1 (so a check of the declared sizes lets it through),
+    as the red team's 1,353-byte BZIP2 zip did.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for e in plugin_files():
+            info = zipfile.ZipInfo(e.name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = (e.mode & 0xFFFF) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, e.data)
+        info = zipfile.ZipInfo("bomb.bin", date_time=(2024, 1, 1, 0, 0, 0))
+        info.compress_type = method
+        with zf.open(info, "w", force_zip64=False) as f:
+            zeros = bytes(1 << 20)
+            for _ in range(size >> 20):
+                f.write(zeros)
+    data = buf.getvalue()
+    compressed = zipfile.ZipFile(io.BytesIO(data)).getinfo("bomb.bin").compress_size
+    return patch_entry(data, "bomb.bin", file_size=compressed * declared_ratio)
+
+
+def _stored_local(name: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return (
+        struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data), len(data), len(name), 0)
+        + name
+        + data
+    )
+
+
+def _stored_central(name: bytes, data: bytes, offset: int, mode: int = REG | 0o644) -> bytes:
+    import zlib
+
+    return (
+        struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            0x0314,
+            20,
+            0,
+            0,
+            0,
+            0x21,
+            zlib.crc32(data),
+            len(data),
+            len(data),
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            (mode & 0xFFFF) << 16,
+            offset,
+        )
+        + name
+    )
+
+
+def overlapping_zip(copies: int = 3) -> bytes:
+    """A valid package whose `outer{i}.bin` entries each hold (as stored data) the next entry whole.
+
+    Every record is well formed and zipfile reads each one, but their bytes are shared: the
+    data of `outer0.bin` contains `outer1.bin`'s header and data, and so on (Fifield's
+    overlap bomb, stored instead of deflated). Each entry repeats all that follow it.
+    """
+    files = [(e.name.encode(), e.data, e.mode) for e in plugin_files() if not e.name.endswith("/")]
+    out = bytearray()
+    central = bytearray()
+    for name, data, mode in files:
+        central += _stored_central(name, data, len(out), mode)
+        out += _stored_local(name, data)
+    # the chain, built from the innermost entry outwards
+    inner = b"payload " * 64
+    chain = [(f"outer{copies}.bin".encode(), inner)]
+    blob = _stored_local(chain[0][0], inner)
+    for i in range(copies - 1, -1, -1):
+        name = f"outer{i}.bin".encode()
+        chain.insert(0, (name, blob))
+        blob = _stored_local(name, blob)
+    base = len(out)
+    out += blob
+    offset = base
+    for name, data in chain:
+        central += _stored_central(name, data, offset)
+        offset += 30 + len(name)  # the next entry starts where this one's data starts
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(files) + len(chain), len(files) + len(chain), len(central), len(out), 0
+    )
+    return bytes(out + central + end)

@@ -1,6 +1,8 @@
 """Lease probe: a raw JSON-RPC plugin (stdlib only) that tells which process serves which connection.
 
-Every line of $PROBE_LOG is one JSON record `{t, pid, event, connectionId, ...}`:
+Every line of $PROBE_LOG (default `$HOME/probe.jsonl`: the plugin's data folder, the one place a
+sandboxed plugin may write) is one JSON record `{t, pid, event, connectionId, ...}`, `pid` unique
+per process (plugins run in their own PID namespace, where pids repeat):
 `connect` (from `initialize.connections` or `connection.resume`), `disconnect`
 (`connection.release`), `send` (a `message.send` it served), `webhook` (a
 `webhook.handle` it served: JSON `{messageId, peerId}` becomes one event), `put` (the answer to
@@ -17,8 +19,8 @@ import sys
 import threading
 import time
 
-PID = os.getpid()
-LOG = os.environ.get("PROBE_LOG")
+PID = f"{os.getpid()}-{os.urandom(4).hex()}"
+LOG = os.environ.get("PROBE_LOG") or os.path.join(os.environ.get("HOME", "."), "probe.jsonl")
 PUT_EVERY = 0.2
 _out = threading.Lock()
 _ids = itertools.count(1)
