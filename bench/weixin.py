@@ -228,7 +228,7 @@ async def main_async(args: Any) -> Report:
                 try:
                     progress("installing the weixin plugin (outbound budget off) ...")
                     await host.install(plugin_without_budget(work), source_label="bench")
-                    await host.set_config(PLUGIN_ID, {"baseUrl": fake.url, "qrPollIntervalMs": 20})
+                    await host.set_config(PLUGIN_ID, {"baseUrl": fake.url, "qrPollIntervalMs": 100})
                     await host.enable(PLUGIN_ID)
                     progress(f"logging in {args.accounts} accounts ...")
                     tokens = await connect_accounts(runtime, fake, args.accounts)

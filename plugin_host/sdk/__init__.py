@@ -20,8 +20,9 @@ connections this process serves. Every wire shape is a Struct of `plugin_host.pr
 carries every field (SPEC 3.1).
 
 Imports only msgspec, anyio, the standard library and the light `plugin_host`
-modules. The idempotency store, the vendor command runner and the test harness
-load on first use, so a plugin pays for them only if it uses them.
+modules. The idempotency store, the state buckets (`StateBuckets`), the child
+process helper (`spawn`), the vendor command runner and the test harness load on
+first use, so a plugin pays for them only if it uses them.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ from .plugin import Plugin, configure_logging
 from .state import HostState
 
 if TYPE_CHECKING:
+    from .buckets import StateBuckets
     from .idempotency import Begin, SendIdempotencyStore
+    from .process import GroupProcess, LaunchPlan, spawn
     from .testing import MemoryState, PluginHarness
     from .vendor import VendorCommand, VendorCommandError, VendorResult, VendorRunner
 
 _LAZY = {
     "Begin": "idempotency",
+    "GroupProcess": "process",
+    "LaunchPlan": "process",
+    "StateBuckets": "buckets",
+    "spawn": "process",
     "SendIdempotencyStore": "idempotency",
     "MemoryState": "testing",
     "VendorCommand": "vendor",
@@ -77,11 +84,13 @@ __all__ = [
     "ConnectorDescriptor",
     "ConnectorSessionView",
     "Context",
+    "GroupProcess",
     "HealthResult",
     "HostClient",
     "HostState",
     "InboundAck",
     "InitializeParams",
+    "LaunchPlan",
     "MemoryState",
     "Plugin",
     "PluginHarness",
@@ -93,6 +102,7 @@ __all__ = [
     "SessionRef",
     "SessionStartParams",
     "SessionUpdate",
+    "StateBuckets",
     "Target",
     "VendorCommand",
     "VendorCommandError",
@@ -102,6 +112,7 @@ __all__ = [
     "WebhookResponse",
     "WebhookResult",
     "configure_logging",
+    "spawn",
 ]
 
 

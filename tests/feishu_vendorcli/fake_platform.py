@@ -15,7 +15,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -88,6 +88,8 @@ class FakeOpenPlatform:
         )
         self.poll_script: list[Answer] = []
         self.lark_poll_script: list[Answer] = []
+        # when set, every registration call is answered with this body, streamed (huge, endless, dripping)
+        self.registration_stream: Callable[[], AsyncIterator[bytes]] | None = None
         # long connection
         self.ws_client_config = {"ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 0, "PingInterval": 120}
         self.ws_sockets: list[WebSocket] = []
@@ -168,6 +170,8 @@ class FakeOpenPlatform:
 
     async def _registration(self, request: Request, polls: list[Answer]) -> Response:
         call = await self._record(request)
+        if self.registration_stream is not None:
+            return StreamingResponse(self.registration_stream(), media_type="application/json")
         action = call.body.get("action")
         if action == "init":
             return _answer(self.init_answer)

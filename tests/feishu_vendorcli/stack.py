@@ -114,7 +114,7 @@ def plugin_config(fake: FakeOpenPlatform, **overrides: Any) -> dict[str, Any]:
         "larkBaseUrl": fake.base_url,
         "accountsBaseUrl": fake.accounts_url,
         "larkAccountsBaseUrl": fake.lark_accounts_url,
-        "minPollIntervalSeconds": 0.01,
+        "minPollIntervalSeconds": 0.1,
         "slowDownSeconds": 0.05,
         "reconnectInitialSeconds": 0.05,
         "reconnectMaxSeconds": 0.5,

@@ -135,3 +135,26 @@ def test_other_event_types_are_ignored() -> None:
     payload["header"]["event_type"] = "im.message.message_read_v1"
     mapped = map_event(envelope(payload), ROUTE)
     assert mapped.events == [] and "not handled" in (mapped.ignored or "")
+
+
+def test_a_mention_key_never_matches_inside_a_longer_one() -> None:
+    mentions = [
+        {"key": f"@_user_{n}", "id": {"open_id": f"ou_u{n}"}, "name": name} for n, name in ((1, "Alice"), (10, "Bob"))
+    ]
+    event = one(samples.message_event(content={"text": "@_user_10 hello @_user_1, @_user_12"}, mentions=mentions))
+    assert event["content"] == "@Bob hello @Alice, @_user_12"  # an unknown key stays as it is
+
+
+def test_a_non_ascii_digit_in_a_time_is_no_time() -> None:
+    payload = samples.message_event()
+    payload["header"]["create_time"] = "²"
+    payload["event"]["message"]["create_time"] = "１２"  # fullwidth digits: isdigit() says yes, int() too
+    event = one(payload)
+    assert event["timestamp"].endswith("Z") and event["messageId"] == "om_0001"
+
+
+def test_content_nested_too_deeply_is_no_content() -> None:
+    payload = samples.message_event()
+    payload["event"]["message"]["content"] = '{"text": ' + "[" * 1200 + "]" * 1200 + "}"
+    event = one(payload)
+    assert (event["messageType"], event["content"]) == ("text", "")

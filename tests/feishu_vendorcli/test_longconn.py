@@ -191,3 +191,32 @@ async def test_a_connected_client_exits_when_the_plugin_goes_away(fake: FakeOpen
         await process.stdin.aclose()
         with anyio.fail_after(30):
             assert await process.wait() == 0
+
+
+async def test_an_unreadable_line_is_logged_masked_whole_then_cut(caplog: pytest.LogCaptureFixture) -> None:
+    from plugin_host.redact import redact
+
+    secret = "lcsecret-Zq81-mWx0"
+    recorder = Recorder()
+    connection = LongConnection(
+        app_id="cli_x",
+        app_secret=secret,
+        base_url="http://127.0.0.1:9",
+        clock=SystemClock(),
+        on_event=recorder.on_event,
+        on_status=recorder.on_status,
+        redact=lambda text: redact(text, [secret]),
+    )
+    caplog.set_level("WARNING")
+    line = ("x" * 190 + secret).encode()  # the secret straddles the 200th character
+    assert await connection._on_line(None, line) is None  # type: ignore[arg-type]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unreadable line" in logged and secret[:6] not in logged
+
+
+def test_the_childs_error_report_masks_the_secret_before_cutting() -> None:
+    from feishu_vendorcli.longconn_child import error_message
+
+    secret = "childsecret-Zq81-mWx0"
+    message = error_message(RuntimeError("x" * 480 + secret), secret)
+    assert len(message) <= 500 and secret[:6] not in message

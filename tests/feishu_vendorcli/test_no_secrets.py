@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import anyio
@@ -67,3 +68,32 @@ async def test_no_secret_anywhere(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         assert len(s.fake.tokens) >= 2
         assert_no_secret(s, log_text(caplog))
         assert "wrong-secret-123456" not in s.seen_text() + log_text(caplog)
+
+
+VENDOR_TALKING_SECRETS = """
+import json
+print(json.dumps({"status": "installing", "message": "x" * 287 + " appSecret=SUdontshowme42"}), flush=True)
+"""
+
+
+async def test_vendor_progress_is_masked_before_it_is_cut(tmp_path: Path) -> None:
+    """A secret named at the 300-character cut: masked whole, never left half-shown (the plugin's own output)."""
+    from plugin_host.protocol import SessionStartParams
+    from plugin_host.sdk import ConnectorSessionView
+    from plugin_host.sdk.testing import PluginHarness
+    from tests.support import REPO
+
+    script = tmp_path / "vendor.py"
+    script.write_text(VENDOR_TALKING_SECRETS)
+    (tmp_path / "state").mkdir()
+    env = {"FEISHU_VENDOR_INSTALL_COMMAND": f'["{sys.executable}", "{script}"]'}
+    async with PluginHarness.subprocess(REPO / "plugins" / PLUGIN_ID, state_dir=tmp_path / "state", env=env) as h:
+        params = SessionStartParams("cs_v", "feishu", "conn_v", "ch_v", "", {"mode": "vendor_cli"})
+        await h.call("session.start", params, result_type=ConnectorSessionView)
+        update = await h.wait_for_notification(
+            "session.update",
+            lambda p: p["status"] == "installing" and p["instructions"] and "x" * 50 in p["instructions"][0],
+        )
+        await h.wait_for_notification("session.update", lambda p: p["status"] == "error")
+    shown = update["instructions"][0]
+    assert len(shown) <= 300 and "SU" not in shown.split("appSecret=")[-1]

@@ -18,7 +18,7 @@ from feishu_vendorcli.outbound import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugin_host.errors import INVALID_PARAMS, RpcError
+from plugin_host.errors import INVALID_PARAMS, UNSUPPORTED, RpcError
 from plugin_host.protocol import Target
 from plugin_host.sdk import SendRequest
 
@@ -101,10 +101,9 @@ def test_plan_thread_without_reply_target_uses_the_known_root() -> None:
 
 def test_plan_refuses_what_it_cannot_send() -> None:
     bad = _request()
-    import msgspec
-
     with pytest.raises(RpcError) as err:
         list(plan(msgspec.structs.replace(bad, content_type="image"), limit_bytes=1000))
-    assert err.value.code == INVALID_PARAMS
-    with pytest.raises(RpcError):
+    assert err.value.code == UNSUPPORTED  # SPEC 3.7: a content type the connector does not send
+    with pytest.raises(RpcError) as empty:
         list(plan(msgspec.structs.replace(bad, content=""), limit_bytes=1000))
+    assert empty.value.code == INVALID_PARAMS

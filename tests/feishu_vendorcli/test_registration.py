@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import httpx
 import pytest
 from feishu_vendorcli.registration import AppRegistration, Prompt, RegistrationError, decide
@@ -25,7 +26,14 @@ async def fake() -> AsyncIterator[FakeOpenPlatform]:
         yield platform
 
 
-async def run(fake: FakeOpenPlatform, prompts: list[Prompt] | None = None, brand: str = "feishu"):
+async def run(
+    fake: FakeOpenPlatform,
+    prompts: list[Prompt] | None = None,
+    brand: str = "feishu",
+    *,
+    min_interval: float = 0.1,
+    timeout: float = 5.0,
+):
     seen = prompts if prompts is not None else []
 
     async def on_prompt(prompt: Prompt) -> None:
@@ -38,7 +46,8 @@ async def run(fake: FakeOpenPlatform, prompts: list[Prompt] | None = None, brand
             feishu_accounts=fake.accounts_url,
             lark_accounts=fake.lark_accounts_url,
             slow_down_seconds=0.05,
-            min_interval=0.01,
+            min_interval=min_interval,
+            timeout=timeout,
         )
         return await flow.run(on_prompt, brand=brand)
 
@@ -64,7 +73,39 @@ async def test_slow_down_adds_to_the_interval(fake: FakeOpenPlatform) -> None:
     fake.poll_script = [SLOW_DOWN, SLOW_DOWN, SUCCESS]
     prompts: list[Prompt] = []
     await run(fake, prompts)
-    assert [round(p.interval, 2) for p in prompts] == [0.01, 0.06, 0.11]
+    assert [round(p.interval, 2) for p in prompts] == [0.1, 0.15, 0.2]
+
+
+async def test_polling_never_runs_hot_whatever_the_server_and_the_config_say(fake: FakeOpenPlatform) -> None:
+    fake.begin_answer.body["interval"] = 0
+    fake.poll_script = [PENDING, SUCCESS]
+    prompts: list[Prompt] = []
+    await run(fake, prompts, min_interval=0)
+    assert prompts[0].interval == 0.1
+
+
+async def test_a_huge_answer_is_refused_without_reading_it_whole(fake: FakeOpenPlatform) -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        while True:  # a server that never stops sending
+            yield b" " * 16384
+            await anyio.sleep(0)
+
+    fake.registration_stream = endless
+    with pytest.raises(RegistrationError, match="over 65536 bytes") as err:
+        await run(fake)
+    assert err.value.status == "error"
+
+
+async def test_a_dripping_answer_ends_at_the_deadline(fake: FakeOpenPlatform) -> None:
+    async def drip() -> AsyncIterator[bytes]:
+        yield b"{"
+        while True:  # a byte now and then: no read timeout ever fires
+            await anyio.sleep(0.05)
+            yield b" "
+
+    fake.registration_stream = drip
+    with pytest.raises(RegistrationError, match="did not answer within 0.5 s"):
+        await run(fake, timeout=0.5)
 
 
 async def test_access_denied_is_an_error(fake: FakeOpenPlatform) -> None:

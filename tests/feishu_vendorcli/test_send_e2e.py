@@ -6,9 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from plugin_host.errors import RATE_LIMITED, REFUSED, UNKNOWN_CONNECTION, RpcError
+from plugin_host.errors import INTERNAL_ERROR, RATE_LIMITED, REFUSED, UNKNOWN_CONNECTION, UNSUPPORTED, RpcError
 from plugin_host.protocol import SendRequest, Target
 from tests.feishu_vendorcli import samples
 from tests.feishu_vendorcli.fake_platform import Answer
@@ -89,6 +90,8 @@ async def test_an_invalid_token_answer_drops_the_token_and_retries_once(stack: S
         await client.send(request(connection_id, "still-invalid"))
     assert len(s.fake.send_attempts) == attempts + 2
     assert "99991663" in err.value.message
+    # the credentials just got a token: not a refusal of the message, a failure the host retries
+    assert err.value.code == INTERNAL_ERROR
 
 
 async def test_a_rate_limit_answers_32015_with_the_reset_seconds(stack: Stack) -> None:
@@ -98,6 +101,65 @@ async def test_a_rate_limit_answers_32015_with_the_reset_seconds(stack: Stack) -
     with pytest.raises(RpcError) as err:
         await s.host.client(PLUGIN_ID).send(request(connection_id, "limited"))
     assert err.value.code == RATE_LIMITED and err.value.data["retryAfterSeconds"] == 1
+
+
+async def test_rate_limit_codes_and_odd_reset_headers(stack: Stack) -> None:
+    s = stack
+    connection_id = await s.link()
+    client = s.host.client(PLUGIN_ID)
+    cases = [
+        (Answer(400, {"code": 230020, "msg": "chat frequency limit"}), 1),  # the per-chat limit of the IM API
+        (Answer(429, {"code": 99991400, "msg": "limit"}, {"x-ogw-ratelimit-reset": "²"}), 1),  # not a number
+        (Answer(429, {"code": 99991400, "msg": "limit"}, {"x-ogw-ratelimit-reset": "9" * 400}), 3600),
+    ]
+    for n, (answer, wait) in enumerate(cases):
+        s.fake.send_script = [answer]
+        with pytest.raises(RpcError) as err:
+            await client.send(request(connection_id, f"limited-{n}"))
+        assert err.value.code == RATE_LIMITED, err.value.message
+        assert err.value.data["retryAfterSeconds"] == wait
+
+
+async def test_a_message_id_that_is_not_a_string_still_counts_as_sent(stack: Stack) -> None:
+    s = stack
+    connection_id = await s.link()
+    s.fake.send_script = [Answer(200, {"code": 0, "msg": "ok", "data": {"message_id": 7_000_000_000_000_000_001}})]
+    result = await s.host.client(PLUGIN_ID).send(request(connection_id, "numeric-id"))
+    assert not result.duplicate and result.provider_message_id is None
+    assert len(s.fake.send_attempts) == 1  # accepted once: nothing for a retry to replay
+
+
+async def test_non_text_content_is_unsupported(stack: Stack) -> None:
+    s = stack
+    connection_id = await s.link()
+    image = msgspec.structs.replace(request(connection_id, "an-image"), content_type="image")
+    with pytest.raises(RpcError) as err:
+        await s.host.client(PLUGIN_ID).send(image)
+    assert err.value.code == UNSUPPORTED and s.fake.send_attempts == []
+
+
+async def test_a_thread_root_survives_a_plugin_restart(stack: Stack) -> None:
+    s = stack
+    connection_id = await s.link()
+    event = samples.message_event(
+        event_id="ev_thr",
+        message_id="om_in_thread",
+        chat_type="group",
+        thread_id="omt_kept",
+        root_id="om_root_kept",
+        content={"text": "quiet, in a thread"},
+    )
+    body, headers = platform_request(event, encrypt_key=ENCRYPT_KEY)
+    assert (await s.webhook(connection_id, body, headers)).status_code == 200
+    await s.wait_seen(1)
+    pid = s.host.supervisor(PLUGIN_ID).pid  # type: ignore[union-attr]
+    await s.host.restart(PLUGIN_ID)
+    assert s.host.supervisor(PLUGIN_ID).pid != pid  # type: ignore[union-attr]
+    await s.wait_served(connection_id)
+    # a send into the thread with no message to reply to: it lands in the thread, found in host state
+    await s.host.client(PLUGIN_ID).send(request(connection_id, "into-thread", thread_id="omt_kept"))
+    [sent] = s.fake.messages
+    assert sent.path == "/open-apis/im/v1/messages/om_root_kept/reply" and sent.body["reply_in_thread"] is True
 
 
 async def test_a_rate_limited_reply_waits_and_goes_out_once_with_the_same_uuid(stack: Stack) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from feishu_vendorcli.crypto import signature
+from feishu_vendorcli.crypto import EventCipher, signature
 
 from tests.feishu_vendorcli import samples
 from tests.feishu_vendorcli.platform_requests import platform_request
@@ -267,3 +267,41 @@ async def test_a_released_connection_answers_503_and_takes_no_event(stack: Stack
     r = await post_event(s, connection_id, samples.message_event(event_id="ev_away", message_id="om_away"))
     assert r.status_code == 503
     assert s.seen == []
+
+
+DEEP = b"[" * 1200 + b"]" * 1200  # deeper than any JSON decoder goes
+
+
+def _signed(raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """An encrypted, signed body around `raw` as is (json.dumps cannot build what is too deep)."""
+    body = json.dumps({"encrypt": EventCipher(ENCRYPT_KEY).encrypt(raw)}).encode()
+    ts = str(int(time.time()))
+    return body, {
+        "Content-Type": "application/json",
+        "X-Lark-Request-Timestamp": ts,
+        "X-Lark-Request-Nonce": "n1",
+        "X-Lark-Signature": signature(ts, "n1", ENCRYPT_KEY, body),
+    }
+
+
+async def test_json_nested_too_deeply_is_a_logged_400_and_odd_fields_still_map(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    s = stack
+    connection_id = await s.link()
+    r = await s.webhook(connection_id, b'{"encrypt": ' + DEEP + b"}", {"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not a JSON object" in r.text
+    body, headers = _signed(b'{"schema": "2.0", "header": ' + DEEP + b"}")
+    r = await s.webhook(connection_id, body, headers)
+    assert r.status_code == 400 and "not a JSON object" in r.text
+    refusals = [r.getMessage() for r in caplog.records if "webhook refused" in r.getMessage()]
+    assert len(refusals) == 2, refusals
+    # a verified message with a content string too deep to read and a time in non-ASCII digits: it arrives
+    event = samples.message_event(event_id="ev_odd", message_id="om_odd")
+    event["event"]["message"]["content"] = '{"text": ' + DEEP.decode() + "}"
+    event["header"]["create_time"] = event["event"]["message"]["create_time"] = "²"
+    r = await post_event(s, connection_id, event)
+    assert r.status_code == 200, r.text
+    [message] = await s.wait_seen(1)
+    assert (message.message_id, message.message_type, message.content) == ("om_odd", "text", "")

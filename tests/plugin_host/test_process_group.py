@@ -34,10 +34,12 @@ def open_fds() -> set[str]:
 
 
 async def test_runs_in_its_own_session_with_the_plan_env_and_cwd(tmp_path: Path) -> None:
-    plan = sh('echo "$GREETING $(pwd)"; echo oops >&2', tmp_path, {"GREETING": "hello"})
+    # the child waits for its stdin's EOF: it is still alive (not reaped) when its session is read
+    plan = sh('read -r _; echo "$GREETING $(pwd)"; echo oops >&2', tmp_path, {"GREETING": "hello"})
     async with open_group_process(plan) as child:
         assert os.getsid(child.pid) == child.pid and os.getpgid(child.pid) == child.pid
         assert child.stdout is not None and child.stderr is not None
+        await child.close_stdin()
         with anyio.fail_after(GUARD):
             out = b"".join([chunk async for chunk in child.stdout])
             err = b"".join([chunk async for chunk in child.stderr])

@@ -17,6 +17,7 @@ import argparse
 import base64
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -215,7 +216,7 @@ class FakeIlink:
             answer = self.send_answers.popleft()
             if isinstance(answer, Raw) or answer.get("ret"):
                 return _answer(answer)
-        self.sent.append({"token": bot.token, "msg": entry.body.get("msg", {})})
+        self.sent.append({"token": bot.token, "msg": entry.body.get("msg", {}), "at": time.monotonic()})
         self._wake()
         return JSONResponse({"ret": 0, "message_id": BIG_ID_BASE + 500_000 + len(self.sent)})
 

@@ -40,11 +40,12 @@ def fast_config(base_url: str, **overrides: Any) -> dict[str, Any]:
         "baseUrl": base_url,
         "pollTimeoutMs": 1000,
         "qrPollTimeoutMs": 1000,
-        "qrPollIntervalMs": 20,
+        "qrPollIntervalMs": 100,
         "apiTimeoutMs": 3000,
-        "retryDelayMs": 50,
+        "retryDelayMs": 100,
         "backoffMs": 400,
         "sessionPauseMs": 600_000,
+        "partIntervalMs": 50,
         **overrides,
     }
 

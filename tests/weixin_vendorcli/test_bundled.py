@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ServeProcess
+from tests.support import REPO, ServeProcess
 
 pytestmark = pytest.mark.slow
+
+VERSION = json.loads((REPO / "plugins" / "weixin_vendorcli" / "plugin.json").read_text())["version"]
 
 
 def test_serve_on_a_fresh_home_runs_the_weixin_plugin(tmp_path: Path) -> None:
@@ -19,7 +22,7 @@ def test_serve_on_a_fresh_home_runs_the_weixin_plugin(tmp_path: Path) -> None:
         server.wait_ready()
         auth = {"Authorization": f"Bearer {(home / 'admin-token').read_text().strip()}"}
         plugin = httpx.get(server.base + "/api/plugins/weixin_vendorcli", headers=auth, timeout=10).json()
-        assert plugin["enabled"] and plugin["activeVersion"] == "1.0.0"
+        assert plugin["enabled"] and plugin["activeVersion"] == VERSION
         connectors = httpx.get(server.base + "/api/connectors", headers=auth, timeout=10).json()
         weixin = next(c for c in connectors if c["kind"] == "weixin")
         assert weixin["authType"] == "qr" and weixin["available"]

@@ -9,7 +9,7 @@ from weixin_vendorcli.accounts import Credentials
 from weixin_vendorcli.backend import TransportError
 from weixin_vendorcli.config import load_config
 from weixin_vendorcli.ilink import IlinkHttp, client_version_number
-from weixin_vendorcli.wire import as_id, text_message
+from weixin_vendorcli.wire import as_id, decode_message, text_message
 
 from tests.weixin_vendorcli.fake_ilink import BIG_ID_BASE, FakeIlink, Raw, running_fake
 
@@ -82,7 +82,7 @@ async def test_uint64_ids_are_kept_exactly() -> None:
             )
         finally:
             await api.aclose()
-        assert as_id(updates.msgs[0].message_id) == "18446744073709551615"
+        assert as_id(decode_message(updates.msgs[0]).message_id) == "18446744073709551615"
         assert as_id(answer.message_id) == str(BIG_ID_BASE + 500_001)
 
 

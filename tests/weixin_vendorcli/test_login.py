@@ -52,10 +52,15 @@ class Flow:
 
 @asynccontextmanager
 async def flow(
-    *, clock: Clock | None = None, relogin: bool = False, tokens: list[str] | None = None, **config: Any
+    *,
+    clock: Clock | None = None,
+    relogin: bool = False,
+    tokens: list[str] | None = None,
+    hold: float = 0.05,
+    **config: Any,
 ) -> AsyncIterator[Flow]:
-    async with running_fake(FakeIlink(hold=0.05), servers=2) as (fake, servers):
-        cfg = load_config({"baseUrl": servers[0].url, "qrPollIntervalMs": 10, "qrPollTimeoutMs": 2000, **config})
+    async with running_fake(FakeIlink(hold=hold), servers=2) as (fake, servers):
+        cfg = load_config({"baseUrl": servers[0].url, "qrPollIntervalMs": 100, "qrPollTimeoutMs": 2000, **config})
         api = IlinkHttp(cfg)
         seen = Recorder()
         login = QrLogin(
@@ -211,6 +216,38 @@ async def test_gateway_errors_and_garbage_mean_still_waiting() -> None:
         await f.status_becomes("connected")
 
 
+def statuses_after_scanning(seen: Recorder) -> list[str]:
+    statuses = seen.statuses()
+    return statuses[statuses.index("scanned") :]
+
+
+async def test_a_failed_status_poll_never_shows_the_qr_again_after_the_scan() -> None:
+    async with flow() as f:
+        f.fake.push_status("scaned")
+        f.fake.push_status(Raw("<html>bad gateway</html>", status=502, content_type="text/html"))
+        f.fake.push_status(Raw("down", status=500, content_type="text/plain"))
+        f.fake.push_status("need_verifycode")
+        await f.status_becomes("waiting_for_user")
+        f.fake.push_status(Raw("<html>524</html>", status=524, content_type="text/html"))
+        f.fake.push_status("scaned")
+        f.fake.push_status("confirmed", bot_token="tok-s", ilink_bot_id="s@im.bot")
+        f.login.input("4321")
+        await f.status_becomes("connected")
+    assert "qr_ready" not in statuses_after_scanning(f.seen)
+
+
+async def test_a_status_poll_timing_out_keeps_the_scanned_status() -> None:
+    # the fake holds each poll far longer than the client waits: every poll ends in a client-side timeout
+    async with flow(hold=30, qrPollTimeoutMs=200) as f:
+        f.fake.push_status("scaned")  # queued before the first poll (one interval away): answered at once
+        await f.status_becomes("scanned")
+        polls = len(f.polls())
+        await eventually(lambda: len(f.polls()) >= polls + 3)  # three polls timed out since
+        assert f.login.view.status == "scanned" and f.login.view.qr_code
+        f.login.cancel()
+    assert "qr_ready" not in statuses_after_scanning(f.seen)
+
+
 async def test_the_whole_login_has_a_deadline() -> None:
     clock = FakeClock()
     async with flow(clock=clock, loginTimeoutMs=480_000, qrPollIntervalMs=1000) as f:
@@ -229,7 +266,7 @@ async def test_a_login_waiting_for_a_code_also_ends_at_the_deadline() -> None:
     clock = FakeClock()
     async with flow(clock=clock, loginTimeoutMs=1000) as f:
         await eventually(lambda: clock.sleepers > 0)
-        clock.advance(0.01)  # past the first interval
+        clock.advance(0.1)  # past the first interval
         f.fake.push_status("need_verifycode")
         await f.status_becomes("waiting_for_user")
         clock.advance(2)

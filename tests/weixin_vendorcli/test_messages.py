@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from weixin_vendorcli.accounts import SeenWindow
 from weixin_vendorcli.backend import decode_answer
-from weixin_vendorcli.inbound import dedupe_key, to_event
-from weixin_vendorcli.text import split_text, utf16_len
-from weixin_vendorcli.wire import Updates, WeixinMessage
+from weixin_vendorcli.config import MANIFEST, load_config
+from weixin_vendorcli.inbound import EVENT_BUDGET, MAX_FIELD_CHARS, dedupe_key, to_event
+from weixin_vendorcli.text import TRUNCATED, split_reply, split_text, utf16_len
+from weixin_vendorcli.wire import Updates, WeixinMessage, decode_message
 
 
 def message(**fields: object) -> WeixinMessage:
@@ -98,7 +100,8 @@ def test_quotes_are_in_metadata() -> None:
 
 def test_unknown_fields_are_ignored_and_missing_ones_are_null() -> None:
     updates = decode_answer(b'{"ret": 0, "new_field": {"x": 1}, "msgs": [{"seq": 1, "surprise": true}]}', Updates)
-    assert updates.msgs[0].seq == 1 and updates.msgs[0].item_list is None
+    first = decode_message(updates.msgs[0])
+    assert first.seq == 1 and first.item_list is None
     assert event(seq=1).content == "" and event(seq=1).message_type == "text"
 
 
@@ -128,3 +131,45 @@ def test_split_text_prefers_paragraphs_then_lines_then_spaces() -> None:
     assert all(c.endswith(" ") for c in chunks[:-1]) and all(utf16_len(c) <= 4000 for c in chunks)
     assert split_text("x" * 8001) == ["x" * 4000, "x" * 4000, "x"]
     assert split_text("😀" * 2001) == ["😀" * 2000, "😀"]
+
+
+def test_split_reply_cuts_at_the_part_limit_and_says_so() -> None:
+    text = "x" * 4000 * 12
+    parts = split_reply(text, 4000, 10)
+    assert len(parts) == 10 and all(utf16_len(p) <= 4000 for p in parts)
+    assert parts[-1].endswith(TRUNCATED) and "".join(parts[:9]) == "x" * 36000
+    assert split_reply("short", 4000, 1) == ["short"]
+
+
+def test_the_part_interval_and_limit_come_from_the_manifest() -> None:
+    outbound = msgspec.json.decode(MANIFEST.read_bytes())["limits"]["outbound"]
+    config = load_config({})
+    assert (config.part_interval_ms, config.max_parts) == (outbound["minIntervalMs"], outbound["maxRepliesPerInbound"])
+    assert load_config({"partIntervalMs": 0, "maxParts": 3}).max_parts == 3
+
+
+def test_configured_intervals_have_a_floor_in_the_schema_and_in_code() -> None:
+    import jsonschema
+
+    schema = msgspec.json.decode(MANIFEST.read_bytes())["configSchema"]
+    for name in ("qrPollIntervalMs", "retryDelayMs", "backoffMs"):
+        assert schema["properties"][name]["minimum"] >= 100
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({name: 0}, schema)
+    config = load_config({"qrPollIntervalMs": 0, "retryDelayMs": 0, "backoffMs": 0})
+    assert (config.qr_poll_interval_ms, config.retry_delay_ms, config.backoff_ms) == (100, 100, 100)
+
+
+def test_every_event_fits_in_one_protocol_message() -> None:
+    long = "😀" * (MAX_FIELD_CHARS - 1)  # just under the field cap: kept, 4 bytes a character
+    cdn = {"encrypt_query_param": long, "aes_key": long, "full_url": long}
+    items = [
+        {"type": 2, "image_item": {"media": cdn, "thumb_media": cdn, "aeskey": long, "url": long}} for _ in range(60)
+    ]
+    items.append({"type": 1, "text_item": {"text": "中" * 100_000}, "ref_msg": {"title": long}})
+    items.extend({"type": 99, "msg_id": 2**63} for _ in range(60))
+    e = event(message_id=1, item_list=items)
+    assert len(msgspec.json.encode(e)) <= EVENT_BUDGET
+    assert e.metadata["mediaOmitted"] >= 10 and e.metadata["itemsOmitted"] and e.content.startswith("中")
+    too_long = event(item_list=[{"type": 4, "file_item": {"file_name": "f" * (MAX_FIELD_CHARS + 1), "md5": "ab"}}])
+    assert too_long.metadata["media"] == [{"type": "file", "md5": "ab", "omitted": ["fileName"]}]

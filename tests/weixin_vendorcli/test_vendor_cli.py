@@ -39,7 +39,7 @@ async def test_login_receive_send_logout_through_vendor_commands(
     caplog.set_level(logging.DEBUG)
     vendor_env(monkeypatch)
     async with running_fake(FakeIlink(hold=0.2)) as (fake, [server]):
-        config = fast_config(server.url, mode="vendor_cli", qrPollIntervalMs=50)
+        config = fast_config(server.url, mode="vendor_cli", qrPollIntervalMs=100)
         async with weixin_stack(tmp_path / "home", config) as s:
             connection_id, _ = await s.login(fake, TOKEN, "v@im.bot")
             message = fake.message("alice@im.wechat", "via vendor")

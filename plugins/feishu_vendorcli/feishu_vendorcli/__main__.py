@@ -167,7 +167,7 @@ async def webhook(ctx: Context, params: WebhookParams) -> WebhookResult:
     elif outcome.challenge:
         log.info("webhook %s: URL verification answered", params.connection_id)
     feishu.note(app, notice=outcome.notice)
-    app.remember_threads(outcome.events)
+    await app.remember_threads(outcome.events)
     return WebhookResult(outcome.response, outcome.events)
 
 
@@ -176,11 +176,8 @@ async def send(ctx: Context, params: SendRequest) -> SendResult:
     app = feishu.app(params.connection_id)
     target = params.target
     id_type = receive_id_type(target.peer_id, target.peer_type, params.metadata.get("receiveIdType"))
-    parts = list(
-        plan(
-            params, limit_bytes=feishu.config.text_limit_bytes, thread_root=app.thread_roots.get(target.thread_id or "")
-        )
-    )
+    thread_root = await app.thread_root(target.thread_id) if not target.reply_to_message_id else None
+    parts = list(plan(params, limit_bytes=feishu.config.text_limit_bytes, thread_root=thread_root))
     first: str | None = None
     try:
         for part in parts:

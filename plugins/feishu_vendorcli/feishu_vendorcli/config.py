@@ -11,6 +11,9 @@ LARK_OPEN = "https://open.larksuite.com"
 FEISHU_ACCOUNTS = "https://accounts.feishu.cn"
 LARK_ACCOUNTS = "https://accounts.larksuite.com"
 VENDOR_INSTALL_ENV = "FEISHU_VENDOR_INSTALL_COMMAND"
+# floors, also the configSchema's minimums: no setting makes a loop run hot
+MIN_POLL_INTERVAL_SECONDS = 0.1
+MIN_RECONNECT_SECONDS = 0.05
 
 ConnectionMode = Literal["webhook", "websocket"]
 
@@ -38,7 +41,11 @@ class FeishuConfig(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_
 
     @classmethod
     def load(cls, config: dict[str, Any]) -> FeishuConfig:
-        return msgspec.convert(config or {}, cls)
+        loaded = msgspec.convert(config or {}, cls)
+        loaded.min_poll_interval_seconds = max(loaded.min_poll_interval_seconds, MIN_POLL_INTERVAL_SECONDS)
+        loaded.reconnect_initial_seconds = max(loaded.reconnect_initial_seconds, MIN_RECONNECT_SECONDS)
+        loaded.reconnect_max_seconds = max(loaded.reconnect_max_seconds, loaded.reconnect_initial_seconds)
+        return loaded
 
     def open_base_url(self, domain: str) -> str:
         """`feishu` | `lark` | an http(s):// base URL -> the Open Platform base URL."""

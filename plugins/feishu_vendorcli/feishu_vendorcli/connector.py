@@ -13,7 +13,7 @@ import msgspec
 from plugin_host.clock import Clock
 from plugin_host.errors import UNKNOWN_CONNECTION, RpcError
 from plugin_host.redact import Redactor, redact
-from plugin_host.sdk import BridgeEvent, ConnectionInfo, Plugin
+from plugin_host.sdk import BridgeEvent, ConnectionInfo, HostState, Plugin, StateBuckets
 
 from .config import Account, FeishuConfig
 from .events import Mapped, Notice, Route, UnknownSchema, envelope, map_event
@@ -23,13 +23,19 @@ from .webhook import WebhookVerifier
 
 log = logging.getLogger("feishu_vendorcli")
 
-THREAD_ROOTS_KEPT = 10_000
+THREAD_ROOTS_KEPT = 10_000  # in memory, per connection
+THREAD_PREFIX = "thread:"
+THREAD_BUCKETS = 32  # host-state keys per connection, whatever the number of threads (~500 roots each)
+THREAD_RETENTION = 30 * 86_400.0  # a thread quiet for a month: a send into it without a reply target goes to the chat
+_THREAD_REFRESH = 86_400.0  # an active thread's root is written again once a day, so it does not expire
 
 
 class LinkedApp:
     """One connection this process serves: its app, where its events go, how they are checked."""
 
-    def __init__(self, info: ConnectionInfo, account: Account, config: FeishuConfig) -> None:
+    def __init__(
+        self, info: ConnectionInfo, account: Account, config: FeishuConfig, state: HostState, clock: Clock
+    ) -> None:
         self.info = info
         self.account = account
         self.base_url = config.open_base_url(account.domain)
@@ -44,21 +50,50 @@ class LinkedApp:
         self.status = "connected" if account.connection == "webhook" else "disconnected"
         self.receiver: anyio.CancelScope | None = None
         self.long_connection: LongConnection | None = None
-        # thread id -> its root message, so a send into a thread without a reply target still lands there
-        self.thread_roots: OrderedDict[str, str] = OrderedDict()
+        self.clock = clock
+        # thread id -> its root message, so a send into a thread without a reply target still lands
+        # there: in memory (with when it was written), and in host state so that it survives a restart
+        self._thread_roots: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._threads = StateBuckets(
+            state, info.connection_id, THREAD_PREFIX, buckets=THREAD_BUCKETS, retention=THREAD_RETENTION, clock=clock
+        )
 
     @property
     def connection_id(self) -> str:
         return self.info.connection_id
 
-    def remember_threads(self, events: list[BridgeEvent]) -> None:
+    async def remember_threads(self, events: list[BridgeEvent]) -> None:
+        """Keep each thread's root; a root the host cannot keep now is logged and kept in memory."""
         for event in events:
             root = event.metadata.get("rootId") or event.message_id
-            if event.thread_id and isinstance(root, str):
-                self.thread_roots[event.thread_id] = root
-                self.thread_roots.move_to_end(event.thread_id)
-                while len(self.thread_roots) > THREAD_ROOTS_KEPT:
-                    self.thread_roots.popitem(last=False)
+            if not event.thread_id or not isinstance(root, str):
+                continue
+            known = self._thread_roots.get(event.thread_id)
+            now = self.clock.time()
+            self._thread_roots[event.thread_id] = (root, now if known is None or known[0] != root else known[1])
+            self._thread_roots.move_to_end(event.thread_id)
+            while len(self._thread_roots) > THREAD_ROOTS_KEPT:
+                self._thread_roots.popitem(last=False)
+            if known is not None and known[0] == root and now - known[1] < _THREAD_REFRESH:
+                continue
+            try:
+                await self._threads.put(event.thread_id, root)
+                self._thread_roots[event.thread_id] = (root, now)
+            except Exception as exc:  # in memory it serves this process; the host's copy comes with the next event
+                log.warning("%s: thread root not kept by the host: %s", self.connection_id, type(exc).__name__)
+
+    async def thread_root(self, thread_id: str | None) -> str | None:
+        if not thread_id:
+            return None
+        known = self._thread_roots.get(thread_id)
+        if known is not None:
+            return known[0]
+        try:
+            root = await self._threads.get(thread_id, type=str)
+        except Exception as exc:  # the host cannot answer now: the send goes to the chat itself
+            log.warning("%s: thread root unavailable: %s", self.connection_id, type(exc).__name__)
+            return None
+        return root if isinstance(root, str) and root else None
 
 
 def account_of(info: ConnectionInfo) -> Account:
@@ -99,7 +134,12 @@ class Feishu:
     @property
     def api(self) -> OpenApi:
         if self._api is None:
-            self._api = OpenApi(self.http, self.clock, refresh_margin=self.config.token_refresh_margin_seconds)
+            self._api = OpenApi(
+                self.http,
+                self.clock,
+                refresh_margin=self.config.token_refresh_margin_seconds,
+                timeout=self.config.http_timeout_seconds,
+            )
         return self._api
 
     async def aclose(self) -> None:
@@ -124,7 +164,7 @@ class Feishu:
         account = account_of(info)
         self.redactor.add(*account.secrets())
         await self.stop_serving(info.connection_id)
-        app = LinkedApp(info, account, self.config)
+        app = LinkedApp(info, account, self.config, self.plugin.state, self.clock)
         self.apps[info.connection_id] = app
         if account.connection == "websocket":
             app.long_connection = LongConnection(
@@ -173,11 +213,12 @@ class Feishu:
         """One event from the long connection; True when the host has it (so the platform may forget it)."""
         try:
             mapped = map_event(envelope(msgspec.json.decode(payload)), app.route)
-        except (msgspec.DecodeError, UnknownSchema) as exc:
-            log.warning("%s: long-connection event dropped: %s", app.connection_id, exc)
+        except (ValueError, RecursionError) as exc:  # not JSON, too deep, or an unknown schema
+            reason = str(exc) if isinstance(exc, UnknownSchema) else type(exc).__name__
+            log.warning("%s: long-connection event dropped: %s", app.connection_id, reason)
             return True  # acknowledged: a redelivery would be just as unreadable
         self.note(app, mapped)
-        app.remember_threads(mapped.events)
+        await app.remember_threads(mapped.events)
         for event in mapped.events:
             ack = await self.plugin.host.inbound(event)
             if not (ack.accepted or ack.duplicate or ack.pending):

@@ -24,6 +24,8 @@ MEDIA_TYPES = ("image", "file", "audio", "media", "sticker")
 _MAX_RAW_CONTENT_BYTES = 8192
 _MAX_MENTIONS = 50
 _SPACES = re.compile(r" {2,}")
+_MENTION_KEY = re.compile(r"@_user_[0-9]+|@_all")  # whole keys: `@_user_1` never matches inside `@_user_10`
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII digits only: str.isdigit() also takes '²'
 
 BOT_ADDED = ("im.chat.member.bot.added_v1", "add_bot")
 BOT_REMOVED = ("im.chat.member.bot.deleted_v1", "remove_bot")
@@ -211,13 +213,12 @@ def _content(message_type: str, raw: Any, mentions: list[dict[str, Any]]) -> tup
 
 
 def _with_mentions(text: str, mentions: list[dict[str, Any]]) -> str:
-    """`@_user_1` keys become `@Name`; the bot's own mention is dropped."""
-    for mention in mentions:
-        key = mention["key"]
-        if not key:
-            continue
-        text = text.replace(key, "" if mention["is_bot"] else f"@{mention['name'] or ''}")
-    return _SPACES.sub(" ", text).strip() if mentions else text
+    """`@_user_1` keys become `@Name`; the bot's own mention is dropped; an unknown key stays as it is."""
+    if not mentions:
+        return text
+    names = {m["key"]: "" if m["is_bot"] else f"@{m['name'] or ''}" for m in mentions if m["key"]}
+    text = _MENTION_KEY.sub(lambda match: names.get(match.group(0), match.group(0)), text)
+    return _SPACES.sub(" ", text).strip()
 
 
 def _post_text(body: dict[str, Any], mentions: list[dict[str, Any]]) -> tuple[str, list[str]]:
@@ -341,6 +342,8 @@ def _json_object(raw: Any) -> dict[str, Any]:
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return {"text": raw}  # not JSON: keep it as text rather than dropping it
+    except RecursionError:
+        return {}  # JSON nested deeper than the decoder goes: no content can be read from it
     return value if isinstance(value, dict) else {}
 
 
@@ -375,6 +378,6 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     return None

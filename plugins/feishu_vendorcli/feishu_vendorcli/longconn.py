@@ -21,7 +21,7 @@ import anyio
 import msgspec
 
 from plugin_host.clock import Clock
-from plugin_host.process_group import GroupProcess, LaunchPlan, spawn
+from plugin_host.sdk import GroupProcess, LaunchPlan, spawn
 
 MAX_LINE_BYTES = 2 * 1024 * 1024
 STABLE_AFTER_SECONDS = 60.0
@@ -146,7 +146,7 @@ class LongConnection:
             log.warning(
                 "long connection %s: unreadable line from the client: %s",
                 self.name,
-                self.redact(line[:200].decode("utf-8", "replace")),
+                self.redact(line.decode("utf-8", "replace"))[:200],  # masked whole, then cut
             )
             return None
         if message.type == "missing":

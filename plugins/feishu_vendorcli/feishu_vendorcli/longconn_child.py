@@ -140,8 +140,14 @@ def main() -> None:
     try:
         client.start()
     except Exception as exc:  # a refusal lark-oapi does not retry (bad credentials, too many connections)
-        emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"[:500]})
+        emit({"type": "error", "message": error_message(exc, settings["appSecret"])})
         sys.exit(2)
+
+
+def error_message(exc: BaseException, secret: str, limit: int = 500) -> str:
+    """The failure for the plugin to report: the app secret masked first, then cut (the plugin redacts again)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return (text.replace(secret, "[REDACTED]") if secret else text)[:limit]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import anyio
 import msgspec
 
 from plugin_host.errors import INVALID_PARAMS, RpcError
-from plugin_host.protocol import SessionStartParams
+from plugin_host.protocol import TERMINAL_SESSION_STATUSES, SessionStartParams
 from plugin_host.sdk import ConnectorSessionView, SessionUpdate
 
 from .config import Account
@@ -67,7 +67,7 @@ class Session:
 
     @property
     def finished(self) -> bool:
-        return self.view.status in ("connected", "expired", "error", "cancelled")
+        return self.view.status in TERMINAL_SESSION_STATUSES
 
     async def update(self, credentials: dict[str, Any] | None = None, **changes: Any) -> None:
         if self.finished:
@@ -170,6 +170,7 @@ async def create(session: Session, options: CreateOptions) -> None:
         lark_accounts=config.lark_accounts_base_url,
         slow_down_seconds=config.slow_down_seconds,
         min_interval=config.min_poll_interval_seconds,
+        timeout=config.http_timeout_seconds,
     )
 
     async def show(prompt: Prompt) -> None:
@@ -282,7 +283,7 @@ async def _vendor_progress(session: Session, line: str) -> None:
                 changes["qr_code"] = qr
                 changes.setdefault("status", "qr_ready")
             if isinstance(message.get("message"), str):
-                changes["instructions"] = [session.feishu.redact(message["message"][:300])]
+                changes["instructions"] = [session.feishu.redact(message["message"])[:300]]  # masked whole, then cut
             if changes:
                 await session.update(**changes)
             return

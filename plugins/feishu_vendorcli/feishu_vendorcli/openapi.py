@@ -2,7 +2,9 @@
 
 One `httpx.AsyncClient` for every app. Tenant tokens are cached per connection
 and refreshed `refresh_margin` seconds before they expire; a token-invalid
-answer drops the token and the call is made once more with a fresh one.
+answer drops the token and the call is made once more with a fresh one. A
+token-invalid answer to that fresh token too is transient (-32603, retried by the
+host): the app's credentials just got a token, so they are not what is wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import msgspec
 from plugin_host.clock import Clock
 
 from .config import Account
+from .transport import Response, TooLarge, fetch, retry_after
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 BOT_INFO_PATH = "/open-apis/bot/v3/info"
@@ -24,11 +27,11 @@ MESSAGES_PATH = "/open-apis/im/v1/messages"
 WS_ENDPOINT_PATH = "/callback/ws/endpoint"
 
 TOKEN_INVALID_CODES = frozenset({99991661, 99991663, 99991664, 99991665, 99991666, 99991668})
-# 99991400 is the documented rate-limit code (HTTP 429); lark-oapi 1.7.5 uses the others
-RATE_LIMIT_CODES = frozenset({99991400, 99991402, 11020, 11021})
+# 99991400 is the documented rate-limit code (HTTP 429); lark-oapi 1.7.5 uses 99991402, 11020, 11021;
+# 230020 is the IM API's per-chat frequency control (the Open Platform's FAQ on message rate limits)
+RATE_LIMIT_CODES = frozenset({99991400, 99991402, 11020, 11021, 230020})
 # the token endpoint's answers for an app id or secret that is not (or no longer) valid
 BAD_CREDENTIAL_CODES = frozenset({10003, 10014, 10012, 10013, 10015})
-MAX_RETRY_AFTER_SECONDS = 3600
 MAX_ANSWER_BYTES = 1024 * 1024
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -77,10 +80,13 @@ class BotInfo(msgspec.Struct, frozen=True):
 class OpenApi:
     """Open Platform calls for every linked app of this plugin process."""
 
-    def __init__(self, http: httpx.AsyncClient, clock: Clock, *, refresh_margin: float = 600.0) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, clock: Clock, *, refresh_margin: float = 600.0, timeout: float = 10.0
+    ) -> None:
         self.http = http
         self.clock = clock
         self.refresh_margin = refresh_margin
+        self.timeout = timeout  # one whole call, body included
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -97,7 +103,7 @@ class OpenApi:
                 answer.msg or f"the token endpoint answered HTTP {response.status_code}",
                 code=answer.code,
                 status=response.status_code,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
             )
         return answer.tenant_access_token, int(answer.expire or 7200)
 
@@ -142,7 +148,7 @@ class OpenApi:
             params={"receive_id_type": receive_id_type},
             json={"receive_id": receive_id, **body},
         )
-        return (answer.data or {}).get("message_id")
+        return _message_id(answer)
 
     async def reply_message(
         self, key: str, base_url: str, account: Account, *, message_id: str, body: dict[str, Any]
@@ -152,7 +158,7 @@ class OpenApi:
         answer = await self._authorized(
             "POST", key, base_url, account, f"{MESSAGES_PATH}/{message_id}/reply", json=body
         )
-        return (answer.data or {}).get("message_id")
+        return _message_id(answer)
 
     async def _authorized(
         self,
@@ -176,15 +182,17 @@ class OpenApi:
             answer = _decode(response)
             if answer.code == 0 and response.status_code < 400:
                 return answer
-            if answer.code in TOKEN_INVALID_CODES and attempt == 1:
+            token_invalid = answer.code in TOKEN_INVALID_CODES
+            if token_invalid:
                 self._drop(key, token)
-                continue
+                if attempt == 1:
+                    continue
             raise PlatformError(
-                _kind(response, answer),
+                "transient" if token_invalid else _kind(response, answer),
                 answer.msg or f"HTTP {response.status_code}",
                 code=answer.code if answer.code != -1 else None,
                 status=response.status_code,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
             )
         raise AssertionError("unreachable")
 
@@ -195,40 +203,34 @@ class OpenApi:
 
     # ---------------------------------------------------------------- transport
 
-    async def _post(self, url: str, **kwargs: Any) -> _Response:
+    async def _post(self, url: str, **kwargs: Any) -> Response:
         return await self._request("POST", url, **kwargs)
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> _Response:
+    async def _request(self, method: str, url: str, **kwargs: Any) -> Response:
         try:
-            async with self.http.stream(method, url, **kwargs) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        raise PlatformError(
-                            "transient", "the platform's answer is too large", status=response.status_code
-                        )
-                return _Response(response.status_code, response.headers, bytes(body))
+            return await fetch(self.http, method, url, limit=MAX_ANSWER_BYTES, timeout=self.timeout, **kwargs)
+        except TooLarge as exc:
+            raise PlatformError("transient", "the platform's answer is too large", status=exc.status) from None
+        except TimeoutError:
+            raise PlatformError("transient", f"the platform did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise PlatformError("transient", f"the platform is unreachable: {type(exc).__name__}") from None
 
 
-class _Response(msgspec.Struct, frozen=True):
-    """An answer read whole, within MAX_ANSWER_BYTES."""
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
+def _message_id(answer: _Answer) -> str | None:
+    """`data.message_id` when it is a string: anything else counts as absent (the message is sent all the same)."""
+    value = (answer.data or {}).get("message_id")
+    return value if isinstance(value, str) and value else None
 
 
-def _decode(response: _Response) -> _Answer:
+def _decode(response: Response) -> _Answer:
     try:
         return msgspec.json.decode(response.content or b"{}", type=_Answer)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return _Answer(code=-1, msg=f"HTTP {response.status_code} with an unreadable answer")
 
 
-def _kind(response: _Response, answer: _Answer) -> str:
+def _kind(response: Response, answer: _Answer) -> str:
     if response.status_code == 429 or answer.code in RATE_LIMIT_CODES:
         return "rate_limited"
     if answer.code != -1 and answer.code != 0 and "retry-after" in response.headers:
@@ -236,11 +238,3 @@ def _kind(response: _Response, answer: _Answer) -> str:
     if response.status_code >= 500 or answer.code == -1 or 50000 <= answer.code < 60000:
         return "transient"
     return "refused"
-
-
-def _retry_after(response: _Response) -> int:
-    for header in ("x-ogw-ratelimit-reset", "retry-after"):
-        value = response.headers.get(header, "").strip()
-        if value.isdigit():
-            return max(1, min(int(value), MAX_RETRY_AFTER_SECONDS))
-    return 1

@@ -7,7 +7,15 @@ from collections.abc import Iterator
 
 import msgspec
 
-from plugin_host.errors import INTERNAL_ERROR, INVALID_PARAMS, RATE_LIMITED, REFUSED, SESSION_EXPIRED, RpcError
+from plugin_host.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    RATE_LIMITED,
+    REFUSED,
+    SESSION_EXPIRED,
+    UNSUPPORTED,
+    RpcError,
+)
 from plugin_host.sdk import SendRequest
 
 from .openapi import PlatformError
@@ -92,7 +100,7 @@ class Part(msgspec.Struct, frozen=True):
 def plan(request: SendRequest, *, limit_bytes: int, thread_root: str | None = None) -> Iterator[Part]:
     """The IM calls of one `message.send`, in order; every part replies into the same place."""
     if request.content_type != "text":
-        raise RpcError(INVALID_PARAMS, f"contentType {request.content_type!r} is not supported (text only)")
+        raise RpcError(UNSUPPORTED, f"contentType {request.content_type!r} is not supported (text only)")
     if not request.content:
         raise RpcError(INVALID_PARAMS, "an empty message cannot be sent")
     target = request.target

@@ -6,6 +6,8 @@ every `interval` seconds until the person who scanned confirms: HTTP 400 with
 `authorization_pending` (wait), `slow_down` (wait 5 s longer each time),
 `access_denied`, `expired_token`; a Lark tenant (`user_info.tenant_brand`) moves
 the flow to the Lark host once. Success carries the new app's id and secret.
+Every answer is read within 64 KiB and `timeout` seconds (`transport.fetch`), and
+polling ends at the flow's own deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import msgspec
 
 from plugin_host.clock import Clock
 
+from .config import MIN_POLL_INTERVAL_SECONDS
+from .transport import TooLarge, fetch
+
 REGISTRATION_PATH = "/oauth/v1/app/registration"
+MAX_ANSWER_BYTES = 64 * 1024
 DEFAULT_INTERVAL = 5.0
 DEFAULT_EXPIRES_IN = 600.0
 MAX_EXPIRES_IN = 3600.0
@@ -97,12 +103,14 @@ class AppRegistration:
         lark_accounts: str,
         slow_down_seconds: float = 5.0,
         min_interval: float = 1.0,
+        timeout: float = 10.0,
     ) -> None:
         self.http = http
         self.clock = clock
         self.hosts = {"feishu": feishu_accounts.rstrip("/"), "lark": lark_accounts.rstrip("/")}
         self.slow_down_seconds = slow_down_seconds
-        self.min_interval = min_interval
+        self.min_interval = max(min_interval, MIN_POLL_INTERVAL_SECONDS)  # never a hot loop, whatever the server says
+        self.timeout = timeout  # one call, body included
 
     async def run(self, on_prompt: Callable[[Prompt], Awaitable[None]], *, brand: str = "feishu") -> RegisteredApp:
         init = await self._post(brand, {"action": "init"})
@@ -134,10 +142,11 @@ class AppRegistration:
         failures = 0
         while True:
             status, body = await self._poll(brand, device_code)
-            if status not in (200, 400):  # unreachable (0) or failing: try again, a few times
+            if status not in (200, 400):  # unreachable, too slow, too large (0) or failing: try again, a few times
                 failures += 1
                 if failures >= MAX_TRANSIENT_FAILURES:
-                    raise RegistrationError("error", f"the registration server keeps failing (HTTP {status})")
+                    reason = body if status == 0 else f"HTTP {status}"
+                    raise RegistrationError("error", f"the registration server keeps failing ({reason})")
             else:
                 failures = 0
                 decision = decide(body, brand=brand, switched=switched)
@@ -164,10 +173,11 @@ class AppRegistration:
             await self.clock.sleep(interval)
 
     async def _poll(self, brand: str, device_code: str) -> tuple[int, Any]:
+        """(HTTP status, decoded body); (0, the reason) when there is no answer."""
         try:
             return await self._send(brand, {"action": "poll", "device_code": device_code})
-        except RegistrationError:
-            return 0, None
+        except RegistrationError as exc:
+            return 0, exc.message
 
     async def _post(self, brand: str, form: dict[str, str]) -> dict[str, Any]:
         status, body = await self._send(brand, form)
@@ -181,14 +191,20 @@ class AppRegistration:
     async def _send(self, brand: str, form: dict[str, str]) -> tuple[int, Any]:
         url = self.hosts[brand] + REGISTRATION_PATH
         try:
-            response = await self.http.post(url, data=form)
+            response = await fetch(self.http, "POST", url, limit=MAX_ANSWER_BYTES, timeout=self.timeout, data=form)
+        except TooLarge:
+            raise RegistrationError(
+                "error", f"the registration server's answer to {form['action']} is over {MAX_ANSWER_BYTES} bytes"
+            ) from None
+        except TimeoutError:
+            raise RegistrationError(
+                "error", f"the registration server did not answer within {self.timeout:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise RegistrationError("error", f"the registration server is unreachable: {type(exc).__name__}") from None
-        if len(response.content) > 65536:
-            return response.status_code, None
         try:
             return response.status_code, msgspec.json.decode(response.content)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return response.status_code, None
 
     @staticmethod

@@ -149,7 +149,8 @@ class WebhookVerifier:
 
 
 def _json(raw: bytes) -> Any:
+    """The decoded body, or None when it is not JSON or nested deeper than the decoder goes (a 400)."""
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         return None

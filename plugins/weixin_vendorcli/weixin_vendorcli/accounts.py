@@ -1,49 +1,51 @@
 """One connected Weixin account: its credentials, and what the host keeps for it.
 
-Host-kept state (SPEC 3.4), per connection:
+Host-kept state (SPEC 3.4), per connection, in a fixed number of keys whatever
+the number of peers (the host allows 10,000 keys per connection):
 - `cursor`: the last non-empty `get_updates_buf`, sent on the next poll (also after a restart);
 - `seen`: the dedupe keys of the most recent deliveries (a bounded window, see `SeenWindow`);
-- `ctx:<peer>`: the latest `context_token` of that peer, needed to reply to it;
-- `peers`: the `ctx:` keys written, so that logout can forget them all;
-- `out:<requestId>`: how many chunks of a long message are already out (deleted once all are).
-Credentials stay with the host (encrypted at rest) and come back in `ConnectionInfo`.
+- `ctx:<n>` (`CONTEXT_BUCKETS` keys): each peer's latest `context_token`, needed to
+  reply to it, hashed to a bucket; a token older than the 24 h reply window is dropped;
+- `out:<n>` (`PROGRESS_BUCKETS` keys): the parts of a long message already out, per
+  requestId, until all are (kept a day at most).
+Logout leaves them: the host drops all of a revoked connection's state. Credentials
+stay with the host (encrypted at rest) and come back in `ConnectionInfo`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
-import anyio
 import msgspec
 
+from plugin_host.clock import Clock
 from plugin_host.protocol import STATE_VALUE_MAX_BYTES
 from plugin_host.redact import redact
+from plugin_host.sdk import StateBuckets
 
 CURSOR_KEY = "cursor"
 SEEN_KEY = "seen"
-PEERS_KEY = "peers"
 CONTEXT_PREFIX = "ctx:"
 PROGRESS_PREFIX = "out:"
+CONTEXT_BUCKETS = 64  # a personal account has at most 10,000 friends: ~250 tokens per bucket fit in 64 KiB
+PROGRESS_BUCKETS = 16
+REPLY_WINDOW_SECONDS = 86_400.0  # the platform takes replies within 24 h of the peer's last message
+PROGRESS_RETENTION = 86_400.0  # a long message the host stopped retrying is forgotten after a day
 MAX_TOKEN_CHARS = 16_384  # a context token or cursor longer than this is kept in memory only
-_MAX_PEER_IN_KEY = 200  # longer peer ids are hashed into their key (host keys are short)
 SEEN_WINDOW = 1500  # deliveries remembered per account (the platform redelivers within seconds)
 CONTEXT_CACHE = 5000  # context tokens kept in memory per account
 # budget for one state value, below the host's limit, for the JSON framing around it
 _VALUE_BUDGET = STATE_VALUE_MAX_BYTES - 1024
+# what an HTTP header value may hold: visible ASCII (a token outside it cannot be sent)
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 AccountStatus = Literal["connected", "expired", "stopped"]
 
 log = logging.getLogger(__name__)
-
-
-def context_key(peer_id: str) -> str:
-    if len(peer_id) <= _MAX_PEER_IN_KEY:
-        return CONTEXT_PREFIX + peer_id
-    return CONTEXT_PREFIX + "#" + hashlib.sha256(peer_id.encode()).hexdigest()
 
 
 class Credentials(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -54,8 +56,10 @@ class Credentials(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
     base_url: str
     ilink_user_id: str | None = None
 
-    def public(self) -> dict[str, Any]:
-        return {"ilinkBotId": self.ilink_bot_id, "baseUrl": self.base_url, "ilinkUserId": self.ilink_user_id}
+
+def usable_token(token: str) -> bool:
+    """Whether the bot token can go in the `Authorization` header at all."""
+    return _HEADER_SAFE.fullmatch(token) is not None
 
 
 class HostState(Protocol):
@@ -97,26 +101,29 @@ class Account:
     """A connection this process serves, with a cache in front of its host-kept state."""
 
     def __init__(
-        self, connection_id: str, channel_id: str, credentials: Credentials, state: HostState, display_name: str = ""
+        self, connection_id: str, channel_id: str, credentials: Credentials, state: HostState, clock: Clock
     ) -> None:
         self.connection_id = connection_id
         self.channel_id = channel_id
         self.credentials = credentials
-        self.display_name = display_name
         self.state = state
+        self.clock = clock
         self.status: AccountStatus = "connected"
-        self.receiver: anyio.CancelScope | None = None
-        self._contexts: OrderedDict[str, str] = OrderedDict()
-        self._peers: list[str] | None = None
-        self._peers_lock = anyio.Lock()
+        self._contexts: OrderedDict[str, tuple[str, float]] = OrderedDict()  # peer -> (token, saved at)
+        self._context_buckets = StateBuckets(
+            state, connection_id, CONTEXT_PREFIX, buckets=CONTEXT_BUCKETS, retention=REPLY_WINDOW_SECONDS, clock=clock
+        )
+        self._progress = StateBuckets(
+            state, connection_id, PROGRESS_PREFIX, buckets=PROGRESS_BUCKETS, retention=PROGRESS_RETENTION, clock=clock
+        )
 
     @property
     def account_id(self) -> str:
         return self.credentials.ilink_bot_id
 
     def scrub(self, text: str, limit: int = 300) -> str:
-        """Platform text (an `errmsg`) made safe to log or answer: bounded, the token masked."""
-        return redact(text.strip()[:limit], [self.credentials.bot_token])
+        """Platform text (an `errmsg`) made safe to log or answer: the token masked, then bounded."""
+        return redact(text.strip(), [self.credentials.bot_token])[:limit]
 
     # ---------------------------------------------------------------- cursor and dedupe window
 
@@ -140,65 +147,54 @@ class Account:
     # ---------------------------------------------------------------- context tokens
 
     async def context_token(self, peer_id: str) -> str | None:
-        token = self._contexts.get(peer_id)
-        if token is None:
-            value = await self.state.get(context_key(peer_id), connection_id=self.connection_id)
-            if isinstance(value, str) and value:
-                token = value
-                self._remember(peer_id, token)
-        return token
+        """The peer's latest token within the reply window (None: send without one)."""
+        cached = self._contexts.get(peer_id)
+        if cached is not None:
+            token, saved_at = cached
+            return token if self.clock.time() - saved_at < REPLY_WINDOW_SECONDS else None
+        entry = await self._context_buckets.entry(peer_id)
+        if entry is None or not isinstance(entry.value, str) or not entry.value:
+            return None
+        self._remember(peer_id, entry.value, entry.updated_at)
+        return entry.value
 
     async def save_context_token(self, peer_id: str, token: str) -> None:
-        """Persist the peer's latest token (before its message is delivered, so a reply finds it)."""
-        if self._contexts.get(peer_id) == token:
-            return
-        if len(token) <= MAX_TOKEN_CHARS:
-            key = context_key(peer_id)
-            await self._index(key)
-            await self.state.put(key, token, connection_id=self.connection_id)
-        else:
-            log.warning("account %s: a context token of %d characters is not persisted", self.account_id, len(token))
-        self._remember(peer_id, token)
+        """Keep the peer's latest token (before its message is delivered, so a reply finds it).
 
-    def _remember(self, peer_id: str, token: str) -> None:
-        self._contexts[peer_id] = token
+        In memory first; a token the host cannot keep (too long, host refused or
+        unavailable) is logged and lives on in memory: it never holds up the batch."""
+        cached = self._contexts.get(peer_id)
+        if cached is not None and cached[0] == token:
+            return
+        self._remember(peer_id, token)
+        if len(token) > MAX_TOKEN_CHARS:
+            log.warning("account %s: a context token of %d characters is not persisted", self.account_id, len(token))
+            return
+        try:
+            await self._context_buckets.put(peer_id, token)
+        except Exception as exc:  # kept in memory: replies from this process still find it
+            log.warning(
+                "account %s: a context token could not be kept by the host (%s); kept in memory only",
+                self.account_id,
+                _described(exc),
+            )
+
+    def _remember(self, peer_id: str, token: str, saved_at: float | None = None) -> None:
+        self._contexts[peer_id] = (token, self.clock.time() if saved_at is None else saved_at)
         self._contexts.move_to_end(peer_id)
         while len(self._contexts) > CONTEXT_CACHE:
             self._contexts.popitem(last=False)
 
-    async def _index(self, key: str) -> None:
-        async with self._peers_lock:
-            peers = await self._load_peers()
-            if key in peers:
-                return
-            peers.append(key)
-            while len(msgspec.json.encode(peers)) > _VALUE_BUDGET:
-                del peers[0]  # the index is best effort past ~1,500 peers; the key limit comes first anyway
-            await self.state.put(PEERS_KEY, peers, connection_id=self.connection_id)
-
-    async def _load_peers(self) -> list[str]:
-        if self._peers is None:
-            value = await self.state.get(PEERS_KEY, connection_id=self.connection_id)
-            self._peers = [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
-        return self._peers
-
     # ---------------------------------------------------------------- long messages
 
-    async def chunks_sent(self, request_id: str) -> list[str]:
-        value = await self.state.get(PROGRESS_PREFIX + request_id, connection_id=self.connection_id)
+    async def parts_sent(self, request_id: str) -> list[str]:
+        value = await self._progress.get(request_id)
         return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
-    async def save_chunks_sent(self, request_id: str, ids: list[str] | None) -> None:
-        await self.state.put(PROGRESS_PREFIX + request_id, ids, connection_id=self.connection_id)
+    async def save_parts_sent(self, request_id: str, ids: list[str] | None) -> None:
+        await self._progress.put(request_id, ids)
 
-    # ---------------------------------------------------------------- logout
 
-    async def forget(self) -> None:
-        """Delete everything kept for this account (its cursor, dedupe window and context tokens)."""
-        keys = set(await self._load_peers()) | {context_key(peer) for peer in self._contexts}
-        for key in keys:
-            await self.state.put(key, None, connection_id=self.connection_id)
-        for key in (CURSOR_KEY, SEEN_KEY, PEERS_KEY):
-            await self.state.put(key, None, connection_id=self.connection_id)
-        self._contexts.clear()
-        self._peers = []
+def _described(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    return f"{type(exc).__name__} {code}" if isinstance(code, int) else type(exc).__name__

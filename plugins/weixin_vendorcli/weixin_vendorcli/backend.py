@@ -16,6 +16,8 @@ from plugin_host.errors import INTERNAL_ERROR
 from .accounts import Credentials
 from .wire import MAX_ANSWER_BYTES, Answer, OutboundText, QrCode, QrStatus, SendAnswer, Updates
 
+MAX_RETRY_AFTER_SECONDS = 3600  # a rate limit's wait is 1 s to an hour, whatever the platform says
+
 
 class TransportError(Exception):
     """No usable answer: network failure, HTTP error status, failed command, or garbage.
@@ -30,7 +32,7 @@ class TransportError(Exception):
         message: str,
         *,
         status: int | None = None,
-        retry_after: float | None = None,
+        retry_after: int | None = None,
         code: int = INTERNAL_ERROR,
         data: Any = None,
     ) -> None:
@@ -45,7 +47,7 @@ class TransportError(Exception):
 class Backend(Protocol):
     async def get_qrcode(self, base_url: str, local_tokens: list[str]) -> QrCode: ...
 
-    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus: ...
+    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus | None: ...
 
     async def get_updates(self, account: Credentials, cursor: str, timeout: float) -> Updates: ...
 
@@ -70,5 +72,10 @@ def decode_answer(body: bytes, answer_type: type[Answer]) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:  # JSON, wrong shape: the message names the path, never a value
         raise TransportError(f"{answer_type.__name__} answer of the wrong shape: {exc}") from None
-    except msgspec.DecodeError:  # HTML, truncated or empty: the body itself is never quoted (it may hold a token)
+    except (
+        msgspec.DecodeError,
+        ValueError,
+    ):  # HTML, truncated or empty: the body is never quoted (it may hold a token)
         raise TransportError(f"{answer_type.__name__} answer is not JSON ({len(body)} bytes)") from None
+    except RecursionError:  # nested deeper than the decoder goes
+        raise TransportError(f"{answer_type.__name__} answer is nested too deeply ({len(body)} bytes)") from None

@@ -6,11 +6,18 @@ can shorten or stretch them; the defaults are the vendor's.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 DEFAULT_BASE_URL = "https://ilinkai.weixin.qq.com"
+MANIFEST = Path(__file__).resolve().parent.parent / "plugin.json"
+MIN_QR_POLL_INTERVAL_MS = 100  # also the configSchema's minimum: a status poll never runs hot
+MIN_RETRY_DELAY_MS = 100
+# the platform's reply limits, when the manifest's limits.outbound does not name them
+PLATFORM_MIN_INTERVAL_MS = 1_000
+PLATFORM_MAX_REPLIES = 10
 
 
 class VendorCommands(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -39,12 +46,47 @@ class WeixinConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
     failures_before_backoff: int = 3
     session_pause_ms: int = 3_600_000  # after -14: poll again with the same token once this has passed
     text_chunk_chars: int = 4_000  # the vendor's textChunkLimit
+    # the parts of one long reply: at most this many, this far apart (default: the manifest's limits.outbound)
+    part_interval_ms: int | None = None
+    max_parts: int | None = None
 
 
-def load_config(raw: dict[str, Any]) -> WeixinConfig:
+class _Outbound(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
+    min_interval_ms: int = PLATFORM_MIN_INTERVAL_MS
+    max_replies_per_inbound: int = PLATFORM_MAX_REPLIES
+
+
+class _Limits(msgspec.Struct, forbid_unknown_fields=False):
+    outbound: _Outbound = msgspec.field(default_factory=_Outbound)
+
+
+class _Manifest(msgspec.Struct, forbid_unknown_fields=False):
+    limits: _Limits = msgspec.field(default_factory=_Limits)
+
+
+def load_config(raw: dict[str, Any], manifest: Path = MANIFEST) -> WeixinConfig:
     config = msgspec.convert(raw or {}, WeixinConfig)
     config.base_url = config.base_url.rstrip("/")
+    # the host validates against the configSchema's minimums; these hold whoever builds the config
+    config.qr_poll_interval_ms = max(config.qr_poll_interval_ms, MIN_QR_POLL_INTERVAL_MS)
+    config.retry_delay_ms = max(config.retry_delay_ms, MIN_RETRY_DELAY_MS)
+    config.backoff_ms = max(config.backoff_ms, config.retry_delay_ms)
+    if config.part_interval_ms is None or config.max_parts is None:
+        outbound = _manifest_outbound(manifest)
+        if config.part_interval_ms is None:
+            config.part_interval_ms = outbound.min_interval_ms
+        if config.max_parts is None:
+            config.max_parts = outbound.max_replies_per_inbound
+    config.max_parts = max(config.max_parts, 1)
     return config
+
+
+def _manifest_outbound(path: Path) -> _Outbound:
+    """The budget this plugin declares (one place for the platform's numbers); the platform's without one."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=_Manifest).limits.outbound
+    except (OSError, msgspec.DecodeError):
+        return _Outbound()
 
 
 def seconds(ms: int) -> float:

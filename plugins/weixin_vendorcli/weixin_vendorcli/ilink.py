@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -19,20 +20,22 @@ import httpx
 import msgspec
 
 from .accounts import Credentials
-from .backend import TransportError, decode_answer
+from .backend import MAX_RETRY_AFTER_SECONDS, TransportError, decode_answer
 from .config import WeixinConfig, seconds
-from .wire import MAX_ANSWER_BYTES, OutboundText, QrCode, QrStatus, SendAnswer, Updates
+from .wire import MAX_ANSWER_BYTES, Answer, OutboundText, QrCode, QrStatus, SendAnswer, Updates
 
 APP_ID = "bot"
 BOT_TYPE = "3"
 CONNECT_TIMEOUT = 10.0
 API_CONNECTIONS = 8  # concurrent sends (and other short calls) per plugin process
 _POLL_GRACE = 5.0  # the client waits this much longer than the server's long-poll hold
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes '²'
+_ERROR_BODY_BYTES = 64 * 1024  # a 4xx body this small is read for an iLink error code
 
 
 def client_version_number(version: str) -> int:
     """`major<<16 | minor<<8 | patch`, each part in a byte (the `iLink-App-ClientVersion` header)."""
-    parts = [int(p) if p.isdigit() else 0 for p in (version.split(".") + ["0", "0"])[:3]]
+    parts = [int(p) if _DIGITS.fullmatch(p) else 0 for p in (version.split(".") + ["0", "0"])[:3]]
     return ((parts[0] & 0xFF) << 16) | ((parts[1] & 0xFF) << 8) | (parts[2] & 0xFF)
 
 
@@ -80,7 +83,8 @@ class IlinkHttp:
             raise TransportError("get_bot_qrcode timed out") from None
         return decode_answer(body, QrCode)
 
-    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus:
+    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus | None:
+        """The platform's status of the QR code; None when the long poll ended without news."""
         url = f"{base_url}/ilink/bot/get_qrcode_status?qrcode={quote(qrcode, safe='')}"
         if verify_code:
             url += f"&verify_code={quote(verify_code, safe='')}"
@@ -89,7 +93,7 @@ class IlinkHttp:
                 "GET", url, headers=dict(self._common), timeout=seconds(self.config.qr_poll_timeout_ms)
             )
         except _TimedOut:
-            return QrStatus(status="wait")  # the long poll ended without news
+            return None
         return decode_answer(body, QrStatus)
 
     # ---------------------------------------------------------------- bot calls
@@ -170,8 +174,11 @@ class IlinkHttp:
     ) -> bytes:
         path = url.split("?", 1)[0].rsplit("/ilink/", 1)[-1]  # for messages: never the query (it holds the QR handle)
         transport = client or self._client
-        request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": self._timeouts})
         try:
+            # built inside the try: a header value that is not ASCII fails here, as a failed request
+            request = httpx.Request(
+                method, url, headers=headers, content=content, extensions={"timeout": self._timeouts}
+            )
             with anyio.fail_after(timeout):
                 response = await transport.handle_async_request(request)
                 try:
@@ -188,10 +195,15 @@ class IlinkHttp:
             raise _TimedOut() from None
         except httpx.HTTPError as exc:
             raise TransportError(f"{path}: {type(exc).__name__}") from None
-        if response.status_code == 429:
+        except (UnicodeEncodeError, ValueError) as exc:
+            raise TransportError(f"{path}: the request could not be built ({type(exc).__name__})") from None
+        status = response.status_code
+        if 400 <= status < 500 and _session_expired(body):
+            return bytes(body)  # -14 comes with any status: the caller reads it as the answer it is
+        if status == 429:
             raise TransportError(f"{path}: HTTP 429", status=429, retry_after=_retry_after(response))
-        if not 200 <= response.status_code < 300:
-            raise TransportError(f"{path}: HTTP {response.status_code}", status=response.status_code)
+        if not 200 <= status < 300:
+            raise TransportError(f"{path}: HTTP {status}", status=status)
         return bytes(body)
 
 
@@ -206,6 +218,19 @@ def _transport(*, connections: int | None, keepalive: int) -> httpx.AsyncHTTPTra
     )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response) -> int | None:
+    """`Retry-After` in seconds, when it is a plain number (at most an hour)."""
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    if not _DIGITS.fullmatch(value):
+        return None
+    return MAX_RETRY_AFTER_SECONDS if len(value) > 9 else min(int(value), MAX_RETRY_AFTER_SECONDS)
+
+
+def _session_expired(body: bytearray) -> bool:
+    """Whether an error body is an iLink answer saying -14 (read only when small)."""
+    if len(body) > _ERROR_BODY_BYTES:
+        return False
+    try:
+        return bool(decode_answer(bytes(body), Answer).session_expired)
+    except TransportError:
+        return False

@@ -6,12 +6,19 @@
   there is no text) with their CDN references in `metadata.media`;
 - anything else is kept in `metadata.items` and typed `unknown`: nothing is dropped.
 The vendor treats every message as a direct message, so `peerType` is `dm`.
+
+Every event fits in one protocol message (`maxMessageBytes`, 512 KiB), whatever the
+platform sent: a media string over `MAX_FIELD_CHARS` is left out (its name listed in
+the entry's `omitted`), at most `MAX_ITEMS` items are described, and an event still
+over `EVENT_BUDGET` sheds item descriptions, then media entries, then content.
 """
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
+
+import msgspec
 
 from plugin_host.protocol import BridgeEvent
 
@@ -31,6 +38,8 @@ from .wire import (
 MEDIA_TYPES = {ITEM_IMAGE: "image", ITEM_VOICE: "voice", ITEM_FILE: "file", ITEM_VIDEO: "video"}
 MAX_CONTENT_CHARS = 100_000  # a platform text is far smaller; a larger one is cut, never refused
 MAX_ITEMS = 50  # media and other items described in metadata; beyond that they are counted
+MAX_FIELD_CHARS = 4096  # a URL, key or file name longer than this is no usable reference: left out
+EVENT_BUDGET = 480 * 1024  # an event's JSON, below maxMessageBytes (512 KiB) with room for the request around it
 
 
 def dedupe_key(message: WeixinMessage) -> str | None:
@@ -67,7 +76,7 @@ def to_event(
     if others:
         metadata["items"] = others[:MAX_ITEMS]
     sender = message.from_user_id or ""
-    return BridgeEvent(
+    event = BridgeEvent(
         event_id=f"wx:{key}",
         timestamp=_timestamp(message.create_time_ms, now),
         delivery_attempt=1,
@@ -83,6 +92,30 @@ def to_event(
         content=content[:MAX_CONTENT_CHARS],
         metadata={k: v for k, v in metadata.items() if v is not None},
     )
+    return _fit(event)
+
+
+def _fit(event: BridgeEvent) -> BridgeEvent:
+    """The event within `EVENT_BUDGET`: item descriptions go first, then media entries (counted), then content."""
+    over = len(msgspec.json.encode(event)) - EVENT_BUDGET
+    if over <= 0:
+        return event
+    metadata = dict(event.metadata)
+    for field in ("items", "quote"):
+        if field in metadata:
+            over -= len(msgspec.json.encode(metadata.pop(field)))
+            metadata[f"{field}Omitted"] = True
+    media = list(metadata.get("media") or [])
+    while over > 0 and media:
+        over -= len(msgspec.json.encode(media.pop()))
+        metadata["mediaOmitted"] = metadata.get("mediaOmitted", 0) + 1
+    metadata["media"] = media
+    event = msgspec.structs.replace(event, metadata=metadata)
+    over = len(msgspec.json.encode(event)) - EVENT_BUDGET  # the counters and flags took a few bytes
+    if over > 0:  # every character is at least one byte of JSON: cutting `over` of them is enough
+        metadata["contentTruncated"] = True
+        event = msgspec.structs.replace(event, content=event.content[: max(0, len(event.content) - over - 64)])
+    return event
 
 
 def _content(items: list[MessageItem]) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -148,7 +181,23 @@ def _media(item: MessageItem) -> dict[str, Any]:
             durationMs=video.play_length,
             md5=video.video_md5,
         )
-    return {k: v for k, v in entry.items() if v is not None}
+    return _bounded({k: v for k, v in entry.items() if v is not None})
+
+
+def _bounded(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry without strings too long to be a reference; their names go in `omitted`."""
+    omitted: list[str] = []
+    for name, value in list(entry.items()):
+        if isinstance(value, dict):
+            inner = _bounded(value)
+            omitted += [f"{name}.{n}" for n in inner.pop("omitted", [])]
+            entry[name] = inner
+        elif isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            del entry[name]
+            omitted.append(name)
+    if omitted:
+        entry["omitted"] = omitted
+    return entry
 
 
 def _cdn(media: CdnMedia | None) -> dict[str, Any] | None:

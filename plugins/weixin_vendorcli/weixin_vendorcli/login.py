@@ -11,8 +11,10 @@
 | `binded_redirect` | `connected` | already bound here: the host keeps the existing credentials |
 | `confirmed` | `connected` | credentials go to the host in `session.update` |
 
-A status poll that times out or fails is "still waiting" (as the vendor does);
-the whole login has `loginTimeoutMs` (480 s). Receiving does not start here:
+A status poll that times out or fails is "still waiting" (as the vendor does):
+the session keeps its current status (a scanned code is not shown again), and
+only the platform's own `wait` shows the QR. The whole login has
+`loginTimeoutMs` (480 s). Receiving does not start here:
 the host stores the credentials and sends `connection.resume`.
 """
 
@@ -28,9 +30,9 @@ import anyio
 
 from plugin_host.clock import Clock
 from plugin_host.errors import INVALID_PARAMS, RpcError
-from plugin_host.protocol import ConnectorSessionView, SessionStatus
+from plugin_host.protocol import TERMINAL_SESSION_STATUSES, ConnectorSessionView, SessionStatus
 
-from .accounts import Credentials
+from .accounts import Credentials, usable_token
 from .backend import Backend, TransportError
 from .config import WeixinConfig, seconds
 from .wire import QrStatus
@@ -93,7 +95,7 @@ class QrLogin:
 
     @property
     def finished(self) -> bool:
-        return self.view.status in ("connected", "expired", "error", "cancelled")
+        return self.view.status in TERMINAL_SESSION_STATUSES
 
     # ---------------------------------------------------------------- driven by the host
 
@@ -146,21 +148,23 @@ class QrLogin:
                     await self._code_typed.wait()
                 continue
             status = await self._poll(remaining)
-            await self._on_status(status)
+            if status is not None:  # None: no news, the session stays as it is
+                await self._on_status(status)
             if not self.finished and not (self._verify_code and not self._code_sent):
                 await self.clock.sleep(min(seconds(self.config.qr_poll_interval_ms), max(remaining, 0)))
 
-    async def _poll(self, remaining: float) -> QrStatus:
+    async def _poll(self, remaining: float) -> QrStatus | None:
+        """The platform's answer to one status poll; None when there is none (timeout, 5xx, network)."""
         code = self._verify_code
         self._code_sent = code is not None
         try:
             with anyio.fail_after(min(remaining, seconds(self.config.qr_poll_timeout_ms) + 5)):
                 return await self.backend.qrcode_status(self._poll_base, self._qrcode, code)
         except TimeoutError:
-            return QrStatus(status="wait")
+            return None
         except TransportError as exc:  # gateway timeouts and network errors: still waiting
             log.info("login %s: status poll failed (%s); polling again", self.session_id, exc.message)
-            return QrStatus(status="wait")
+            return None
 
     async def _on_status(self, answer: QrStatus) -> None:
         status = answer.status
@@ -220,6 +224,8 @@ class QrLogin:
     async def _confirmed(self, answer: QrStatus) -> None:
         if not answer.ilink_bot_id or not answer.bot_token:
             raise LoginFailed("Weixin confirmed the login without a bot id and token")
+        if not usable_token(answer.bot_token):
+            raise LoginFailed("Weixin confirmed the login with a bot token that cannot be sent (not visible ASCII)")
         credentials = Credentials(
             bot_token=answer.bot_token,
             ilink_bot_id=answer.ilink_bot_id,

@@ -9,10 +9,13 @@
 | HTTP 429 | -32015 with `retryAfterSeconds` |
 | network error, 5xx, garbage | -32603: a failed send, retried by the host |
 
-Long text is split (`text.split_text`); each chunk is one platform message with a
-`client_id` derived from the `requestId`, so a retry reuses the same ids. When a
-message has several chunks, the ids already accepted are kept in host state, and a
-retry after a partial failure sends only the rest.
+Long text is split (`text.split_reply`); each part is one platform message with a
+`client_id` derived from the `requestId`, so a retry reuses the same ids. The host's
+budget counts one send per message, the platform counts parts: they go out
+`partIntervalMs` apart (the manifest's `minIntervalMs`), at most `maxParts` of them
+(its `maxRepliesPerInbound`; the rest is cut, the last part ends with a marker).
+When a message has several parts, the ids already accepted are kept in host state,
+and a retry after a partial failure sends only the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from plugin_host.clock import Clock
 from plugin_host.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -33,9 +37,9 @@ from plugin_host.errors import (
 from plugin_host.protocol import SendRequest, SendResult
 
 from .accounts import Account
-from .backend import Backend, TransportError
-from .config import WeixinConfig
-from .text import split_text
+from .backend import MAX_RETRY_AFTER_SECONDS, Backend, TransportError
+from .config import PLATFORM_MAX_REPLIES, WeixinConfig, seconds
+from .text import split_reply
 from .wire import REPLY_REFUSED_CODE, SendAnswer, as_id, text_message
 
 log = logging.getLogger(__name__)
@@ -43,10 +47,11 @@ log = logging.getLogger(__name__)
 
 class Sender:
     def __init__(
-        self, backend: Backend, config: WeixinConfig, on_expired: Callable[[Account], Awaitable[None]]
+        self, backend: Backend, config: WeixinConfig, clock: Clock, on_expired: Callable[[Account], Awaitable[None]]
     ) -> None:
         self.backend = backend
         self.config = config
+        self.clock = clock
         self.on_expired = on_expired  # -14 on a send pauses the account like -14 on a poll
 
     async def send(self, account: Account, request: SendRequest) -> SendResult:
@@ -58,10 +63,13 @@ class Sender:
             raise RpcError(INVALID_PARAMS, "an empty message cannot be sent")
         peer = request.target.peer_id
         context_token = await account.context_token(peer)
-        chunks = split_text(request.content, self.config.text_chunk_chars)
-        done = await account.chunks_sent(request.request_id) if len(chunks) > 1 else []
+        max_parts = self.config.max_parts or PLATFORM_MAX_REPLIES
+        chunks = split_reply(request.content, self.config.text_chunk_chars, max_parts)
+        done = await account.parts_sent(request.request_id) if len(chunks) > 1 else []
         ids = list(done)
         for index in range(len(done), len(chunks)):
+            if index > 0:  # the platform wants its interval between two parts (the host counts one send)
+                await self.clock.sleep(seconds(self.config.part_interval_ms or 0))
             client_id = _client_id(account.connection_id, request.request_id, index)
             msg = text_message(peer, client_id, chunks[index], context_token)
             try:
@@ -74,9 +82,9 @@ class Sender:
             _check(answer, index, len(chunks), account)
             ids.append(as_id(answer.message_id) or client_id)
             if len(chunks) > 1 and index < len(chunks) - 1:
-                await account.save_chunks_sent(request.request_id, ids)
+                await account.save_parts_sent(request.request_id, ids)
         if len(chunks) > 1:
-            await account.save_chunks_sent(request.request_id, None)
+            await account.save_parts_sent(request.request_id, None)
         return SendResult(duplicate=False, provider_message_id=ids[0])
 
 
@@ -106,7 +114,8 @@ def _check(answer: SendAnswer, index: int, total: int, account: Account) -> None
 
 def _transport_error(exc: TransportError) -> RpcError:
     if exc.status == 429:
-        return RpcError(RATE_LIMITED, "Weixin rate-limited the send", {"retryAfterSeconds": int(exc.retry_after or 60)})
+        wait = max(1, min(60 if exc.retry_after is None else exc.retry_after, MAX_RETRY_AFTER_SECONDS))
+        return RpcError(RATE_LIMITED, "Weixin rate-limited the send", {"retryAfterSeconds": wait})
     return RpcError(exc.code, f"the message was not sent: {exc.message}", exc.data)
 
 

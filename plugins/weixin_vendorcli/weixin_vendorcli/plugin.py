@@ -7,6 +7,8 @@
   `initialize`): `on_connect` starts that account's `Receiver`; `on_disconnect`
   and `connection.logout` stop it. Several accounts run side by side.
 - `message.send` goes through the SDK's idempotency store, then `Sender`.
+- Logout stops the account and tells the platform; the host drops the
+  connection's state when it revokes it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from plugin_host.sdk import (
     SessionUpdate,
 )
 
-from .accounts import Account, Credentials, HostState
+from .accounts import Account, Credentials, HostState, usable_token
 from .backend import Backend, TransportError
 from .config import WeixinConfig, load_config, seconds
 from .ilink import IlinkHttp
@@ -41,7 +43,7 @@ from .receiver import SESSION_EXPIRED_REASON, Receiver
 
 MAX_LOCAL_TOKENS = 10  # `local_token_list`: the vendor sends at most its ten newest tokens
 FINISHED_LOGINS_KEPT = 50
-_STOP_WAIT = 5.0  # how long logout waits for the account's loop to end before forgetting its state
+_STOP_WAIT = 5.0  # how long a stop waits for the account's loop to end
 
 log = logging.getLogger("weixin_vendorcli")
 plugin = Plugin()
@@ -53,7 +55,7 @@ class Service:
     def __init__(self, config: WeixinConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
-        self.sender = Sender(backend, config, on_expired=self._send_expired)
+        self.sender = Sender(backend, config, plugin.clock, on_expired=self._send_expired)
         self.accounts: dict[str, Account] = {}
         self.receivers: dict[str, tuple[Receiver, anyio.CancelScope, anyio.Event]] = {}
         self.logins: dict[str, QrLogin] = {}
@@ -68,7 +70,13 @@ class Service:
             log.warning("connection %s has no usable Weixin credentials", info.connection_id)
             await plugin.host.connection_status(info.connection_id, "error", "no usable credentials: log in again")
             return
-        account = Account(info.connection_id, info.channel_id, credentials, _state(), info.display_name)
+        if not usable_token(credentials.bot_token):
+            log.warning("connection %s: its bot token cannot be sent in an HTTP header", info.connection_id)
+            await plugin.host.connection_status(
+                info.connection_id, "error", "the stored bot token is not usable (not visible ASCII): log in again"
+            )
+            return
+        account = Account(info.connection_id, info.channel_id, credentials, _state(), plugin.clock)
         self.accounts[info.connection_id] = account
         receiver = Receiver(account, self.backend, self.config, plugin.clock, plugin.host)
         done = anyio.Event()
@@ -88,27 +96,24 @@ class Service:
         return account
 
     async def logout(self, connection_id: str) -> None:
+        """Stop the account and tell the platform; the host drops the connection's state as it revokes it."""
         account = await self.disconnect(connection_id)
-        if account is None:  # not served here (never resumed, or expired before a restart): forget its state anyway
-            account = Account(connection_id, "", Credentials("", "", self.config.base_url), _state())
-        else:
-            with anyio.move_on_after(seconds(self.config.api_timeout_ms)):
-                try:
-                    await self.backend.notify(account.credentials, "notifystop")
-                except TransportError as exc:
-                    log.info("account %s: notifystop failed (%s); logged out anyway", account.account_id, exc.message)
-        try:
-            await account.forget()
-        except Exception as exc:  # the host answers state calls; if it cannot now, its own clean-up remains
-            log.warning("connection %s: its state could not be forgotten: %s", connection_id, type(exc).__name__)
+        if account is None:  # not served here (never resumed, or expired before a restart)
+            return
+        with anyio.move_on_after(seconds(self.config.api_timeout_ms)):
+            try:
+                await self.backend.notify(account.credentials, "notifystop")
+            except TransportError as exc:
+                log.info("account %s: notifystop failed (%s); logged out anyway", account.account_id, exc.message)
 
     async def _receive(self, receiver: Receiver, done: anyio.Event) -> None:
         try:
             with anyio.move_on_after(seconds(self.config.api_timeout_ms)):
                 try:
                     await self.backend.notify(receiver.account.credentials, "notifystart")
-                except TransportError as exc:
-                    log.info("account %s: notifystart failed (%s)", receiver.account.account_id, exc.message)
+                except Exception as exc:  # a courtesy call: whatever went wrong, receiving starts anyway
+                    message = exc.message if isinstance(exc, TransportError) else type(exc).__name__
+                    log.info("account %s: notifystart failed (%s)", receiver.account.account_id, message)
             await receiver.run()
         finally:
             done.set()

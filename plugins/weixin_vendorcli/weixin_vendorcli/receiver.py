@@ -7,9 +7,12 @@
 - `-14` (session expired): `connection.status` `error` / `session_expired`, sends
   answer -32017, and the loop sleeps `sessionPauseMs` before trying the same
   token once more (the vendor's hour); a fresh login replaces the loop.
-- Other failures (network, HTTP status, garbage, host errors): retry after
-  `retryDelayMs`, and after `failuresBeforeBackoff` in a row wait `backoffMs`.
-  Nothing here ends the loop except cancellation or the host forgetting the connection.
+- Other failures (network, HTTP status, garbage, host errors, and anything
+  unexpected): retry after `retryDelayMs`, and after `failuresBeforeBackoff` in a
+  row wait `backoffMs`. Nothing here ends the loop except cancellation or the
+  host forgetting the connection.
+- The messages of a batch are read one by one: a malformed one is logged,
+  counted and skipped, and the cursor moves on.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .accounts import Account, SeenWindow
 from .backend import Backend, TransportError
 from .config import WeixinConfig, seconds
 from .inbound import dedupe_key, to_event
-from .wire import MESSAGE_TYPE_BOT, Updates, WeixinMessage
+from .wire import MESSAGE_TYPE_BOT, Updates, WeixinMessage, decode_message
 
 SESSION_EXPIRED_REASON = "session_expired"
 _EMPTY_POLL_FLOOR = 0.25  # an empty answer faster than this waits the rest: a broken server cannot make us spin
@@ -58,7 +61,7 @@ class Receiver:
         self.config = config
         self.clock = clock
         self.host = host
-        self.polls = 0
+        self.malformed = 0  # messages skipped because they could not be read
         self._failures = 0
 
     async def run(self) -> None:
@@ -67,44 +70,57 @@ class Receiver:
             cursor, seen = await self._load()
             timeout = seconds(self.config.poll_timeout_ms)
             while True:
-                retrying = account.status == "expired"
-                if retrying:
-                    await self.clock.sleep(seconds(self.config.session_pause_ms))
-                started = self.clock.monotonic()
                 try:
-                    self.polls += 1
-                    updates = await self.backend.get_updates(account.credentials, cursor, timeout)
-                except TransportError as exc:
-                    await self._failed(exc.message)
-                    continue
-                if updates.session_expired:
-                    await self.expired()
-                    continue
-                if updates.code:
-                    await self._failed(
-                        f"getupdates answered {updates.code}: {account.scrub(updates.errmsg or '', 200)}"
-                    )
-                    continue
-                self._failures = 0
-                if retrying and account.status == "expired":  # the same token works again after the pause
-                    account.status = "connected"
-                    await self.host.connection_status(account.connection_id, "connected")
-                timeout = _hinted(updates, timeout)
-                try:
-                    delivered = await self._commit(updates, seen, cursor)
-                except Exception as exc:  # the host was unavailable: the same cursor is polled again
+                    cursor, timeout = await self._poll_once(cursor, seen, timeout)
+                except ConnectionGone:
+                    raise
+                except Exception as exc:  # a bug or an odd answer: this poll failed, the loop lives on
                     _raise_if_gone(exc)
-                    await self._failed(f"delivering to the host failed: {_describe(exc)}")
-                    continue
-                cursor = updates.get_updates_buf or cursor
-                if not delivered and self.clock.monotonic() - started < _EMPTY_POLL_FLOOR:
-                    await self.clock.sleep(_EMPTY_POLL_FLOOR)
+                    await self._failed(f"the poll failed: {self._describe_unexpected(exc)}")
         except ConnectionGone:
             log.warning(
                 "account %s: the host no longer knows connection %s; receiving stopped",
                 account.account_id,
                 account.connection_id,
             )
+
+    async def _poll_once(self, cursor: str, seen: SeenWindow, timeout: float) -> tuple[str, float]:
+        """One long poll and its batch; the cursor and poll timeout to go on with."""
+        account = self.account
+        retrying = account.status == "expired"
+        if retrying:
+            await self.clock.sleep(seconds(self.config.session_pause_ms))
+        started = self.clock.monotonic()
+        try:
+            updates = await self.backend.get_updates(account.credentials, cursor, timeout)
+        except TransportError as exc:
+            await self._failed(exc.message)
+            return cursor, timeout
+        if updates.session_expired:
+            await self.expired()
+            return cursor, timeout
+        if updates.code:
+            await self._failed(f"getupdates answered {updates.code}: {account.scrub(updates.errmsg or '', 200)}")
+            return cursor, timeout
+        self._failures = 0
+        if retrying and account.status == "expired":  # the same token works again after the pause
+            account.status = "connected"
+            await self.host.connection_status(account.connection_id, "connected")
+        timeout = _hinted(updates, timeout)
+        try:
+            delivered = await self._commit(updates, seen, cursor)
+        except Exception as exc:  # the host was unavailable: the same cursor is polled again
+            _raise_if_gone(exc)
+            await self._failed(f"delivering to the host failed: {_describe(exc)}")
+            return cursor, timeout
+        cursor = updates.get_updates_buf or cursor
+        if not delivered and self.clock.monotonic() - started < _EMPTY_POLL_FLOOR:
+            await self.clock.sleep(_EMPTY_POLL_FLOOR)
+        return cursor, timeout
+
+    def _describe_unexpected(self, exc: BaseException) -> str:
+        # no traceback: its text may quote a token; the type and the scrubbed message name the failure
+        return self.account.scrub(f"{type(exc).__name__}: {exc}", 200)
 
     async def expired(self) -> None:
         """The session expired (-14 here or on a send): report it once and pause polling."""
@@ -131,9 +147,10 @@ class Receiver:
         batch: dict[str, list[tuple[str, WeixinMessage]]] = {}
         tokens: dict[str, str] = {}
         keys: set[str] = set()
-        for message in updates.msgs or ():
-            if message.message_type == MESSAGE_TYPE_BOT:
-                continue  # our own messages, echoed back
+        for position, raw in enumerate(updates.msgs or ()):
+            message = self._read_message(raw, position)
+            if message is None or message.message_type == MESSAGE_TYPE_BOT:
+                continue  # unreadable, or our own message echoed back
             peer = message.from_user_id
             if not peer:
                 log.warning("account %s: a message without a sender was skipped", account.account_id)
@@ -152,6 +169,22 @@ class Receiver:
         if updates.get_updates_buf and updates.get_updates_buf != cursor:
             await account.save_cursor(updates.get_updates_buf)
         return len(keys)
+
+    def _read_message(self, raw: msgspec.Raw, position: int) -> WeixinMessage | None:
+        """One message of a batch, read on its own: a malformed one is skipped, never the batch."""
+        try:
+            return decode_message(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            self.malformed += 1
+            # the error names the path of the bad field, never a value
+            log.warning(
+                "account %s: message %d of a batch is malformed and skipped (%s; %d skipped so far)",
+                self.account.account_id,
+                position,
+                str(exc)[:200],
+                self.malformed,
+            )
+            return None
 
     async def _deliver(
         self, batch: dict[str, list[tuple[str, WeixinMessage]]], tokens: dict[str, str], seen: SeenWindow

@@ -10,6 +10,7 @@ code points. Joining the chunks gives back the original text exactly.
 from __future__ import annotations
 
 _SEPARATORS = ("\n\n", "\n", " ")
+TRUNCATED = "\n…(message truncated)"  # the end of the last part of a reply cut to the part limit
 
 
 def utf16_len(text: str) -> int:
@@ -34,6 +35,17 @@ def split_text(text: str, limit: int = 4000) -> list[str]:
     if rest or not chunks:
         chunks.append(rest)
     return chunks
+
+
+def split_reply(text: str, limit: int, max_parts: int) -> list[str]:
+    """`split_text`, then at most `max_parts` parts: the rest is cut, and the last part says so."""
+    chunks = split_text(text, limit)
+    if len(chunks) <= max_parts:
+        return chunks
+    kept = chunks[:max_parts]
+    room = limit - utf16_len(TRUNCATED)
+    kept[-1] = _prefix(kept[-1], max(room, 0)) + TRUNCATED
+    return kept
 
 
 def _prefix(text: str, limit: int) -> str:

@@ -53,7 +53,7 @@ class VendorCli:
         timeout = seconds(self.config.api_timeout_ms) + _GRACE
         return await self._run("login", "get_bot_qrcode", request, QrCode, timeout, secrets=local_tokens)
 
-    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus:
+    async def qrcode_status(self, base_url: str, qrcode: str, verify_code: str | None) -> QrStatus | None:
         request = {"base_url": base_url, "qrcode": qrcode, "verify_code": verify_code}
         timeout = seconds(self.config.qr_poll_timeout_ms) + _GRACE
         return await self._run("login", "get_qrcode_status", request, QrStatus, timeout, secrets=[qrcode])

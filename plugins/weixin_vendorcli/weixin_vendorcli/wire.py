@@ -2,7 +2,8 @@
 
 Every answer is outside input, decoded once (`backend.decode_answer`, with a size
 bound) into these Structs, whose every field is optional (the platform leaves
-fields out freely).
+fields out freely). The messages of a `getupdates` batch are decoded one by one
+(`decode_message`), so that one malformed message never rejects its batch.
 uint64 ids (`message_id`, `msg_id`, `svr_id`) may arrive as JSON numbers above
 2^53: msgspec reads integers exactly, and `as_id` turns them into strings.
 """
@@ -145,9 +146,18 @@ class WeixinMessage(msgspec.Struct, forbid_unknown_fields=False):
 
 
 class Updates(Answer):
-    msgs: list[WeixinMessage] | None = None
+    msgs: list[msgspec.Raw] | None = None  # each read on its own (`decode_message`): one bad message is not the batch
     get_updates_buf: str | None = None
     longpolling_timeout_ms: int | None = None
+
+
+_MESSAGE = msgspec.json.Decoder(WeixinMessage, strict=False)
+
+
+def decode_message(raw: msgspec.Raw) -> WeixinMessage:
+    """One message of a `getupdates` batch. Lenient where it costs nothing (`1.78e12` or `"17"` for an
+    integer); anything else raises `msgspec.ValidationError` naming the field, never its value."""
+    return _MESSAGE.decode(raw)
 
 
 class SendAnswer(Answer):
