@@ -230,6 +230,9 @@ class PluginRegistry:
         self._versions: dict[str, list[VersionRecord]] = {}
         # decoded manifests by (id, version, sha256): immutable, and decoding dominates listing
         self._manifests: dict[tuple[str, str, str], Manifest] = {}
+        # loads overlap (a refresh racing a write's own reload): only the latest started one applies
+        self._loads_started = 0
+        self._load_applied = 0
 
     @property
     def shared(self) -> bool:
@@ -261,8 +264,13 @@ class PluginRegistry:
         return await self.backend.archive(plugin_id, version)
 
     async def _load(self) -> None:
+        self._loads_started += 1
+        started = self._loads_started
         revision = await self.backend.revision()  # read first: a change during the load shows at the next refresh
         plugins, versions = await self.backend.load()
+        if started < self._load_applied:
+            return  # a later load applied: it saw every change committed before this one began
+        self._load_applied = started
         by_plugin: dict[str, list[VersionRecord]] = {}
         for row in versions:
             by_plugin.setdefault(row.plugin_id, []).append(self._version(row))
