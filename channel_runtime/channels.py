@@ -22,6 +22,7 @@ from plugin_host.errors import (
     REFUSED,
     REPLY_WINDOW_CLOSED,
     SESSION_EXPIRED,
+    TOO_LARGE,
     UNKNOWN_CONNECTION,
     UNSUPPORTED,
     RpcError,
@@ -32,6 +33,7 @@ from plugin_host.protocol import SendRequest, SendResult
 from .budget import NO_LIMITS, DeferReason
 from .config import ChannelConfig
 from .messages import ChannelIdentity, InboundMessage
+from .queues import retry_after_answer, retry_after_seconds
 
 if TYPE_CHECKING:
     from .runtime import ChannelRuntime
@@ -217,14 +219,8 @@ class HttpChannel(_BaseChannel):
             )
         except httpx.HTTPError as exc:
             raise DeliveryError(f"sidecar unreachable: {type(exc).__name__}") from None
-        if response.status_code in (409, 429):  # in progress / rate limited: wait, the attempt does not count
-            raise DeliveryError(
-                f"sidecar answered {response.status_code}", retry_after=_retry_after(response), defer="retry_after"
-            )
-        if response.status_code == 408 or response.status_code >= 500:
-            raise DeliveryError(f"sidecar answered {response.status_code}", retry_after=_retry_after(response, None))
         if response.status_code >= 400:
-            raise DeliveryError(f"sidecar refused the delivery with {response.status_code}", permanent=True)
+            raise _sidecar_refusal(response)
         try:
             answer = msgspec.json.decode(response.content or b"{}", type=_SidecarSendAnswer)
         except msgspec.DecodeError:
@@ -239,38 +235,65 @@ class _SidecarSendAnswer(msgspec.Struct, rename="camel"):
     provider_message_id: str | None = None
 
 
-def _retry_after(response: httpx.Response, default: float | None = 5) -> float | None:
+def _sidecar_refusal(response: httpx.Response) -> DeliveryError:
+    """What a sidecar's error answer to POST /send means for the delivery.
+
+    A sidecar of ours names the plugin's refusal (`error.details.rpcCode`): it maps
+    exactly as the plugin's own answer would. Otherwise the status decides: 409/429
+    wait without counting an attempt; 401/403 (a wrong or rotated token: an operator
+    fixes it), 408 and 5xx retry with backoff; other 4xx are final.
+    """
+    status = response.status_code
+    rpc = _rpc_error_of(response)
+    wait = retry_after_answer(response)
+    if rpc is not None:
+        if wait is not None and retry_after_seconds(rpc.data) is None:
+            rpc.data = {**(rpc.data if isinstance(rpc.data, dict) else {}), "retryAfterSeconds": wait}
+        return rpc_delivery_error(rpc)
+    text = f"sidecar answered {status}"
+    if status in (409, 429):  # in progress / rate limited: wait, the attempt does not count
+        return DeliveryError(text, retry_after=5.0 if wait is None else wait, defer="retry_after")
+    if status in (401, 403, 408) or status >= 500:
+        return DeliveryError(text, retry_after=wait)
+    return DeliveryError(f"sidecar refused the delivery with {status}", permanent=True)
+
+
+def _rpc_error_of(response: httpx.Response) -> RpcError | None:
+    """The plugin refusal a sidecar's SPEC 7.1 error body carries (`details.rpcCode`), if any."""
     try:
         body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("retryAfterSeconds"), (int, float)):
-            return float(body["retryAfterSeconds"])
     except ValueError:
-        pass
-    header = response.headers.get("retry-after", "")
-    return float(header) if header.isdigit() else default
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(error, dict) or not isinstance(details, dict):
+        return None
+    code = details.get("rpcCode")
+    if isinstance(code, bool) or not isinstance(code, int):
+        return None
+    message = error.get("message")
+    data = details.get("data")
+    wait = retry_after_seconds(details)  # a sidecar of ours puts the plugin's wait beside rpcCode
+    if wait is not None and retry_after_seconds(data) is None:
+        data = {**(data if isinstance(data, dict) else {}), "retryAfterSeconds": wait}
+    return RpcError(code, message[:500] if isinstance(message, str) else "", data)
 
 
 def rpc_delivery_error(exc: RpcError) -> DeliveryError:
     """How a plugin's answer to `message.send` maps onto what the dispatcher does (SPEC 3.7, 6.4)."""
     text = f"{exc.name}: {exc.message}"
     if exc.code in (IN_PROGRESS, RATE_LIMITED):  # wait retryAfterSeconds; the attempt does not count
-        return DeliveryError(text, retry_after=_retry_after_seconds(exc.data), defer="retry_after")
+        wait = retry_after_seconds(exc.data)
+        return DeliveryError(text, retry_after=5.0 if wait is None else wait, defer="retry_after")
     if exc.code == REPLY_WINDOW_CLOSED:
         return DeliveryError(text, defer="reply_window")
     if exc.code == SESSION_EXPIRED:
         return DeliveryError(text, defer="not_connected")
     if exc.code == REFUSED:
         return DeliveryError(exc.message, refused=True)  # the platform's own words are the reason
-    # -32602 invalid params, -32011 unknown connection, -32012 unsupported: retrying cannot help
-    permanent = exc.code in (INVALID_PARAMS, METHOD_NOT_FOUND, UNKNOWN_CONNECTION, UNSUPPORTED)
+    # -32602 invalid params, -32003 too large, -32011 unknown connection, -32012 unsupported: retrying cannot help
+    permanent = exc.code in (INVALID_PARAMS, METHOD_NOT_FOUND, TOO_LARGE, UNKNOWN_CONNECTION, UNSUPPORTED)
     return DeliveryError(text, permanent=permanent)
-
-
-def _retry_after_seconds(data: Any, default: float = 5.0) -> float:
-    value = data.get("retryAfterSeconds") if isinstance(data, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    return float(value)
 
 
 BUILTIN_KINDS: dict[str, ChannelFactory] = {

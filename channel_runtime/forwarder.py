@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 from plugin_host.clock import Clock, SystemClock
 from plugin_host.redact import redact
 
-from .queues import QueueWorker, backoff_delay
+from .queues import QueueWorker, backoff_delay, retry_after_answer
 from .store import ForwardEntry, Store
 from .store.base import RETRY_AFTER_SECONDS
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 BRIDGE_PATH = "/api/channel-connector-bridge/events"
 REFUSED_STATUSES = frozenset({400, 404, 410, 413, 422})
-RETRY_AFTER_MAX = 300.0  # an application's retryAfterSeconds is honoured up to this (inf would block forever)
 _ERROR_EXCERPT = 200
 
 
@@ -147,7 +146,7 @@ class Forwarder:
             return
         error = f"the application answered {status}{_excerpt(response)}"
         if status == 409:  # in progress there: wait as asked, it is not a failure of ours
-            wait = _retry_after(response)
+            wait = retry_after_answer(response)
             await self._store.forward.retry(entry.id, error, RETRY_AFTER_SECONDS if wait is None else wait)
             return
         if status in REFUSED_STATUSES and entry.attempts >= self._refused_attempts:
@@ -155,7 +154,7 @@ class Forwarder:
             log.warning("event %s dead-lettered: %s", entry.event.event_id, error)
             await self._store.forward.dead_letter(entry.id, error)
             return
-        delay = _retry_after(response) if status in (429, 503) else None
+        delay = retry_after_answer(response) if status in (429, 503) else None
         await self._retry(entry, error, delay)
 
     async def _retry(self, entry: ForwardEntry, error: str, delay: float | None) -> None:
@@ -180,19 +179,3 @@ def _excerpt(response: httpx.Response) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     return f" ({redact(str(code))[:_ERROR_EXCERPT]})" if code else ""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """`retryAfterSeconds` of the body, else the Retry-After header, within [0, RETRY_AFTER_MAX]; None without."""
-    seconds: float | None = None
-    try:
-        body = response.json()
-        value = body.get("retryAfterSeconds") if isinstance(body, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-            seconds = float(value)
-    except ValueError:
-        pass
-    header = response.headers.get("retry-after", "")
-    if seconds is None and header.isdigit():
-        seconds = float(header)
-    return None if seconds is None else min(max(seconds, 0.0), RETRY_AFTER_MAX)

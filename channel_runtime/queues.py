@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -22,9 +22,33 @@ MIN_IDLE_WAIT = 0.005  # a due entry that a claim did not return (another consum
 log = logging.getLogger(__name__)
 
 
+RETRY_AFTER_MAX = 300.0  # a peer's retryAfterSeconds is honoured up to this (inf would block forever)
+
+
 def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
     """Retry delay after `attempts` failed attempts: base, 2×base, 4×base … capped."""
     return min(base * (2 ** max(attempts - 1, 0)), cap)
+
+
+def retry_after_seconds(data: Any) -> float | None:
+    """A peer's `retryAfterSeconds` (an RPC error's data, an HTTP error body) within [0, RETRY_AFTER_MAX]."""
+    value = data.get("retryAfterSeconds") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return min(max(float(value), 0.0), RETRY_AFTER_MAX)
+
+
+def retry_after_answer(response: Any) -> float | None:
+    """How long an HTTP answer (an httpx.Response) asks to wait: its body's `retryAfterSeconds`, else
+    the Retry-After header (seconds), within [0, RETRY_AFTER_MAX]; None when it says nothing."""
+    try:
+        seconds = retry_after_seconds(response.json())
+    except ValueError:
+        seconds = None
+    header = response.headers.get("retry-after", "").strip()
+    if seconds is None and header.isdigit():
+        seconds = min(float(header), RETRY_AFTER_MAX)
+    return seconds
 
 
 class QueueWorker(Generic[E]):

@@ -32,6 +32,7 @@ from plugin_host.errors import (
     REPLY_WINDOW_CLOSED,
     SESSION_EXPIRED,
     TIMED_OUT,
+    TOO_LARGE,
     UNAVAILABLE,
     UNKNOWN_CONNECTION,
     UNSUPPORTED,
@@ -61,13 +62,15 @@ CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 TEXT_LIMIT = 2048
 
 # a plugin's refusal of message.send -> the HTTP status the application's retry logic reads
-# (409 and 429 wait retryAfterSeconds, 5xx retry, other 4xx are final)
+# (409 and 429 wait retryAfterSeconds, 5xx retry, other 4xx are final); the body's details.rpcCode
+# names the refusal exactly, and channel_runtime.channels.HttpChannel maps that as a plugin's answer
 _SEND_STATUS = {
     RATE_LIMITED: 429,
     UNAVAILABLE: 503,
     OVERLOADED: 503,
     TIMED_OUT: 504,
     UNKNOWN_CONNECTION: 404,
+    TOO_LARGE: 413,
     INVALID_PARAMS: 422,
     UNSUPPORTED: 422,
     METHOD_NOT_FOUND: 422,

@@ -422,6 +422,70 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
     assert received[0][1]["target"]["peerId"] == "u9" and received[0][1]["kind"] == "sidecar"
 
 
+def _refusal(status: int, rpc_code: int | None = None, **details: Any) -> JSONResponse:
+    """A sidecar's SPEC 7.1 error answer; ours names the plugin's refusal in details.rpcCode."""
+    if rpc_code is not None:
+        details["rpcCode"] = rpc_code
+    return JSONResponse({"error": {"code": "x", "message": "the platform said no", "details": details}}, status)
+
+
+SIDECAR_ANSWERS: dict[str, list[JSONResponse]] = {
+    # a wrong or rotated token is an operator's to fix: retried, not dead at once
+    "token": [JSONResponse({"error": {"code": "unauthorized", "message": "bad token", "details": {}}}, 401)],
+    # the plugin's -32016 through a sidecar defers as it does from a local plugin
+    "window": [_refusal(422, -32016)],
+    "expired": [_refusal(422, -32017)],
+    "too_large": [_refusal(413, -32003)],
+    "refused": [_refusal(422, -32019)],
+    "rate": [_refusal(429, -32015, retryAfterSeconds=0)],
+    "plain_400": [JSONResponse({"detail": "nope"}, 400)],
+}
+
+
+async def test_http_channel_reads_the_sidecars_rpc_code_and_the_status():
+    calls: dict[str, int] = {}
+
+    async def send(request: Request) -> JSONResponse:
+        peer = (await request.json())["target"]["peerId"]
+        calls[peer] = calls.get(peer, 0) + 1
+        script = SIDECAR_ANSWERS[peer]
+        if calls[peer] <= len(script):
+            return script[calls[peer] - 1]
+        return JSONResponse({"providerMessageId": f"pm-{peer}", "duplicate": False})
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/send", send, methods=["POST"])]), port=port, log_level="warning")
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await eventually(lambda: server.started)
+        async with fast_runtime(delivery_attempts=3) as rt:
+            config = ChannelConfig(kind="external_connector", config={"url": f"http://127.0.0.1:{port}"})
+            ids = {}
+            for peer in SIDECAR_ANSWERS:  # a channel each: an expired session defers its whole channel
+                await rt.add_channel(f"side_{peer}", config)
+                ids[peer] = await rt.send(OutboundMessage(channel_id=f"side_{peer}", peer_id=peer, content=peer))
+            for peer in ("token", "rate", "too_large", "refused", "plain_400"):
+                await rt.wait_delivery(ids[peer], timeout=15)
+            await eventually(lambda: all(calls.get(p) for p in SIDECAR_ANSWERS))
+            views = {p: await rt.delivery(i) for p, i in ids.items()}
+        server.should_exit = True
+    got = {p: (v.status, v.reason) for p, v in views.items() if v is not None}
+    assert got == {
+        "token": ("sent", None),
+        "window": ("deferred", "reply_window"),
+        "expired": ("deferred", "not_connected"),
+        "too_large": ("dead", "undeliverable"),
+        "refused": ("dead", "refused"),
+        "rate": ("sent", None),
+        "plain_400": ("dead", "undeliverable"),
+    }
+    assert views["token"].attempts == 2 and views["rate"].attempts == 1  # type: ignore[union-attr]
+    assert views["refused"].last_error == "the platform said no"  # type: ignore[union-attr]
+    assert calls["too_large"] == calls["refused"] == calls["plain_400"] == 1
+
+
 # ---------------------------------------------------------------- one transaction per pipeline step
 
 
