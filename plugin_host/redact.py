@@ -149,6 +149,26 @@ def mask_secret_fields(config: Any, schema: Any = None) -> Any:
     return config
 
 
+def mark_secret_fields(schema: Any) -> Any:
+    """`schema` (a JSON Schema) with `writeOnly: true` on every property `is_secret_field` holds secret,
+    at any depth: what a form built from it (the admin page) reads, so there is one rule of what is secret."""
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    props = _properties(schema)
+    if props:
+        marked = {}
+        for key, sub in props.items():
+            sub = mark_secret_fields(sub)
+            if is_secret_field(str(key), sub) and isinstance(sub, Mapping) and sub.get("writeOnly") is not True:
+                sub = {**sub, "writeOnly": True}
+            marked[key] = sub
+        out["properties"] = marked
+    if isinstance(schema.get("items"), Mapping):
+        out["items"] = mark_secret_fields(schema["items"])
+    return out
+
+
 def _mask_tokenish(match: re.Match[str]) -> str:
     run = match.group()
     if not (_DIGIT.search(run) and _LETTER.search(run)) or _ID_SHAPE.fullmatch(run):

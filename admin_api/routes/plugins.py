@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugin_host.host import HostError, PluginHost
+from plugin_host.redact import mark_secret_fields
 
 from ..body import read_object, receive_upload
 from ..errors import ApiError
@@ -35,6 +36,7 @@ def plugin_view(request: Request, plugin_id: str, *, detail: bool = False) -> di
         schema = view.get("configSchema", {})
         secrets += secret_values(view.get("config"), schema)
         view["config"] = mask_config(view.get("config"), schema)
+        view["configSchema"] = mark_secret_fields(schema)  # the page's form reads what the host masks
     return redact_all(view, secrets)
 
 

@@ -15,7 +15,9 @@
   const LOG_POLL_MS = 1500;
   const LOG_KEEP = 3000;           // lines kept in the page per plugin view
   const MASK = "[REDACTED]";       // what the API shows in place of a stored secret
-  const SECRET_NAME = /token|secret|password|passwd|api[_-]?key|private[_-]?key|credential|encrypt[_-]?key|authorization|cookie|session[_-]?key/i;
+  // the server marks every secret field of the schemas it serves (writeOnly: true, by the host's one rule in
+  // plugin_host/redact.py); a field without a schema falls back on the same words as that rule
+  const SECRET_NAME = /token|secret|passw|key|credential|authorization|cookie/i;
   const TERMINAL = new Set(["connected", "expired", "error", "cancelled"]);
 
   const $ = (id) => document.getElementById(id);
@@ -377,6 +379,7 @@
     show($("plugins-empty"), list.length === 0);
     renderLogPluginChoice();
     renderSummary();
+    renderAttention();
   }
 
   const STATE_BADGE = { running: "ok", degraded: "warn", starting: "info", backoff: "warn", failed: "bad", stopped: "", disabled: "" };
@@ -479,6 +482,8 @@
     // what the manifest asks for (SPEC 5.3), shown before the admin enables it
     const permissions = d.permissions ?? p.permissions;
     if (permissions !== undefined && permissions !== null) facts.push(["Permissions", describePermissions(permissions)]);
+    const sandbox = d.sandbox ?? p.sandbox;
+    if (sandbox) facts.push(["Isolation", describeSandbox(sandbox)]);
     reconcile(r.facts, facts, (f) => f[0], (f) => {
       const wrap = h("div", { style: undefined }, h("dt", {}, f[0]), h("dd"));
       wrap.style.display = "contents";
@@ -494,7 +499,8 @@
       return row;
     }, (row, v) => {
       const active = v.version === p.activeVersion;
-      setText(row.children[0], active ? `${v.version} (active)` : v.version);
+      setText(row.children[0], (active ? `${v.version} (active)` : v.version)
+        + (!active && v.permissionsChanged ? ` · asks for other permissions: ${describePermissions(v.permissions)}` : ""));
       setText(row.children[1], v.sha256 ? v.sha256.slice(0, 16) + "…" : "—");
       setAttr(row.children[1], "title", v.sha256 || null);
       setText(row.children[2], v.source || "—");
@@ -558,6 +564,15 @@
       return parts.length ? parts.join(", ") : "none asked";
     }
     return String(value);
+  }
+
+  function describeSandbox(sb) {
+    if (!sb.isolated) return "none: the plugin runs as the host's user, with the host's files in reach";
+    const limits = sb.limits || {};
+    const parts = [sb.mechanism, sb.dedicatedUid ? "its own uid" : "the host's uid"];
+    if (limits.memoryBytes) parts.push(`${Math.round(limits.memoryBytes / 1048576)} MiB memory`);
+    if (limits.processes) parts.push(`${limits.processes} processes`);
+    return parts.join(", ");
   }
 
   function authWords(type) {
@@ -1353,7 +1368,14 @@
   function renderAttention() {
     const expired = S.connections.filter(isExpired);
     const box = $("attention");
-    reconcile(box, expired, (c) => c.connectionId, (c) => {
+    // the host's plugin sandbox (SPEC 5.3): one line when plugins run without isolation
+    const sandbox = Array.from(S.plugins.values()).map((p) => p.sandbox).find(Boolean);
+    const unsafe = sandbox && !sandbox.isolated ? [{ sandbox }] : [];
+    reconcile($("attention-host"), unsafe, () => "sandbox", () => h("p", { class: "alert warn" }), (p, x) => {
+      setText(p, `Plugins run without isolation: ${x.sandbox.warning || "no sandbox mechanism works on this machine"}`);
+    });
+    show($("attention-host"), unsafe.length > 0);
+    reconcile($("attention-accounts"), expired, (c) => c.connectionId, (c) => {
       const p = h("p", { class: "alert" }, h("span"), " ",
         h("button", { type: "button", class: "primary", onclick: () => relogin(c.connectionId) }, "Log in again"));
       return p;
@@ -1362,7 +1384,7 @@
       setAttr(p.lastChild, "aria-label", `Log in again to ${accountName(c)}`);
       setDisabled(p.lastChild, S.busy.has("connection:" + c.connectionId));
     });
-    show(box, expired.length > 0);
+    show(box, expired.length > 0 || unsafe.length > 0);
   }
 
   // ------------------------------------------------------------------ channels

@@ -128,6 +128,9 @@ async def test_lifecycle_install_enable_restart_swap_disable_uninstall(tmp_path:
         r = await call("PUT", "/api/plugins/echo/config", json={"apiToken": SECRET_CONFIG_VALUE, "retries": 2})
         assert r.status_code == 200, r.text
         assert r.json()["config"] == {"apiToken": "[REDACTED]", "retries": 2}
+        # the schema served to forms marks what the host masks: by a flag or by the name alone
+        served = r.json()["configSchema"]["properties"]
+        assert [k for k, v in served.items() if v.get("writeOnly")] == ["apiToken", "signingKey"]
         assert r.json()["state"] == "running"
         # sending the masked value back keeps the secret
         r = await call("PUT", "/api/plugins/echo/config", json={"apiToken": "[REDACTED]", "retries": 3})

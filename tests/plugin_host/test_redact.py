@@ -107,3 +107,29 @@ def test_secret_fields_follow_one_rule_for_schemas_and_names() -> None:
         "login": {"pass": MASK, "user": "bob"},
         "hooks": [{"sig": MASK, "url": "u"}],
     }
+
+
+def test_the_schema_served_to_forms_marks_exactly_the_fields_the_host_masks() -> None:
+    from plugin_host.redact import mark_secret_fields, mask_secret_fields
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "apiBase": {"type": "string"},
+            "signingKey": {"type": "string"},  # secret by its name alone
+            "pin": {"type": "string", "writeOnly": True},
+            "login": {"type": "object", "properties": {"pass": {"type": "string", "format": "password"}}},
+            "hooks": {"type": "array", "items": {"type": "object", "properties": {"accessToken": {"type": "string"}}}},
+        },
+    }
+    marked = mark_secret_fields(schema)
+    props = marked["properties"]
+    assert [k for k, v in props.items() if v.get("writeOnly") is True] == ["signingKey", "pin"]
+    assert props["login"]["properties"]["pass"]["writeOnly"] is True
+    assert props["hooks"]["items"]["properties"]["accessToken"]["writeOnly"] is True
+    assert "writeOnly" not in props["apiBase"] and "writeOnly" not in schema["properties"]["signingKey"]  # a copy
+
+    config = {"apiBase": "a", "signingKey": "b", "pin": "c", "login": {"pass": "d"}, "hooks": [{"accessToken": "e"}]}
+    # a form reading only writeOnly hides what the host masks, and nothing else
+    assert mask_secret_fields(config, schema) == mask_secret_fields(config, marked)
+    assert mask_secret_fields(config, schema)["apiBase"] == "a"

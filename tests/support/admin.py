@@ -28,6 +28,7 @@ SECRET_SCHEMA = {
     "type": "object",
     "properties": {
         "apiToken": {"type": "string", "writeOnly": True},
+        "signingKey": {"type": "string"},  # secret by its name alone (plugin_host.redact.is_secret_name)
         "retries": {"type": "integer", "minimum": 0},
     },
     "additionalProperties": False,

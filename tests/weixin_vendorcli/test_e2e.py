@@ -451,13 +451,6 @@ async def test_session_expired_on_a_send_is_32017_and_pauses_polling(tmp_path: P
         assert fake.bots[TOKEN].polls <= polls + 1  # at most the poll that was in flight
 
 
-def _has_relogin_route() -> bool:
-    from admin_api.routes import onboarding
-
-    return any("relogin" in getattr(route, "path", "") for route in onboarding.routes)
-
-
-@pytest.mark.skipif(not _has_relogin_route(), reason="the host has no relogin route yet (issue 10)")
 async def test_relogin_after_expiry_resumes_receiving(tmp_path: Path) -> None:
     async with platform() as (fake, servers), weixin_stack(tmp_path / "home", fast_config(servers[0].url)) as s:
         connection_id, _ = await s.login(fake, TOKEN, "b1@im.bot")
