@@ -10,10 +10,15 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +167,44 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def progress(text: str) -> None:
     """Progress on stderr, so --json output stays one document."""
     print(text, file=sys.stderr, flush=True)
+
+
+class Child:
+    """A process of a bench (a server, a fake platform): its output kept, stopped with SIGINT (then killed)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], *, stop_timeout: float = 20.0) -> None:
+        self.name = name
+        self.stop_timeout = stop_timeout
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_http(self, url: str, timeout: float = 60.0) -> None:
+        """Until `url` answers HTTP (any status); raises when the process exits or the time is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                urllib.request.urlopen(url, timeout=1).read()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers HTTP: up
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "feishu
 
 from feishu_vendorcli.crypto import EventCipher, signature  # noqa: E402
 
-from bench._common import REPO, Report, free_port, median, parser, progress  # noqa: E402
+from bench._common import REPO, Child, Report, free_port, median, parser, progress  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token-feishu-0123456789"
 BRIDGE_TOKEN = "bench-bridge-token-feishu-0123456789"
@@ -55,42 +53,6 @@ APP_SECRET = "bench-app-secret-" + "x" * 16
 ENCRYPT_KEY = "bench-encrypt-key-01"
 VERIFICATION_TOKEN = "bench-verification-token"
 PLUGIN_ID = "feishu_vendorcli"
-
-
-class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def wait_http(url: str, child: Child, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.output()}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{child.name} did not answer:\n{child.output()}")
 
 
 async def install_plugin(home: Path, fake_url: str) -> None:
@@ -285,8 +247,8 @@ def main() -> None:
             env,
         )
         try:
-            wait_http(f"{fake_url}/_stats", fake)
-            wait_http(f"{base}/readyz", server)
+            fake.wait_http(f"{fake_url}/_stats")
+            server.wait_http(f"{base}/readyz")
 
             async def measure() -> dict[str, list[dict[str, Any]]]:
                 headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -24,14 +24,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +35,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, VENV_BIN, Report, free_port, median, parser, progress  # noqa: E402
+from bench._common import REPO, VENV_BIN, Child, Report, free_port, median, parser, progress  # noqa: E402
 from channel_runtime.store import open_store  # noqa: E402
 
 BRIDGE_TOKEN = "bench-bridge-token-0123456789"
@@ -48,43 +44,14 @@ CONNECTION_ID = "conn_benchingest"
 PATH = "/api/channel-connector-bridge/events"
 
 
-class Server:
+class Server(Child):
     def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str) -> None:
-        self.name = name
+        super().__init__(name, argv, env)
         self.port = port
         self.ready_path = ready_path
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=1).read()
-                return
-            except urllib.error.HTTPError:
-                return  # it answers HTTP: up
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.wait_http(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout)
 
 
 async def prepare_home(home: Path) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, Report, free_port, median, parser, progress  # noqa: E402
+from bench._common import REPO, Child, Report, free_port, median, parser, progress  # noqa: E402
 from plugin_host.package import pack_directory  # noqa: E402
 
 ADMIN = "bench-sidecar-admin-token-0123456789"
@@ -51,10 +50,8 @@ BRIDGE = "bench-sidecar-bridge-token-0123456789"
 SEND_CONNECTION = "conn_bench_send"
 
 
-class Server:
+class Server(Child):
     def __init__(self, name: str, app: str, port: int, home: Path | None, env: dict[str, str], **extra: str) -> None:
-        self.name, self.port = name, port
-        self.log = tempfile.TemporaryFile()
         args = [sys.executable, "-m", "bench._serve", app, "--port", str(port)]
         if home is not None:
             args += ["--home", str(home)]
@@ -64,33 +61,11 @@ class Server:
             k: v for k, v in os.environ.items() if not k.startswith(("CHANNEL_RUNTIME_", "CONNECTOR_", "BEAVER_"))
         }
         environ.update(env, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(args, cwd=REPO, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(name, args, environ, stop_timeout=30.0)
+        self.port = port
 
     def wait_ready(self, path: str = "/healthz", timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.wait_http(f"http://127.0.0.1:{self.port}{path}", timeout)
 
 
 def cpu_seconds(pid: int) -> float:

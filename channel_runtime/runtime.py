@@ -100,6 +100,19 @@ class IngestResult(msgspec.Struct, frozen=True):
     ack: InboundAck
 
 
+async def ingest_connection(store: Store, event: BridgeEvent, plugin_id: str | None) -> ConnectionRecord:
+    """The live connection an inbound event names; IngestError (404) when it is unknown, revoked, or
+    (with `plugin_id`, the plugin that sent it) another plugin's."""
+    connection = await store.connections.get(event.connection_id)
+    if (
+        connection is None
+        or connection.status == "revoked"
+        or (plugin_id is not None and connection.plugin_id != plugin_id)
+    ):
+        raise IngestError("unknown_connection", "unknown or revoked connection", status=404)
+    return connection
+
+
 class ChannelState(msgspec.Struct):
     state: str
     last_error: str | None = None
@@ -429,13 +442,7 @@ class ChannelRuntime(anyio.AsyncContextManagerMixin):
     async def ingest(self, event: BridgeEvent, *, plugin_id: str | None = None) -> IngestResult:
         """The one inbound pipeline for the bridge, `event.inbound` and webhooks."""
         store = self.store
-        connection = await store.connections.get(event.connection_id)
-        if (
-            connection is None
-            or connection.status == "revoked"
-            or (plugin_id is not None and connection.plugin_id != plugin_id)
-        ):
-            raise IngestError("unknown_connection", "unknown or revoked connection", status=404)
+        connection = await ingest_connection(store, event, plugin_id)
         message = InboundMessage.from_bridge_event(event, channel_id=connection.channel_id)
         if not message.account_id:
             message.account_id = connection.account_id

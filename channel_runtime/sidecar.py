@@ -35,7 +35,7 @@ from .connections import ConnectionManager
 from .events import EventHub
 from .forwarder import Forwarder
 from .plugin_services import RuntimeServices
-from .runtime import IngestError, IngestResult
+from .runtime import IngestError, IngestResult, ingest_connection
 from .store import Store, open_application_store
 from .store.base import RETRY_AFTER_SECONDS, error_text
 
@@ -210,13 +210,7 @@ class Sidecar(anyio.AsyncContextManagerMixin):
     async def ingest(self, event: BridgeEvent, *, plugin_id: str | None = None) -> IngestResult:
         """Commit a plugin's or a webhook's event to the forward queue; the ack means it is durable."""
         store = self.store
-        connection = await store.connections.get(event.connection_id)
-        if (
-            connection is None
-            or connection.status == "revoked"
-            or (plugin_id is not None and connection.plugin_id != plugin_id)
-        ):
-            raise IngestError("unknown_connection", "unknown or revoked connection", status=404)
+        connection = await ingest_connection(store, event, plugin_id)
         if not event.channel_id or not event.account_id:  # the application's ids, as it named them
             event = msgspec.structs.replace(
                 event,
