@@ -114,6 +114,10 @@ class DedupeMachine(RuleBasedStateMachine):
     def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         return self.portal.call(fn)
 
+    def area(self) -> Any:
+        """The dedupe table this machine drives (the sidecar's machine drives `send_dedupe`)."""
+        return self.store.bridge_dedupe
+
     def teardown(self) -> None:
         try:
             self.run(self.store.aclose)
@@ -157,7 +161,7 @@ class DedupeMachine(RuleBasedStateMachine):
         expected = self.model.finish(key, "failed", error, self.clock.time())
 
         async def call() -> bool:
-            return await self.store.bridge_dedupe.fail(key, error)
+            return bool(await self.area().fail(key, error))
 
         assert self.run(call) == expected
 
@@ -170,7 +174,7 @@ class DedupeMachine(RuleBasedStateMachine):
         expected = self.model.prune(self.clock.time())
 
         async def call() -> int:
-            return await self.store.bridge_dedupe.prune()
+            return int(await self.area().prune())
 
         assert self.run(call) == expected
 
