@@ -567,7 +567,10 @@
   }
 
   function describeSandbox(sb) {
-    if (!sb.isolated) return "none: the plugin runs as the host's user, with the host's files in reach";
+    if (!sb.isolated) {
+      return sb.dedicatedUid ? "its own uid only (no namespaces): the host's other files may be in reach"
+        : "none: the plugin runs as the host's user, with the host's files in reach";
+    }
     const limits = sb.limits || {};
     const parts = [sb.mechanism, sb.dedicatedUid ? "its own uid" : "the host's uid"];
     if (limits.memoryBytes) parts.push(`${Math.round(limits.memoryBytes / 1048576)} MiB memory`);
