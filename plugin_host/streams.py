@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -25,7 +26,7 @@ class _LoopReader:
     receive loses nothing.
     """
 
-    __slots__ = ("loop", "fd", "chunks", "size", "error", "waiter", "registered")
+    __slots__ = ("loop", "fd", "chunks", "size", "error", "waiter", "registered", "consumer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         self.loop = loop
@@ -35,6 +36,8 @@ class _LoopReader:
         self.error: type[Exception] | None = None  # EndOfStream or BrokenResourceError, after the data
         self.waiter: asyncio.Future[None] | None = None
         self.registered = False
+        # set_consumer: called with each chunk in the callback instead of buffering it
+        self.consumer: Callable[[bytes], bool] | None = None
 
     def resume(self) -> None:
         if not self.registered and self.error is None and self.size < _READ_AHEAD:
@@ -55,6 +58,17 @@ class _LoopReader:
         except OSError:
             self.error = anyio.BrokenResourceError
             data = b""
+        consumer = self.consumer
+        if consumer is not None:
+            if data:
+                if not consumer(data):
+                    self.consumer = None  # what comes next is buffered for `receive`
+                return
+            self.error = self.error or anyio.EndOfStream
+            self.pause()
+            self.consumer = None
+            consumer(b"")
+            return
         if data:
             self.chunks.append(data)
             self.size += len(data)
@@ -105,6 +119,25 @@ class FdReceiveStream(ByteReceiveStream):
             return self._take(reader, max_bytes)
         raise reader.error or anyio.BrokenResourceError
 
+    def set_consumer(self, consumer: Callable[[bytes], bool] | None) -> bool:
+        """Push mode: call `consumer(chunk)` in the loop's read callback for each chunk read,
+        until it returns False; b"" once when the stream ends, breaks or is closed (then
+        `receive` raises the reason). None stops pushing. Returns False (nothing set) when
+        the stream cannot push now: not on asyncio, closed, ended, or data already read
+        (take it with `receive` first)."""
+        reader = self._reader
+        if consumer is None:
+            if reader is not None:
+                reader.consumer = None
+            return True
+        if reader is None or reader.loop.is_closed():
+            reader = self._loop_reader()
+        if reader is None or self._closed or reader.chunks or reader.error is not None or reader.waiter is not None:
+            return False
+        reader.consumer = consumer
+        reader.resume()
+        return True
+
     def _loop_reader(self) -> _LoopReader | None:
         try:
             loop = asyncio.get_running_loop()
@@ -150,6 +183,9 @@ class FdReceiveStream(ByteReceiveStream):
             if reader is not None:
                 reader.pause()
                 reader.chunks.clear()
+                consumer, reader.consumer = reader.consumer, None
+                if consumer is not None:
+                    consumer(b"")  # the pushed-to reader learns it with `receive`: closed
                 if reader.waiter is not None and not reader.waiter.done():
                     reader.waiter.set_result(None)  # its receive raises ClosedResourceError
             else:

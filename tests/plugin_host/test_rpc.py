@@ -403,3 +403,103 @@ def test_size_limit_is_exact_whole_or_split(split: bool, crlf: bool) -> None:
     conn, _, requests, _ = anyio.run(lambda: run_scripted(chunks, limit=1024))
     assert [r[0] for r in requests] == [1, 3]
     assert conn.stats.oversized_messages == 1
+
+
+# ---------------------------------------------------------------- pushed lines (real pipes)
+
+
+async def run_piped(
+    data: bytes, *, requests_expected: int, notes_expected: int, slow_notes: bool = False, limit: int = 4096
+) -> tuple[Connection, list[dict[str, Any]], list[Any], list[Any]]:
+    """`data` written into a real pipe at once, EOF once the handlers saw what is expected: the
+    connection reads it in push mode (the loop's read callback), the way it reads a plugin;
+    returns what it answered and saw."""
+    requests: list[Any] = []
+    notes: list[Any] = []
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        requests.append((ctx.id, method))
+        return {"echo": ctx.id}
+
+    async def on_notification(method: str, params: msgspec.Raw | None) -> None:
+        if slow_notes:
+            await anyio.sleep(0)
+        notes.append((method, msgspec.json.decode(params) if params is not None else None))
+
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+    conn = Connection(ours_r, ours_w, on_request=on_request, on_notification=on_notification, max_message_bytes=limit)
+    answers = bytearray()
+
+    async def peer() -> None:
+        await peer_w.send(data)
+        while len(requests) < requests_expected or len(notes) < notes_expected:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # the answers are written
+        await peer_w.aclose()
+
+    async def collect() -> None:
+        try:
+            while True:
+                answers.extend(await peer_r.receive())
+        except anyio.EndOfStream:
+            pass
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            tg.start_soon(peer)
+            await conn.serve()
+            await ours_w.aclose()
+    await peer_r.aclose()
+    messages = [msgspec.json.decode(line) for line in bytes(answers).splitlines() if line]
+    return conn, messages, requests, notes
+
+
+async def test_pushed_lines_that_must_wait_keep_their_order_and_push_resumes() -> None:
+    """Error answers (bad version, null id) stop the push mid-chunk; what follows is still handled, in order."""
+    lines = [request(1, "m"), b'{"jsonrpc": "1.0", "id": 2, "method": "x"}', notification("n", {"i": 1})]
+    lines += [b'{"jsonrpc": "2.0", "id": null, "method": "x"}', request(3, "m"), notification("n", {"i": 2})]
+    lines += [b"not json", request(4, "m") + b"\r"]
+    conn, messages, requests, notes = await run_piped(b"\n".join(lines) + b"\n", requests_expected=3, notes_expected=2)
+    assert sorted(requests) == [(1, "m"), (3, "m"), (4, "m")]
+    assert notes == [("n", {"i": 1}), ("n", {"i": 2})]
+    errors_by_id = {m["id"]: m["error"]["code"] for m in messages if "error" in m}
+    assert errors_by_id == {2: errors.INVALID_REQUEST, None: errors.INVALID_REQUEST}
+    assert {m["id"] for m in messages if "result" in m} == {1, 3, 4}
+    assert conn.stats.protocol_violations == 3  # bad version, null id, not JSON
+
+
+async def test_pushed_notifications_beyond_the_queue_wait_for_room_in_order() -> None:
+    count = 3000  # well past the 1024 queued notifications: the read task waits for room
+    data = b"".join(notification("n", {"i": i}) + b"\n" for i in range(count)) + request(1, "m") + b"\n"
+    conn, messages, requests, notes = await run_piped(data, requests_expected=1, notes_expected=count, slow_notes=True)
+    assert notes == [("n", {"i": i}) for i in range(count)]
+    assert requests == [(1, "m")]
+    assert [m["id"] for m in messages] == [1]
+    assert conn.stats.messages_in == count + 1
+
+
+async def test_pushed_lines_split_across_reads_and_oversized_ones_are_dropped() -> None:
+    big = request(9, "m", {"p": "x" * 5000})  # over the 4096 byte limit
+    data = request(1, "m") + b"\n" + big + b"\n" + request(2, "m") + b"\r\n"
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+    seen: list[Any] = []
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        seen.append(ctx.id)
+        return None
+
+    conn = Connection(ours_r, ours_w, on_request=on_request, max_message_bytes=4096)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.serve)
+            for i in range(0, len(data), 7):  # a byte at a time would take long: seven at a time
+                await peer_w.send(data[i : i + 7])
+                await anyio.sleep(0)
+            await peer_w.aclose()
+    assert sorted(seen) == [1, 2]
+    assert conn.stats.oversized_messages == 1
+    for stream in (ours_w, peer_r):
+        await stream.aclose()
