@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from time import monotonic as _monotonic
@@ -38,6 +39,8 @@ _READ_CHUNK = 65_536
 _NOTIFICATION_QUEUE = 1024
 # request tasks kept waiting for the next request: spawning a task per request costs ~30 us
 _IDLE_REQUEST_WORKERS = 64
+# answers queued for the writer task without waiting for their write (beyond it they wait: backpressure)
+_ANSWERS_QUEUED = 256
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Incoming)
 _NULL = msgspec.Raw(b"null")
 _CANCELLED = object()  # in Connection._incoming: cancelled before its worker started it
+_ANSWERING = object()  # in Connection._incoming: its handler is done, its answer on the way
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
@@ -194,8 +198,8 @@ class Connection:
         # entries of answered calls stay until they expire or the heap is compacted
         self._deadlines: list[tuple[float, int]] = []
         self._timer_wakeup = anyio.Event()
-        # requests of the peer being served: their cancel scope once a worker runs them
-        # (None before, _CANCELLED when `$/cancelRequest` came first)
+        # requests of the peer being served: the cancel scope their handler runs under (None
+        # before a worker took it, _CANCELLED when `$/cancelRequest` came first, then _ANSWERING)
         self._incoming: dict[Id, anyio.CancelScope | object | None] = {}
         self._requests: deque[tuple[Id, str, msgspec.Raw | None]] = deque()
         # line framing state, shared by the pull loop and the push callback
@@ -334,15 +338,22 @@ class Connection:
 
     # ---------------------------------------------------------------- writing
 
-    async def _write(self, data: bytes, deadline: float | None = None) -> bool:
+    async def _write(self, data: bytes, deadline: float | None = None, *, answer: bool = False) -> bool:
         """Send one message; True if it was written at once (without waiting).
 
         With a `deadline`, waiting for the writer task past it raises _WriteTimedOut
-        (the message stays queued and is still sent whole).
+        (the message stays queued and is still sent whole). An `answer` while other
+        requests are being served is queued for the writer task, which sends the answers
+        of one loop turn in one write; it waits for that write only behind a long queue.
         """
         if self._write_error is not None or self._closed and self._tg is None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
         line = data + b"\n"
+        if answer and self._tg is not None and len(self._incoming) > 1 and len(self._wbuf) < _ANSWERS_QUEUED:
+            self._wbuf.append(line)
+            self._wakeup.set()
+            self.stats.messages_out += 1
+            return False
         # an idle writer: write at once (no round trip through the writer task)
         if self._send_nowait is not None and not self._wbuf and not self._sending:
             try:
@@ -447,7 +458,7 @@ class Connection:
                     "2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit")
                 )
             )
-        await self._write(data)
+        await self._write(data, answer=True)
 
     async def _respond_error(self, request_id: Id, error: RpcError) -> None:
         data = error.data
@@ -458,7 +469,7 @@ class Connection:
             encoded = _encoder.encode(_Error("2.0", request_id, obj))
         except _ENCODE_ERRORS:  # unencodable `data`: answer without it
             encoded = _encoder.encode(_Error("2.0", request_id, ErrorObject(error.code, error.message)))
-        await self._write(encoded)
+        await self._write(encoded, answer=True)
 
     # ---------------------------------------------------------------- reading
 
@@ -686,49 +697,101 @@ class Connection:
         """Runs queued requests, then waits for the next one unless enough workers wait already.
 
         A handler runs in its worker's task: a context variable it sets without
-        resetting it is still set for the next request that worker runs.
+        resetting it is still set for the next request that worker runs. The worker's
+        requests run under one cancel scope (entering and leaving one costs ~6 us a
+        request): `$/cancelRequest` cancels it while that request's handler runs, the
+        request is answered -32800 and the worker carries on under a new scope.
         """
+        while True:
+            scope = self._new_scope()
+            running: list[Any] = []  # [id, method] while a handler runs under `scope`
+            answer: tuple[Id, Any, RpcError | None] | None = None
+            try:
+                with scope:
+                    answer = await self._serve_requests(scope, running)
+                    if answer is None:
+                        return  # enough idle workers
+            except BaseException:  # the connection stops: nothing more is answered
+                if running:
+                    self._incoming.pop(running[0], None)
+                raise
+            if running:  # its handler was cancelled: `$/cancelRequest`, or its own ctx.cancel_scope
+                request_id, method = running
+                await self._answer(request_id, None, RpcError(REQUEST_CANCELLED, f"{method} was cancelled"))
+            elif answer is not None:  # a handler changed the scope (cancel, deadline, shield): answered outside it
+                await self._answer(*answer)
+
+    async def _serve_requests(
+        self, scope: anyio.CancelScope, running: list[Any]
+    ) -> tuple[Id, Any, RpcError | None] | None:
+        """The worker's loop under `scope`; returns an answer still to send when the scope must
+        end (a handler changed it), None when the worker is not needed any more."""
         requests = self._requests
+        incoming = self._incoming
         while True:
             while requests:
-                await self._run_request(*requests.popleft())
+                request_id, method, params = requests.popleft()
+                if incoming.get(request_id) is _CANCELLED:  # before it started: a scope of its own, cancelled
+                    await self._run_request(request_id, method, params)
+                    continue
+                incoming[request_id] = scope
+                running[:] = (request_id, method)
+                result, error = await self._call_handler(request_id, method, params, scope)
+                running.clear()
+                incoming[request_id] = _ANSWERING  # a late `$/cancelRequest` must not cancel the answer
+                if scope.cancel_called or scope.shield or scope.deadline != math.inf:
+                    return request_id, result, error
+                await self._answer(request_id, result, error)
             if len(self._idle_workers) >= _IDLE_REQUEST_WORKERS:
-                return
+                return None
             wakeup = self._new_event()
             self._idle_workers.append(wakeup)
             await wakeup.wait()
 
+    async def _call_handler(
+        self, request_id: Id, method: str, params: msgspec.Raw | None, scope: anyio.CancelScope
+    ) -> tuple[Any, RpcError | None]:
+        """(result, None) or (None, the error to answer); a cancellation propagates."""
+        try:
+            return await self._on_request(method, params, RequestContext(request_id, method, scope)), None
+        except RpcError as exc:
+            return None, exc
+        except msgspec.ValidationError as exc:
+            return None, RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
+        except msgspec.DecodeError as exc:
+            return None, RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
+        except Exception as exc:
+            log.exception("%s: handler for %s failed", self.name, method)
+            return None, RpcError(INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}")
+
+    async def _answer(self, request_id: Id, result: Any, error: RpcError | None) -> None:
+        try:
+            if error is not None:
+                await self._respond_error(request_id, error)
+            else:
+                await self._respond(request_id, result)
+        except RpcError:
+            pass  # peer gone; nothing to answer
+        finally:
+            self._incoming.pop(request_id, None)
+
     async def _run_request(self, request_id: Id, method: str, params: msgspec.Raw | None) -> None:
+        """A request cancelled before its worker took it: run in a cancelled scope of its own
+        (a handler that never reaches a checkpoint still answers)."""
         error: RpcError | None = None
         result: Any = None
         try:
             scope = self._new_scope()
-            if self._incoming.get(request_id) is _CANCELLED:
-                scope.cancel()
-            self._incoming[request_id] = scope
+            scope.cancel()
+            self._incoming[request_id] = _ANSWERING
             with scope:
-                try:
-                    result = await self._on_request(method, params, RequestContext(request_id, method, scope))
-                except RpcError as exc:
-                    error = exc
-                except msgspec.ValidationError as exc:
-                    error = RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
-                except msgspec.DecodeError as exc:
-                    error = RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}")
-                except Exception as exc:
-                    log.exception("%s: handler for %s failed", self.name, method)
-                    error = RpcError(INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}")
+                result, error = await self._call_handler(request_id, method, params, scope)
             if scope.cancelled_caught:
                 error = RpcError(REQUEST_CANCELLED, f"{method} was cancelled")
-            try:
-                if error is not None:
-                    await self._respond_error(request_id, error)
-                else:
-                    await self._respond(request_id, result)
-            except RpcError:
-                pass  # peer gone; nothing to answer
-        finally:
+        except BaseException:
             self._incoming.pop(request_id, None)
+            raise
+        await self._answer(request_id, result, error)
 
     def _close(self, error: RpcError) -> None:
         if not self._closed:

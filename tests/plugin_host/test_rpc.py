@@ -503,3 +503,69 @@ async def test_pushed_lines_split_across_reads_and_oversized_ones_are_dropped() 
     assert conn.stats.oversized_messages == 1
     for stream in (ours_w, peer_r):
         await stream.aclose()
+
+
+async def test_a_worker_serves_on_after_cancellations_and_a_handler_changing_its_scope() -> None:
+    """Requests of one worker share a cancel scope until one is cancelled or changes it: what
+    follows must see none of it (answered normally, no leftover deadline)."""
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        if method == "sleep":
+            await anyio.sleep(30)
+        if method == "own_deadline":  # the handler bounds itself through its scope
+            ctx.cancel_scope.deadline = anyio.current_time() + 0.05
+            await anyio.sleep(30)
+        if method == "swallow":  # cancelled, catches it and answers anyway
+            ctx.cancel_scope.cancel()
+            try:
+                await anyio.sleep(30)
+            except anyio.get_cancelled_exc_class():
+                return "swallowed"
+        if method == "slow":
+            await anyio.sleep(0.2)
+        return method
+
+    conn = Connection(ours_r, ours_w, on_request=on_request)
+    answers: dict[Any, dict[str, Any]] = {}
+    buffer = bytearray()
+
+    async def answer(request_id: int) -> dict[str, Any]:
+        while request_id not in answers:
+            buffer.extend(await peer_r.receive())
+            *lines, rest = bytes(buffer).split(b"\n")
+            buffer[:] = rest
+            for line in lines:
+                message = msgspec.json.decode(line)
+                answers[message["id"]] = message
+        return answers[request_id]
+
+    async def cancel(request_id: int) -> None:
+        await peer_w.send(notification("$/cancelRequest", {"id": request_id}) + b"\n")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.serve)
+            for round_ in range(3):  # one worker: every request after the first reuses it
+                base = round_ * 10
+                await peer_w.send(request(base + 1, "sleep") + b"\n")
+                await anyio.sleep(0.02)
+                await cancel(base + 1)
+                assert (await answer(base + 1))["error"]["code"] == errors.REQUEST_CANCELLED
+                await peer_w.send(request(base + 2, "echo") + b"\n")
+                assert (await answer(base + 2))["result"] == "echo"
+                await cancel(base + 2)  # late: the request is answered already
+                await peer_w.send(request(base + 3, "own_deadline") + b"\n")
+                assert (await answer(base + 3))["error"]["code"] == errors.REQUEST_CANCELLED
+                await peer_w.send(request(base + 4, "slow") + b"\n")  # no deadline left over
+                assert (await answer(base + 4))["result"] == "slow"
+                await peer_w.send(request(base + 5, "swallow") + b"\n")
+                assert (await answer(base + 5))["result"] == "swallowed"
+            # cancelled before any worker took it, in the same chunk as the request
+            await peer_w.send(request(99, "sleep") + b"\n" + notification("$/cancelRequest", {"id": 99}) + b"\n")
+            assert (await answer(99))["error"]["code"] == errors.REQUEST_CANCELLED
+            await peer_w.aclose()
+    assert conn._incoming == {}
+    for stream in (ours_w, peer_r):
+        await stream.aclose()
