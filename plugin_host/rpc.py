@@ -39,8 +39,6 @@ _READ_CHUNK = 65_536
 _NOTIFICATION_QUEUE = 1024
 # request tasks kept waiting for the next request: spawning a task per request costs ~30 us
 _IDLE_REQUEST_WORKERS = 64
-# answers queued for the writer task without waiting for their write (beyond it they wait: backpressure)
-_ANSWERS_QUEUED = 256
 
 log = logging.getLogger(__name__)
 
@@ -338,22 +336,15 @@ class Connection:
 
     # ---------------------------------------------------------------- writing
 
-    async def _write(self, data: bytes, deadline: float | None = None, *, answer: bool = False) -> bool:
+    async def _write(self, data: bytes, deadline: float | None = None) -> bool:
         """Send one message; True if it was written at once (without waiting).
 
         With a `deadline`, waiting for the writer task past it raises _WriteTimedOut
-        (the message stays queued and is still sent whole). An `answer` while other
-        requests are being served is queued for the writer task, which sends the answers
-        of one loop turn in one write; it waits for that write only behind a long queue.
+        (the message stays queued and is still sent whole).
         """
         if self._write_error is not None or self._closed and self._tg is None:
             raise RpcError(UNAVAILABLE, f"{self.name} is not connected")
         line = data + b"\n"
-        if answer and self._tg is not None and len(self._incoming) > 1 and len(self._wbuf) < _ANSWERS_QUEUED:
-            self._wbuf.append(line)
-            self._wakeup.set()
-            self.stats.messages_out += 1
-            return False
         # an idle writer: write at once (no round trip through the writer task)
         if self._send_nowait is not None and not self._wbuf and not self._sending:
             try:
@@ -458,7 +449,7 @@ class Connection:
                     "2.0", request_id, ErrorObject(TOO_LARGE, f"result is {len(data)} bytes, over the message limit")
                 )
             )
-        await self._write(data, answer=True)
+        await self._write(data)
 
     async def _respond_error(self, request_id: Id, error: RpcError) -> None:
         data = error.data
@@ -469,7 +460,7 @@ class Connection:
             encoded = _encoder.encode(_Error("2.0", request_id, obj))
         except _ENCODE_ERRORS:  # unencodable `data`: answer without it
             encoded = _encoder.encode(_Error("2.0", request_id, ErrorObject(error.code, error.message)))
-        await self._write(encoded, answer=True)
+        await self._write(encoded)
 
     # ---------------------------------------------------------------- reading
 
