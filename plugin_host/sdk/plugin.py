@@ -398,7 +398,10 @@ class Plugin:
         if not handler.limited:
             return handler.check_result(method, await handler.fn(ctx, value))
         limiter = self._limiter
-        await limiter.acquire()
+        if limiter.free > 0:  # the common case, without a coroutine
+            limiter.free -= 1
+        else:
+            await limiter.acquire()
         try:
             result = await handler.fn(ctx, value)
         finally:

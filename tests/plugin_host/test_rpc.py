@@ -403,3 +403,169 @@ def test_size_limit_is_exact_whole_or_split(split: bool, crlf: bool) -> None:
     conn, _, requests, _ = anyio.run(lambda: run_scripted(chunks, limit=1024))
     assert [r[0] for r in requests] == [1, 3]
     assert conn.stats.oversized_messages == 1
+
+
+# ---------------------------------------------------------------- pushed lines (real pipes)
+
+
+async def run_piped(
+    data: bytes, *, requests_expected: int, notes_expected: int, slow_notes: bool = False, limit: int = 4096
+) -> tuple[Connection, list[dict[str, Any]], list[Any], list[Any]]:
+    """`data` written into a real pipe at once, EOF once the handlers saw what is expected: the
+    connection reads it in push mode (the loop's read callback), the way it reads a plugin;
+    returns what it answered and saw."""
+    requests: list[Any] = []
+    notes: list[Any] = []
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        requests.append((ctx.id, method))
+        return {"echo": ctx.id}
+
+    async def on_notification(method: str, params: msgspec.Raw | None) -> None:
+        if slow_notes:
+            await anyio.sleep(0)
+        notes.append((method, msgspec.json.decode(params) if params is not None else None))
+
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+    conn = Connection(ours_r, ours_w, on_request=on_request, on_notification=on_notification, max_message_bytes=limit)
+    answers = bytearray()
+
+    async def peer() -> None:
+        await peer_w.send(data)
+        while len(requests) < requests_expected or len(notes) < notes_expected:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # the answers are written
+        await peer_w.aclose()
+
+    async def collect() -> None:
+        try:
+            while True:
+                answers.extend(await peer_r.receive())
+        except anyio.EndOfStream:
+            pass
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            tg.start_soon(peer)
+            await conn.serve()
+            await ours_w.aclose()
+    await peer_r.aclose()
+    messages = [msgspec.json.decode(line) for line in bytes(answers).splitlines() if line]
+    return conn, messages, requests, notes
+
+
+async def test_pushed_lines_that_must_wait_keep_their_order_and_push_resumes() -> None:
+    """Error answers (bad version, null id) stop the push mid-chunk; what follows is still handled, in order."""
+    lines = [request(1, "m"), b'{"jsonrpc": "1.0", "id": 2, "method": "x"}', notification("n", {"i": 1})]
+    lines += [b'{"jsonrpc": "2.0", "id": null, "method": "x"}', request(3, "m"), notification("n", {"i": 2})]
+    lines += [b"not json", request(4, "m") + b"\r"]
+    conn, messages, requests, notes = await run_piped(b"\n".join(lines) + b"\n", requests_expected=3, notes_expected=2)
+    assert sorted(requests) == [(1, "m"), (3, "m"), (4, "m")]
+    assert notes == [("n", {"i": 1}), ("n", {"i": 2})]
+    errors_by_id = {m["id"]: m["error"]["code"] for m in messages if "error" in m}
+    assert errors_by_id == {2: errors.INVALID_REQUEST, None: errors.INVALID_REQUEST}
+    assert {m["id"] for m in messages if "result" in m} == {1, 3, 4}
+    assert conn.stats.protocol_violations == 3  # bad version, null id, not JSON
+
+
+async def test_pushed_notifications_beyond_the_queue_wait_for_room_in_order() -> None:
+    count = 3000  # well past the 1024 queued notifications: the read task waits for room
+    data = b"".join(notification("n", {"i": i}) + b"\n" for i in range(count)) + request(1, "m") + b"\n"
+    conn, messages, requests, notes = await run_piped(data, requests_expected=1, notes_expected=count, slow_notes=True)
+    assert notes == [("n", {"i": i}) for i in range(count)]
+    assert requests == [(1, "m")]
+    assert [m["id"] for m in messages] == [1]
+    assert conn.stats.messages_in == count + 1
+
+
+async def test_pushed_lines_split_across_reads_and_oversized_ones_are_dropped() -> None:
+    big = request(9, "m", {"p": "x" * 5000})  # over the 4096 byte limit
+    data = request(1, "m") + b"\n" + big + b"\n" + request(2, "m") + b"\r\n"
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+    seen: list[Any] = []
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        seen.append(ctx.id)
+        return None
+
+    conn = Connection(ours_r, ours_w, on_request=on_request, max_message_bytes=4096)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.serve)
+            for i in range(0, len(data), 7):  # a byte at a time would take long: seven at a time
+                await peer_w.send(data[i : i + 7])
+                await anyio.sleep(0)
+            await peer_w.aclose()
+    assert sorted(seen) == [1, 2]
+    assert conn.stats.oversized_messages == 1
+    for stream in (ours_w, peer_r):
+        await stream.aclose()
+
+
+async def test_a_worker_serves_on_after_cancellations_and_a_handler_changing_its_scope() -> None:
+    """Requests of one worker share a cancel scope until one is cancelled or changes it: what
+    follows must see none of it (answered normally, no leftover deadline)."""
+    ours_r, peer_w = pipe_pair()
+    peer_r, ours_w = pipe_pair()
+
+    async def on_request(method: str, params: msgspec.Raw | None, ctx: Any) -> Any:
+        if method == "sleep":
+            await anyio.sleep(30)
+        if method == "own_deadline":  # the handler bounds itself through its scope
+            ctx.cancel_scope.deadline = anyio.current_time() + 0.05
+            await anyio.sleep(30)
+        if method == "swallow":  # cancelled, catches it and answers anyway
+            ctx.cancel_scope.cancel()
+            try:
+                await anyio.sleep(30)
+            except anyio.get_cancelled_exc_class():
+                return "swallowed"
+        if method == "slow":
+            await anyio.sleep(0.2)
+        return method
+
+    conn = Connection(ours_r, ours_w, on_request=on_request)
+    answers: dict[Any, dict[str, Any]] = {}
+    buffer = bytearray()
+
+    async def answer(request_id: int) -> dict[str, Any]:
+        while request_id not in answers:
+            buffer.extend(await peer_r.receive())
+            *lines, rest = bytes(buffer).split(b"\n")
+            buffer[:] = rest
+            for line in lines:
+                message = msgspec.json.decode(line)
+                answers[message["id"]] = message
+        return answers[request_id]
+
+    async def cancel(request_id: int) -> None:
+        await peer_w.send(notification("$/cancelRequest", {"id": request_id}) + b"\n")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.serve)
+            for round_ in range(3):  # one worker: every request after the first reuses it
+                base = round_ * 10
+                await peer_w.send(request(base + 1, "sleep") + b"\n")
+                await anyio.sleep(0.02)
+                await cancel(base + 1)
+                assert (await answer(base + 1))["error"]["code"] == errors.REQUEST_CANCELLED
+                await peer_w.send(request(base + 2, "echo") + b"\n")
+                assert (await answer(base + 2))["result"] == "echo"
+                await cancel(base + 2)  # late: the request is answered already
+                await peer_w.send(request(base + 3, "own_deadline") + b"\n")
+                assert (await answer(base + 3))["error"]["code"] == errors.REQUEST_CANCELLED
+                await peer_w.send(request(base + 4, "slow") + b"\n")  # no deadline left over
+                assert (await answer(base + 4))["result"] == "slow"
+                await peer_w.send(request(base + 5, "swallow") + b"\n")
+                assert (await answer(base + 5))["result"] == "swallowed"
+            # cancelled before any worker took it, in the same chunk as the request
+            await peer_w.send(request(99, "sleep") + b"\n" + notification("$/cancelRequest", {"id": 99}) + b"\n")
+            assert (await answer(99))["error"]["code"] == errors.REQUEST_CANCELLED
+            await peer_w.aclose()
+    assert conn._incoming == {}
+    for stream in (ours_w, peer_r):
+        await stream.aclose()
