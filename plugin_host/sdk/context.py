@@ -95,7 +95,9 @@ class Context:
     """Passed to every handler: who is asking, and the plugin's shared state.
 
     Created per request, so it stays a few slots; everything else is read
-    through the plugin.
+    through the plugin. `cancel_scope` is the request's scope while the handler
+    runs (cancelling it answers -32800); do not keep it past the handler's
+    return: a request worker reuses an uncancelled scope for its next request.
     """
 
     __slots__ = ("_plugin", "request_id", "method", "cancel_scope")
