@@ -232,11 +232,17 @@
   }
   window.addEventListener("hashchange", selectTab);
   document.addEventListener("visibilitychange", () => { if (!document.hidden && token()) scheduleRefresh("all"); });
-  window.addEventListener("online", () => { if (token()) scheduleRefresh("all"); });  // back: show it at once
+  window.addEventListener("online", () => { if (token()) { wakeLive(); scheduleRefresh("all"); } });  // back: show it at once
 
   // ------------------------------------------------------------------ live updates
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // the live loop's wait before it reconnects; the browser coming back online ends it at once
+  let wakeLive = () => {};
+  const sleepUntilWoken = (ms) => new Promise((r) => {
+    const timer = setTimeout(r, ms);
+    wakeLive = () => { clearTimeout(timer); wakeLive = () => {}; r(); };
+  });
   let lastEventId = "";
 
   async function liveLoop(gen) {
@@ -251,7 +257,7 @@
         res = await fetch("api/events", { headers, signal: abort.signal, cache: "no-store" });
       } catch {
         setLost(true);
-        await sleep(delay);
+        await sleepUntilWoken(delay);
         delay = Math.min(delay * 2, 10000);
         continue;
       }
@@ -271,7 +277,7 @@
       abort.abort();
       if (gen !== S.gen) return;
       setLost(true);
-      await sleep(delay);
+      await sleepUntilWoken(delay);
     }
   }
 
@@ -1440,6 +1446,7 @@
   }
 
   let deliveriesQuery = "";
+  const keptDeliveries = new Map();  // "delivery:<id>" -> id of deliveries retried since the filter last changed
   async function loadDeliveries() {
     const params = new URLSearchParams();
     const status = $("filter-status").value, channelId = $("filter-channel").value, peerId = $("filter-peer").value.trim();
@@ -1456,6 +1463,12 @@
       throw e;
     }
     if (query !== deliveriesQuery) return;  // a newer filter is on its way
+    const listed = new Set(list.map((d) => "delivery:" + d.id));
+    for (const [key, id] of Array.from(keptDeliveries)) {
+      if (listed.has(key)) continue;
+      try { list.push(await api("GET", `api/deliveries/${enc(id)}`)); } catch { keptDeliveries.delete(key); }
+    }
+    if (query !== deliveriesQuery) return;
     setText($("deliveries-note"), "");
     S.deadCount = status === "dead" && !channelId && !peerId ? list.length : S.deadCount;
     reconcile($("delivery-list"), list, (d) => `${d.direction || "outbound"}:${d.id}`, createDelivery, updateDelivery);
@@ -1463,9 +1476,9 @@
     renderSummary();
   }
   let peerTimer = null;
-  $("delivery-filter").addEventListener("change", () => scheduleRefresh("deliveries"));
-  $("delivery-filter").addEventListener("submit", (ev) => { ev.preventDefault(); scheduleRefresh("deliveries"); });
-  $("filter-peer").addEventListener("input", () => { clearTimeout(peerTimer); peerTimer = setTimeout(() => scheduleRefresh("deliveries"), 300); });
+  $("delivery-filter").addEventListener("change", () => { keptDeliveries.clear(); scheduleRefresh("deliveries"); });
+  $("delivery-filter").addEventListener("submit", (ev) => { ev.preventDefault(); keptDeliveries.clear(); scheduleRefresh("deliveries"); });
+  $("filter-peer").addEventListener("input", () => { keptDeliveries.clear(); clearTimeout(peerTimer); peerTimer = setTimeout(() => scheduleRefresh("deliveries"), 300); });
 
   const DELIVERY_BADGE = { sent: "ok", queued: "info", sending: "info", deferred: "warn", dead: "bad", failed: "bad" };
   const isDead = (d) => d.status === "dead" || d.status === "failed";
@@ -1523,6 +1536,9 @@
     const ident = d.requestId || d.messageId || String(d.id);
     if (action === "discard" && !(await confirmDialog("Discard this delivery?", `${ident} is removed and never sent.`, "Discard"))) return;
     S.busy.add(key);
+    // a retried delivery leaves the "dead" list at once (live updates may come before the answer):
+    // its card stays where the admin clicked, showing its new state, until the filter changes
+    if (action === "retry") keptDeliveries.set(key, d.id);
     setResult(key, action === "retry" ? "Retrying…" : "Discarding…", "busy");
     updateDelivery(r.card, d);
     try {
@@ -1531,6 +1547,7 @@
       setResult(key, action === "retry" ? "Queued again." : "Discarded.", "ok");
     } catch (e) {
       setResult(key, `${action === "retry" ? "Retry" : "Discard"} failed: ${errorText(e)}`, "bad");
+      keptDeliveries.delete(key);
     } finally {
       S.busy.delete(key);
       if (r.card.isConnected) updateDelivery(r.card, r.delivery);
