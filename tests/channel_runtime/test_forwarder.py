@@ -246,3 +246,35 @@ async def test_an_injected_transport_is_used_through_httpx(tmp_path: Path) -> No
 
         await eventually(drained)
     assert [(auth, body["eventId"]) for auth, body in seen] == [(f"Bearer {APP_BRIDGE_TOKEN}", "e1")]
+
+
+async def test_a_failed_post_among_concurrent_deliveries_is_retried_in_its_place_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    failed: set[str] = set()
+
+    async def answer(body: dict, n: int) -> Response | None:
+        if body["eventId"] in ("e9", "e20") and body["eventId"] not in failed:  # one try of a batch fails
+            failed.add(body["eventId"])
+            return JSONResponse({"error": {"code": "boom", "message": "x", "details": {}}}, status_code=503)
+        return None
+
+    async with RecordingBridge(answer=answer).serving() as bridge:
+        async with forwarding(tmp_path / "q.db", bridge.base_url, concurrency=8) as (store, forwarder):
+            for n in range(48):
+                assert await store.forward.enqueue(event(n, peer=f"p{n % 6}"))
+            forwarder.wake()
+
+            async def drained() -> bool:
+                return (await forwarder.refresh()).delivered == 48
+
+            await eventually(drained)
+            assert await store.forward.pending_count() == 0
+    tries = bridge.events()
+    assert len(tries) == 50 and sorted({t["eventId"] for t in tries}) == sorted(f"e{n}" for n in range(48))
+    for p in range(6):
+        mine = [(t["eventId"], t["deliveryAttempt"]) for t in tries if t["peerId"] == f"p{p}"]
+        expected = [f"e{n}" for n in range(p, 48, 6)]
+        # one at a time per conversation: the failed event again (the next attempt) before its successors
+        assert [e for e, _ in mine] == [e for e in expected for _ in range(2 if e in failed else 1)]
+        assert [a for e, a in mine if e in failed] == [1, 2] * len(failed & set(expected))
