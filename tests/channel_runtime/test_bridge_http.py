@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from channel_runtime.bridge_http import BODY_LIMIT, BridgeConnection, BridgeError, Target, target
 
@@ -221,3 +228,51 @@ def test_target_covers_plain_urls_and_leaves_the_rest_to_httpx(monkeypatch: pyte
     assert target("http://app.example/e", HEADERS) is None  # the proxy applies: httpx honours it
     monkeypatch.setenv("NO_PROXY", "app.example")
     assert target("http://app.example/e", HEADERS) is not None
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for `localhost` (and its key), made here: the TLS tests' server identity."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_https_verifies_the_server_and_keeps_the_connection(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    bridge = Server(reply(OK))
+    server = await asyncio.start_server(bridge._serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        found = target(f"https://localhost:{port}/events", HEADERS)
+        assert found is not None and found.tls
+        trusting = ssl.create_default_context(cafile=str(cert))
+        connection = BridgeConnection(found, timeout=5, tls=trusting)
+        for _ in range(2):
+            assert (await connection.post(b"{}")).json() == {"accepted": True}
+        connection.close()
+        assert bridge.connections == 1
+        with pytest.raises(BridgeError) as raised:  # the system's trust store does not know this certificate
+            await BridgeConnection(found, timeout=5, tls=ssl.create_default_context()).post(b"{}")
+        assert raised.value.kind == "SSLError" and len(bridge.requests) == 2
+    finally:
+        server.close()
