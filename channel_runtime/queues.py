@@ -1,11 +1,9 @@
 """The one worker loop shape shared by the inbox, the outbox and the forwarder.
 
-Claims due entries from a store queue and processes each in a runner task of its
-own, at most `concurrency` at a time. `wake()` after committing work makes it claim
-at once; an idle loop looks again when the earliest waiting entry is due
+Claims due entries from a store queue and processes each in its own task, at
+most `concurrency` at a time. `wake()` after committing work makes it claim at
+once; an idle loop looks again when the earliest waiting entry is due
 (`next_due`, in the clock's time) and at the latest every `idle_poll` seconds.
-Runners are kept and handed the next entry (a task started per entry cost about
-10% of the sidecar's CPU per forwarded event).
 """
 
 from __future__ import annotations
@@ -53,16 +51,6 @@ def retry_after_answer(response: Any) -> float | None:
     return seconds
 
 
-class _Runner(Generic[E]):
-    """A kept task of a worker: waits for `entry` to be handed over, processes it, waits again."""
-
-    __slots__ = ("entry", "handed")
-
-    def __init__(self) -> None:
-        self.entry: E | None = None
-        self.handed = anyio.Event()
-
-
 class QueueWorker(Generic[E]):
     def __init__(
         self,
@@ -84,7 +72,6 @@ class QueueWorker(Generic[E]):
         self._clock = clock or SystemClock()
         self._busy = 0
         self._wakeup = anyio.Event()
-        self._idle_runners: list[_Runner[E]] = []
 
     @property
     def busy(self) -> int:
@@ -111,13 +98,7 @@ class QueueWorker(Generic[E]):
                     continue
                 for entry in entries:
                     self._busy += 1
-                    if self._idle_runners:
-                        runner = self._idle_runners.pop()
-                    else:  # fewer than `busy` runners so far: one more (never more than `concurrency`)
-                        runner = _Runner[E]()
-                        tg.start_soon(self._runner, runner)
-                    runner.entry = entry
-                    runner.handed.set()
+                    tg.start_soon(self._run_one, entry)
 
     async def _idle_wait(self) -> float:
         """Seconds until the earliest waiting entry is due, within [MIN_IDLE_WAIT, idle_poll]."""
@@ -132,19 +113,12 @@ class QueueWorker(Generic[E]):
             return self.idle_poll
         return min(self.idle_poll, max(MIN_IDLE_WAIT, due - self._clock.time()))
 
-    async def _runner(self, runner: _Runner[E]) -> None:
-        while True:
-            await runner.handed.wait()
-            runner.handed = anyio.Event()
-            entry, runner.entry = runner.entry, None
-            try:
-                await self._process(entry)  # type: ignore[arg-type]  # handed over with `handed`
-            except Exception:
-                # process() records its own outcome; reaching here is a bug, and the lease brings the entry back
-                log.exception("%s: processing an entry failed", self.name)
-            except BaseException:  # cancelled: the worker stops, this runner ends
-                self._busy -= 1
-                raise
-            self._idle_runners.append(runner)  # idle again before the loop sees a free slot
+    async def _run_one(self, entry: E) -> None:
+        try:
+            await self._process(entry)
+        except Exception:
+            # process() records its own outcome; reaching here is a bug, and the lease brings the entry back
+            log.exception("%s: processing an entry failed", self.name)
+        finally:
             self._busy -= 1
             self._wakeup.set()

@@ -276,3 +276,15 @@ async def test_https_verifies_the_server_and_keeps_the_connection(tmp_path: Path
         assert raised.value.kind == "SSLError" and len(bridge.requests) == 2
     finally:
         server.close()
+
+
+async def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("channel_runtime.bridge_http.IDLE_EXPIRY", 0.05)
+    async with Server(reply(OK)).serving() as server:  # the server would keep it: the client gives it up
+        connection = BridgeConnection(server.target(), timeout=5)
+        assert (await connection.post(b"{}")).status_code == 200
+        assert (await connection.post(b"{}")).status_code == 200
+        await asyncio.sleep(0.1)
+        assert (await connection.post(b"{}")).status_code == 200
+        connection.close()
+    assert server.connections == 2 and len(server.requests) == 3
