@@ -80,15 +80,24 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu(pid: int) -> float:
     """CPU of a process and its live children (plugin processes), from /proc."""
-    total = cpu_seconds(pid)
-    for child in Path("/proc").iterdir():
-        if child.name.isdigit():
+    return cpu_seconds(pid) + children_cpu(pid)
+
+
+def children_cpu(pid: int) -> float:
+    """CPU of a process's live descendants (a sidecar's plugin processes, under their sandbox), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             try:
-                ppid = int((child / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == pid:
-                total += cpu_seconds(int(child.name))
+            parents.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        total += cpu_seconds(child)
+        todo += parents.get(child, [])
     return total
 
 
@@ -216,7 +225,12 @@ def main() -> None:
 
         straight: list[float] = []
         through: list[float] = []
-        cpu: dict[str, list[float]] = {"serve (straight)": [], "serve (through)": [], "sidecar + plugins": []}
+        cpu: dict[str, list[float]] = {
+            "serve (straight)": [],
+            "serve (through)": [],
+            "sidecar + plugins": [],
+            "of which plugins": [],
+        }
         for r in range(repeats):
             progress(f"inbound round {r + 1}/{repeats}: {events} events straight, then through the sidecar")
             serve_cpu = tree_cpu(serve.proc.pid)
@@ -226,6 +240,7 @@ def main() -> None:
             cpu["serve (straight)"].append((tree_cpu(serve.proc.pid) - serve_cpu) / events * 1e6)
             prefix = f"s{r}_"
             serve_cpu, sidecar_cpu = tree_cpu(serve.proc.pid), tree_cpu(sidecar.proc.pid)
+            plugins_cpu = children_cpu(sidecar.proc.pid)
             began = time.perf_counter()
             httpx.post(
                 f"{side}/webhooks/{inbound_connection}", json={"burst": events, "peers": 64, "prefix": prefix}
@@ -234,6 +249,7 @@ def main() -> None:
             through.append(events / (time.perf_counter() - began))
             cpu["serve (through)"].append((tree_cpu(serve.proc.pid) - serve_cpu) / events * 1e6)
             cpu["sidecar + plugins"].append((tree_cpu(sidecar.proc.pid) - sidecar_cpu) / events * 1e6)
+            cpu["of which plugins"].append((children_cpu(sidecar.proc.pid) - plugins_cpu) / events * 1e6)
         ratio = median(through) / median(straight)
         report.table(
             "Inbound events/s into serve's bridge",

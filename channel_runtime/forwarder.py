@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -27,6 +29,7 @@ from anyio.abc import TaskStatus
 from plugin_host.clock import Clock, SystemClock
 from plugin_host.redact import redact
 
+from .bridge_http import BridgeConnection, BridgeError, target
 from .queues import QueueWorker, backoff_delay, retry_after_answer
 from .store import ForwardEntry, Store
 from .store.base import RETRY_AFTER_SECONDS
@@ -50,6 +53,38 @@ class ForwarderStats:
     last_error_at: float | None = None
     last_delivered_at: float | None = None
     failing: bool = False  # the latest try failed
+
+
+class _Answer(Protocol):
+    """What the forwarder reads of an answer: `httpx.Response` and `BridgeAnswer` both have it."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def json(self) -> Any: ...
+
+
+class _Slot(Protocol):
+    """One delivery slot's connection to the bridge; `post` raises BridgeError when no answer came."""
+
+    async def post(self, body: bytes) -> _Answer: ...
+
+
+class _HttpxSlot:
+    """A slot on httpx: for an injected transport, a proxy, or a URL `bridge_http` does not cover."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self._client = client
+        self._url = url
+
+    async def post(self, body: bytes) -> _Answer:
+        try:
+            return await self._client.post(self._url, content=body)
+        except httpx.HTTPError as exc:
+            raise BridgeError(type(exc).__name__) from None
 
 
 class Forwarder:
@@ -80,7 +115,7 @@ class Forwarder:
         self._refused_attempts = refused_attempts
         self._timeout = timeout
         self._transport = transport
-        self._clients: list[httpx.AsyncClient] = []  # the idle ones; a delivery takes one
+        self._slots: list[_Slot] = []  # the idle ones; a delivery takes one
         self.stats = ForwarderStats()
         self._worker = QueueWorker[ForwardEntry](
             "forwarder", self._claim, self._deliver, concurrency=concurrency, idle_poll=idle_poll
@@ -102,11 +137,16 @@ class Forwarder:
             task_status.started()
             return
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
-        # one client (one keep-alive connection) per delivery slot: httpcore's pool looks at every
-        # connection of a pool on each request, which made one shared pool cost ~1 ms per event
-        tls = ssl.create_default_context()  # one for all the clients (each would build its own)
+        # one connection per delivery slot: a shared pool looks at every connection on each request
+        tls = ssl.create_default_context()  # one for all the slots (each would build its own)
+        lean = target(self.url, headers) if self._transport is None else None
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(self._concurrency):
+                if lean is not None:
+                    connection = BridgeConnection(lean, timeout=self._timeout, tls=tls)
+                    stack.callback(connection.close)
+                    self._slots.append(connection)
+                    continue
                 client = httpx.AsyncClient(
                     headers=headers,
                     timeout=self._timeout,
@@ -114,11 +154,11 @@ class Forwarder:
                     transport=self._transport,
                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                 )
-                self._clients.append(await stack.enter_async_context(client))
+                self._slots.append(_HttpxSlot(await stack.enter_async_context(client), self.url))
             try:
                 await self._worker.run(task_status=task_status)
             finally:
-                self._clients.clear()
+                self._slots.clear()
 
     async def _claim(self, limit: int) -> list[ForwardEntry]:
         return await self._store.forward.claim_ready(limit, lease=self._lease)
@@ -127,13 +167,13 @@ class Forwarder:
         assert self.url is not None
         # the same eventId on every try; deliveryAttempt says which try this is
         event = msgspec.structs.replace(entry.event, delivery_attempt=max(entry.attempts, 1))
-        client = self._clients.pop()  # the worker runs at most `concurrency` deliveries at once
+        slot = self._slots.pop()  # the worker runs at most `concurrency` deliveries at once
         try:
-            response: httpx.Response | None = await client.post(self.url, content=msgspec.json.encode(event))
-        except httpx.HTTPError as exc:
-            response, unreachable = None, f"the application is unreachable ({type(exc).__name__})"
+            response: _Answer | None = await slot.post(msgspec.json.encode(event))
+        except BridgeError as exc:
+            response, unreachable = None, f"the application is unreachable ({exc.kind})"
         finally:
-            self._clients.append(client)
+            self._slots.append(slot)
         if response is None:
             await self._retry(entry, unreachable, None)
             return
@@ -170,7 +210,7 @@ class Forwarder:
         self.stats.last_error_at = self._clock.time()
 
 
-def _excerpt(response: httpx.Response) -> str:
+def _excerpt(response: _Answer) -> str:
     """A short, redacted piece of the application's error answer (its `error.code` when it has one)."""
     try:
         body = response.json()

@@ -1,4 +1,4 @@
-"""The one worker loop shape shared by the inbox and the outbox.
+"""The one worker loop shape shared by the inbox, the outbox and the forwarder.
 
 Claims due entries from a store queue and processes each in its own task, at
 most `concurrency` at a time. `wake()` after committing work makes it claim at

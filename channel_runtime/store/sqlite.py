@@ -337,9 +337,11 @@ class _Batched(Generic[T]):
         self,
         work: Callable[[sqlite3.Connection], T],
         recover: Callable[[sqlite3.Connection, Exception], None] | None,
+        savepoint: bool = True,
     ) -> None:
         self.work = work
         self.recover = recover
+        self.savepoint = savepoint
         self.result: T | None = None
         self.error: BaseException | None = None
         self.done: anyio.Event | None = None  # only a caller that waits for another's transaction needs one
@@ -381,6 +383,8 @@ class Database:
         self,
         work: Callable[[sqlite3.Connection], T],
         recover: Callable[[sqlite3.Connection, Exception], None] | None = None,
+        *,
+        atomic: bool = False,
     ) -> T:
         """`work(conn)` in a write transaction shared with the `batched` calls of the same loop turn.
 
@@ -389,8 +393,11 @@ class Database:
         Each `work` runs in its own savepoint, so it is still all or nothing; when
         it raises, its changes are rolled back, `recover(conn, exc)` runs in their
         place, and only its caller sees the error. Nobody returns before the commit.
+        `atomic`: `work` is all or nothing by itself (it changes the database with
+        one statement, which SQLite makes atomic, or within its own savepoint), so
+        it needs none from here: two statements fewer on a per-event hot path.
         """
-        item = _Batched(work, recover)
+        item = _Batched(work, recover, savepoint=not atomic)
         self._batch.append(item)
         if len(self._batch) == 1:  # the first caller of this turn runs the transaction
             with anyio.CancelScope(shield=True):
@@ -409,16 +416,19 @@ class Database:
         try:
             with self.write():
                 for item in batch:
-                    conn.execute("SAVEPOINT item")
+                    if item.savepoint:
+                        conn.execute("SAVEPOINT item")
                     try:
                         item.result = item.work(conn)
                     except Exception as exc:
                         if not conn.in_transaction:
                             raise  # SQLite ended the whole transaction (disk full, I/O error, ...)
-                        conn.execute("ROLLBACK TO item")
+                        if item.savepoint:
+                            conn.execute("ROLLBACK TO item")
                         item.error = exc
                         self._recover(item, exc, conn)
-                    conn.execute("RELEASE item")
+                    if item.savepoint:
+                        conn.execute("RELEASE item")
         except Exception as exc:
             for item in batch:  # nothing was committed: every caller fails, each recovers on its own
                 item.result = None
@@ -663,15 +673,32 @@ class _Queue:
     ) -> list[sqlite3.Row]:
         now = self.clock.time()
         wanted = None if channels is None else _json(sorted(channels))
-        if self._idle:  # after an empty claim: two index reads instead of a write transaction when nothing is due
-            due = self._next_due(wanted)
-            if due is None or due > now:
-                return []
-        until = now + (self.lease if lease is None else lease)
+        if not self.worth_claiming(now, wanted):
+            return []
         with self.db.write() as conn:
-            found = conn.execute(self._claim_lapsed, (until, now, limit, owner, wanted)).fetchall()
-            if len(found) < limit:
-                found += conn.execute(self._claim_due, (until, now, limit - len(found), owner, wanted)).fetchall()
+            return self.claim_in(conn, now, limit, lease, owner, wanted)
+
+    def worth_claiming(self, now: float, wanted: str | None = None) -> bool:
+        """After an empty claim: two index reads instead of a write transaction when nothing is due."""
+        if not self._idle:
+            return True
+        due = self._next_due(wanted)
+        return due is not None and due <= now
+
+    def claim_in(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        limit: int,
+        lease: float | None,
+        owner: str | None = None,
+        wanted: str | None = None,
+    ) -> list[sqlite3.Row]:
+        """Claim in the caller's write transaction: lapsed claims first, then due heads; by id."""
+        until = now + (self.lease if lease is None else lease)
+        found = conn.execute(self._claim_lapsed, (until, now, limit, owner, wanted)).fetchall()
+        if len(found) < limit:
+            found += conn.execute(self._claim_due, (until, now, limit - len(found), owner, wanted)).fetchall()
         self._idle = not found
         return sorted(found, key=lambda r: r["id"])
 
@@ -1662,9 +1689,24 @@ class SqliteLeases(LeaseStore):
 # ---------------------------------------------------------------- sidecar mode (SPEC 11)
 
 
+_FORWARD_SENT = (
+    "UPDATE forward_queue SET status = 'sent', head = 0, claimed_until = NULL, claimed_by = NULL, updated_at = ?1"
+    f" WHERE id IN (SELECT value FROM json_each(?2)) AND {_LIVE} RETURNING id"
+)
+# `_Queue.promote` for the conversations of several finished entries at once: each one's earliest live entry
+_FORWARD_PROMOTE = (
+    "UPDATE forward_queue SET head = 1 WHERE head = 0 AND id IN (SELECT (SELECT live.id FROM forward_queue AS live"
+    " WHERE live.channel_id = done.channel_id AND live.conversation = done.conversation"
+    f" AND live.{_LIVE} ORDER BY live.id LIMIT 1)"
+    " FROM forward_queue AS done WHERE done.id IN (SELECT value FROM json_each(?1)))"
+)
+
+
 class SqliteForwardQueue(ForwardQueueStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "forward_queue", lease)
+        self._sent_waiting: list[int] = []  # `mark_sent` calls whose batch has not run yet
+        self._sent_done: dict[int, bool] = {}  # outcomes of the running batch, each taken by its own caller
 
     async def enqueue(self, event: BridgeEvent) -> bool:
         q = self._queue
@@ -1674,24 +1716,66 @@ class SqliteForwardQueue(ForwardQueueStore):
         entry_id = await q.db.batched(
             lambda conn: q.add(
                 conn, event.connection_id, conversation, key, payload, event.peer_id, q.clock.time(), unique=True
-            )
+            ),
+            atomic=True,  # one INSERT
         )
         return entry_id is not None
 
     async def claim_ready(self, limit: int = 16, *, lease: float | None = None) -> list[ForwardEntry]:
-        return [rows.forward_entry(r) for r in self._queue.claim(limit, lease)]
+        q = self._queue
+        now = q.clock.time()
+        if not q.worth_claiming(now):
+            return []
+        # the claim shares its commit with the enqueues and deliveries of the same loop turn; it returns
+        # only once committed, so a try is counted (deliveryAttempt) before it is made
+        found = await q.db.batched(lambda conn: q.claim_in(conn, now, limit, lease))
+        return [rows.forward_entry(r) for r in found]
 
     async def release_claims(self) -> int:
         return self._queue.release()
 
     async def mark_sent(self, entry_id: int) -> bool:
-        q = self._queue
-        return await q.db.batched(
-            lambda conn: (
-                q.update_live(conn, entry_id, "status = 'sent', head = 0, claimed_until = NULL, claimed_by = NULL", ())
-                is not None
-            )
-        )
+        """Deliveries answered in one loop turn share a transaction (`Database.batched`) and, within it,
+        one UPDATE of their entries and one of their conversations' next heads: the first of them to
+        run marks all the others waiting, and each of the others then only reads its own outcome.
+        When that shared try fails, each one tries alone, so only the failing entry's caller sees it."""
+        self._sent_waiting.append(entry_id)  # in the same batch as this call's `batched` item (no await between)
+
+        def sent(conn: sqlite3.Connection) -> bool:
+            if entry_id not in self._sent_done:
+                ids, self._sent_waiting = self._sent_waiting, []
+                if entry_id not in ids:  # the shared try failed: alone now
+                    ids = [entry_id]
+                try:
+                    self._sent_done.update(self._mark_sent(conn, ids))
+                except Exception:
+                    if not conn.in_transaction or ids == [entry_id]:
+                        raise
+                    self._sent_done.update(self._mark_sent(conn, [entry_id]))  # the others try alone too
+            return self._sent_done.pop(entry_id)
+
+        try:
+            return await self._queue.db.batched(sent, atomic=True)  # `_mark_sent` has its own savepoint
+        finally:  # after a transaction that failed as a whole: nothing of this call is left behind
+            self._sent_done.pop(entry_id, None)
+            if entry_id in self._sent_waiting:
+                self._sent_waiting.remove(entry_id)
+
+    def _mark_sent(self, conn: sqlite3.Connection, ids: list[int]) -> dict[int, bool]:
+        """Mark the live ones of `ids` sent and promote their conversations' next entries, all or nothing."""
+        conn.execute("SAVEPOINT sent")
+        try:
+            found = conn.execute(_FORWARD_SENT, (self._queue.clock.time(), _json(ids))).fetchall()
+            done = {row[0] for row in found}
+            if done:
+                conn.execute(_FORWARD_PROMOTE, (_json(sorted(done)),))
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO sent")
+                conn.execute("RELEASE sent")
+            raise
+        conn.execute("RELEASE sent")
+        return {i: i in done for i in ids}
 
     async def retry(self, entry_id: int, error: str, delay: float) -> bool:
         return self._queue.retry(entry_id, error, delay)

@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from channel_runtime.crypto import CredentialCipher
 from channel_runtime.forwarder import Forwarder
@@ -207,3 +211,70 @@ async def test_a_claim_left_by_a_dead_forwarder_is_delivered_again_with_the_next
         await store.aclose()
     [delivered] = bridge.events()
     assert delivered["eventId"] == "e1" and delivered["deliveryAttempt"] == 2
+
+
+async def test_every_event_carries_the_bridge_token(tmp_path: Path) -> None:
+    async with RecordingBridge().serving() as bridge:
+        async with forwarding(tmp_path / "q.db", bridge.base_url, concurrency=4) as (store, forwarder):
+            for n in range(40):
+                assert await store.forward.enqueue(event(n, peer=f"p{n % 8}"))
+            forwarder.wake()
+
+            async def drained() -> bool:
+                return (await forwarder.refresh()).delivered == 40
+
+            await eventually(drained)
+    assert sorted(e["eventId"] for e in bridge.events()) == sorted(f"e{n}" for n in range(40))
+    assert {auth for auth, _ in bridge.received} == {f"Bearer {APP_BRIDGE_TOKEN}"}
+
+
+async def test_an_injected_transport_is_used_through_httpx(tmp_path: Path) -> None:
+    seen: list[tuple[str, dict]] = []
+
+    async def endpoint(request: Request) -> Response:
+        seen.append((request.headers.get("authorization", ""), await request.json()))
+        return JSONResponse({"accepted": True, "duplicate": False, "pending": True})
+
+    app = Starlette(routes=[Route("/api/channel-connector-bridge/events", endpoint, methods=["POST"])])
+    transport = httpx.ASGITransport(app=app)
+    async with forwarding(tmp_path / "q.db", "http://app.invalid", transport=transport) as (store, forwarder):
+        await store.forward.enqueue(event(1))
+        forwarder.wake()
+
+        async def drained() -> bool:
+            return (await forwarder.refresh()).delivered == 1
+
+        await eventually(drained)
+    assert [(auth, body["eventId"]) for auth, body in seen] == [(f"Bearer {APP_BRIDGE_TOKEN}", "e1")]
+
+
+async def test_a_failed_post_among_concurrent_deliveries_is_retried_in_its_place_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    failed: set[str] = set()
+
+    async def answer(body: dict, n: int) -> Response | None:
+        if body["eventId"] in ("e9", "e20") and body["eventId"] not in failed:  # one try of a batch fails
+            failed.add(body["eventId"])
+            return JSONResponse({"error": {"code": "boom", "message": "x", "details": {}}}, status_code=503)
+        return None
+
+    async with RecordingBridge(answer=answer).serving() as bridge:
+        async with forwarding(tmp_path / "q.db", bridge.base_url, concurrency=8) as (store, forwarder):
+            for n in range(48):
+                assert await store.forward.enqueue(event(n, peer=f"p{n % 6}"))
+            forwarder.wake()
+
+            async def drained() -> bool:
+                return (await forwarder.refresh()).delivered == 48
+
+            await eventually(drained)
+            assert await store.forward.pending_count() == 0
+    tries = bridge.events()
+    assert len(tries) == 50 and sorted({t["eventId"] for t in tries}) == sorted(f"e{n}" for n in range(48))
+    for p in range(6):
+        mine = [(t["eventId"], t["deliveryAttempt"]) for t in tries if t["peerId"] == f"p{p}"]
+        expected = [f"e{n}" for n in range(p, 48, 6)]
+        # one at a time per conversation: the failed event again (the next attempt) before its successors
+        assert [e for e, _ in mine] == [e for e in expected for _ in range(2 if e in failed else 1)]
+        assert [a for e, a in mine if e in failed] == [1, 2] * len(failed & set(expected))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -177,3 +180,54 @@ TestSendDedupeModel = SendDedupeMachine.TestCase
 TestSendDedupeModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 TestSqliteSendDedupeModel = SqliteSendDedupeMachine.TestCase
 TestSqliteSendDedupeModel.settings = settings(max_examples=20, stateful_step_count=30, deadline=None)
+
+
+async def test_deliveries_marked_sent_together_each_get_their_outcome_and_their_conversations_move_on(
+    url: str, clock: FakeClock
+) -> None:
+    async with await open_store(url, clock=clock) as store:
+        for n, peer in enumerate(["p1", "p1", "p1", "p2", "p2", "p3"], start=1):
+            await store.forward.enqueue(event(f"e{n}", peer=peer))
+        heads = await store.forward.claim_ready(10)
+        assert [h.event.event_id for h in heads] == ["e1", "e4", "e6"]
+        e1, e4, e6 = (h.id for h in heads)
+        outcomes: dict[int, bool] = {}
+
+        async def mark(key: int, entry_id: int) -> None:
+            outcomes[key] = await store.forward.mark_sent(entry_id)
+
+        async with anyio.create_task_group() as tg:  # one loop turn: one shared store call
+            for key, entry_id in enumerate([e4, e1, e6, e6]):
+                tg.start_soon(mark, key, entry_id)
+        assert outcomes == {0: True, 1: True, 2: True, 3: False}  # the repeat of e6 finds it already sent
+        assert [e.event.event_id for e in await store.forward.claim_ready(10)] == ["e2", "e5"]  # e3 waits for e2
+        assert await store.forward.pending_count() == 3
+
+
+async def test_an_entry_that_cannot_be_marked_fails_alone_and_its_conversation_waits(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with await open_store(f"sqlite:///{tmp_path / 'q.db'}", clock=clock) as store:
+        for n, peer in enumerate(["p1", "p1", "p2", "p2", "p3", "p3"], start=1):
+            await store.forward.enqueue(event(f"e{n}", peer=peer))
+        first, bad, third = await store.forward.claim_ready(10)  # e1, e3, e5
+        conn = sqlite3.connect(tmp_path / "q.db")  # a real SQLite refusal of this one entry's update
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON forward_queue"
+            f" WHEN new.id = {bad.id} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        conn.close()
+        outcomes: dict[str, bool | str] = {}
+
+        async def mark(name: str, entry_id: int) -> None:
+            try:
+                outcomes[name] = await store.forward.mark_sent(entry_id)
+            except sqlite3.DatabaseError as exc:
+                outcomes[name] = str(exc)
+
+        async with anyio.create_task_group() as tg:  # e1 first: the shared try (with e3 in it) fails
+            for name, entry in (("e1", first), ("e3", bad), ("e5", third)):
+                tg.start_soon(mark, name, entry.id)
+        assert outcomes == {"e1": True, "e3": "refused", "e5": True}
+        assert [e.event.event_id for e in await store.forward.claim_ready(10)] == ["e2", "e6"]
+        assert (await store.forward.get(bad.id)).status == "claimed"  # type: ignore[union-attr]
