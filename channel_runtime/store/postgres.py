@@ -521,6 +521,7 @@ class Database:
             else:
                 group.busy = True
                 call.lead = True
+                await anyio.sleep(0)  # one loop turn: the callers woken with this one (the last group's) join
             if call.lead:
                 batch, group.waiting = group.waiting[:GROUP_MAX], group.waiting[GROUP_MAX:]
                 try:
@@ -1792,6 +1793,19 @@ class PgKeyValue(KeyValueStore):
         return await self._db.execute("DELETE FROM kv WHERE key = %s", (key,)) > 0
 
 
+# a value for a key that exists, after the fence (`check_fence`'s rule, spelled in SQL: the lease is held by the
+# fence's node at no newer epoch than the fence's); the lease as read (FOR SHARE: unchanged until the write
+# commits) and whether the value was written
+_STATE_UPDATE = (
+    "WITH lease AS (SELECT * FROM connection_leases WHERE %(fenced)s AND connection_id = %(connection)s FOR SHARE),"
+    " written AS (UPDATE plugin_state SET value = %(value)s, updated_at = %(now)s"
+    " WHERE plugin_id = %(plugin)s AND scope = %(scope)s AND key = %(key)s AND (NOT %(fenced)s OR EXISTS"
+    " (SELECT 1 FROM lease WHERE node_id = %(node)s AND (%(epoch)s::bigint IS NULL OR %(epoch)s::bigint >= epoch)))"
+    " RETURNING 1)"
+    " SELECT (SELECT count(*) FROM written) AS updated, lease.* FROM (SELECT 1) AS one LEFT JOIN lease ON true"
+)
+
+
 class PgPluginState(PluginStateStore):
     def __init__(
         self,
@@ -1825,9 +1839,32 @@ class PgPluginState(PluginStateStore):
             )
         now = self._clock.time()
         ids = (plugin_id, scope, key)
+        fenced = fence is not None and bool(connection_id)
+        if text is not None:
+            # the common write, a key that exists: one statement, no transaction of its own
+            row = await self._db.one(
+                _STATE_UPDATE,
+                {
+                    "fenced": fenced,
+                    "connection": connection_id,
+                    "node": fence.node_id if fence is not None else None,
+                    "epoch": fence.epoch if fence is not None else None,
+                    "value": text,
+                    "now": now,
+                    "plugin": plugin_id,
+                    "scope": scope,
+                    "key": key,
+                },
+            )
+            assert row is not None
+            if fence is not None and connection_id:
+                # the decision and its error: the statement refused the write by the same rule
+                check_fence(None if row["connection_id"] is None else rows.lease(row), fence, connection_id)
+            if row["updated"]:
+                return
 
         async def write(conn: Conn) -> None:
-            if fence is not None and connection_id:
+            if fenced and fence is not None and connection_id:
                 check_fence(await _get_lease(conn, connection_id), fence, connection_id)
             if text is None:
                 cur = await conn.execute(
