@@ -482,6 +482,12 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             return await work(conn)
 
+    async def run_pipelined(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`run` in pipeline mode: statements whose results `work` does not read yet (BEGIN, locks, ...)
+        travel with the next one it reads, so the transaction costs fewer round trips (and wake-ups)."""
+        async with self.connection() as conn, conn.pipeline(), conn.transaction():
+            return await work(conn)
+
     async def run_or_recover(
         self, work: Callable[[Conn], Awaitable[T]], recover: Callable[[Conn, Exception], Awaitable[None]]
     ) -> T:
@@ -489,11 +495,14 @@ class Database:
         try:
             return await self.run(work)
         except Exception as exc:
-            try:
-                await self.run(functools.partial(_recover_alone, recover, error=exc))
-            except Exception:
-                log.exception("recording a failed store operation failed")
+            await self._record_failure(recover, exc)
             raise
+
+    async def _record_failure(self, recover: Callable[[Conn, Exception], Awaitable[None]], exc: Exception) -> None:
+        try:
+            await self.run(functools.partial(_recover_alone, recover, error=exc))
+        except Exception:
+            log.exception("recording a failed store operation failed")
 
     async def grouped(
         self,
@@ -543,7 +552,7 @@ class Database:
         group.sizes = [*group.sizes[-99:], len(batch)]
         if len(batch) > 1:
             try:
-                async with self.connection() as conn, conn.transaction():
+                async with self.connection() as conn, conn.pipeline(), conn.transaction():
                     await take_locks(conn, [call.locks for call in batch])
                     results = [await call.work(conn) for call in batch]
             except Exception as exc:
@@ -568,8 +577,12 @@ class Database:
             return await call.work(conn)
 
         if call.recover is None:
-            return await self.run(work)
-        return await self.run_or_recover(work, call.recover)
+            return await self.run_pipelined(work)
+        try:
+            return await self.run_pipelined(work)
+        except Exception as exc:
+            await self._record_failure(call.recover, exc)
+            raise
 
     async def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         async with self.connection() as conn:
