@@ -369,9 +369,10 @@ def notify_sql(topic: str) -> str:
 class Locks(msgspec.Struct, frozen=True):
     """The conversation locks one grouped call needs (see `_LOCKS_SQL`)."""
 
-    names: tuple[str, ...] = ()  # `table<US>channel<US>conversation`, the text `_CONVERSATION_KEY` hashes
+    names: tuple[str, ...] = ()  # `table<US>channel<US>conversation` (the text `_CONVERSATION_KEY` hashes)
+    # or `peers<US>channel<US>peer`
     inbox: tuple[int, ...] = ()  # inbox entries whose conversation is locked
-    outbox: tuple[int, ...] = ()  # outbox entries whose conversation is locked
+    outbox: tuple[int, ...] = ()  # outbox entries whose conversation and peer are locked
 
 
 def lock_name(table: str, channel_id: str, conversation: str) -> str:
@@ -379,12 +380,16 @@ def lock_name(table: str, channel_id: str, conversation: str) -> str:
 
 
 # every lock of a group (or of one multi-lock call) in one statement, in the keys' order: PostgreSQL
-# evaluates the volatile lock function above the sort, so the locks are taken in that order
+# evaluates the volatile lock function above the sort, so the locks are taken in that order. Besides the
+# conversations, a group writing `peers` rows (accepts, sends) locks each peer first: the rows of two
+# groups are then never taken in crossing orders
 _LOCKS_SQL = (
     "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(x, 0) AS k FROM unnest(%(names)s::text[]) AS x"
     " UNION SELECT hashtextextended('inbox' || chr(31) || channel_id || chr(31) || conversation, 0)"
     " FROM inbox WHERE id = ANY(%(inbox)s::bigint[])"
     " UNION SELECT hashtextextended('outbox' || chr(31) || channel_id || chr(31) || conversation, 0)"
+    " FROM outbox WHERE id = ANY(%(outbox)s::bigint[])"
+    " UNION SELECT hashtextextended('peers' || chr(31) || channel_id || chr(31) || peer_id, 0)"
     " FROM outbox WHERE id = ANY(%(outbox)s::bigint[])) AS keys ORDER BY k"
 )
 
@@ -425,6 +430,7 @@ class Group:
         self.waiting: list[_Call] = []
         self.busy = False
         self.sizes: list[int] = []  # how many calls each transaction carried (the last few, for tests and benches)
+        self.failures = 0  # shared transactions that failed (their calls then ran alone)
 
 
 class Database:
@@ -556,6 +562,7 @@ class Database:
                     await take_locks(conn, [call.locks for call in batch])
                     results = [await call.work(conn) for call in batch]
             except Exception as exc:
+                group.failures += 1
                 log.debug("a group of %d store calls failed (%s); each runs again alone", len(batch), exc)
             except BaseException as exc:
                 for call in batch:
@@ -1555,7 +1562,12 @@ class PgPipeline(PipelineStore):
                     ),
                 )
 
-        locks = Locks(names=(lock_name("inbox", message.channel_id, message.session_id),))
+        locks = Locks(
+            names=(
+                lock_name("inbox", message.channel_id, message.session_id),
+                lock_name("peers", message.channel_id, message.peer_id),
+            )
+        )
         return await self._db.grouped(self._accepts, accept, locks, record_failure)
 
     async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:

@@ -112,3 +112,42 @@ async def test_a_group_that_cannot_commit_fails_every_caller(db: Database) -> No
     assert all(isinstance(v, psycopg.errors.UndefinedTable) for v in outcomes.values()), outcomes
     assert len(outcomes) == CALLS and max(group.sizes) > 1
     assert not group.busy and not group.waiting
+
+
+async def test_groups_of_accepts_and_sends_crossing_peers_never_deadlock(postgres: Any) -> None:
+    """Accepts (reply windows open) and sends (replies counted) write `peers` rows; their groups run on two
+    connections at once, taking peers in opposite orders. The groups lock each peer first, in one order:
+    no group fails on a deadlock (each would cost a second, and the group's work done again alone)."""
+    from channel_runtime.messages import InboundMessage
+    from channel_runtime.store import open_store
+    from plugin_host.clock import FakeClock
+
+    peers = [f"p{i}" for i in range(8)]
+
+    def message(peer: str, n: int) -> InboundMessage:
+        return InboundMessage(
+            message_id=f"m-{peer}-{n}", channel_id="ch", kind="echo", peer_id=peer, peer_type="dm", content="hi"
+        )
+
+    async with await open_store(str(postgres.url()), clock=FakeClock()) as store:
+        accepts, sends = store.pipeline._accepts, store.outbox._sent  # type: ignore[attr-defined]
+        for peer in peers:  # their reply windows exist
+            await store.pipeline.accept_event("conn", f"e-{peer}-0", message(peer, 0))
+        sent: list[bool] = []
+        for n in range(1, 9):
+            ids = [await store.outbox.enqueue("ch", f"out-{peer}-{n}", {"n": n}, peer_id=peer) for peer in peers]
+            assert len(await store.outbox.claim_ready(100)) == len(peers)
+
+            async def send(entry_id: int) -> None:
+                sent.append(await store.outbox.mark_sent(entry_id, {"providerMessageId": "x"}))
+
+            async with anyio.create_task_group() as tg:
+                for peer in reversed(peers):
+                    tg.start_soon(store.pipeline.accept_event, "conn", f"e-{peer}-{n}", message(peer, n))
+                for entry_id in ids:
+                    assert entry_id is not None
+                    tg.start_soon(send, entry_id)
+        assert max(accepts.sizes) > 1 and max(sends.sizes) > 1
+        assert (accepts.failures, sends.failures) == (0, 0)
+        assert sent == [True] * len(peers) * 8
+        assert await store.inbox.pending_count() == len(peers) * 9
