@@ -22,12 +22,16 @@ store test on memory, SQLite and PostgreSQL. What is PostgreSQL's own:
   (dedupe record, message id, inbox entry in one statement); an existing record
   is read `FOR UPDATE` and decided by `decide_begin`, so two hosts never both
   process one delivery;
-- group commit is the server's: concurrent transactions on the pool's
-  connections share WAL flushes. Client-side batching (several calls in one
-  transaction, as the SQLite store does) would hold each call's conversation
-  locks until the shared commit, and two hosts' batches taking them in different
-  orders deadlock; every multi-lock transaction here takes its locks in one
-  global order instead (the inbox conversation, then the outbox ones sorted);
+- group commit: a commit is an fsync, so the per-message writes (`accept_event`,
+  `finish_inbound`, `mark_sent`) share transactions (`Database.grouped`): while
+  one group's transaction is in flight, the calls arriving meanwhile gather into
+  the next. A group takes every conversation lock its calls need in one
+  statement, in one global order (the locks' keys sorted), before any of its
+  work, so two hosts' groups never wait for each other in a cycle; every
+  transaction that takes more than one conversation lock goes that way. Nobody
+  returns before its own commit; when a group fails, nothing of it was
+  committed and each call runs again alone, so only a call that fails by itself
+  fails its caller;
 - notices: `LISTEN`/`NOTIFY` wake other hosts when leases or the plugin registry
   change (they also poll, so a lost notice only delays).
 """
@@ -119,6 +123,7 @@ OPERATION_TIMEOUT = 60.0  # one store call, end to end
 STATEMENT_TIMEOUT_MS = 30_000
 NOTICE_PREFIX = "channel_runtime_"
 MIGRATION_LOCK = 0x43524D49  # advisory lock key: hosts starting together migrate one at a time
+GROUP_MAX = 64  # calls sharing one transaction at most (bounds its locks and its length)
 
 # MIGRATIONS[n] takes the schema from version n to n + 1; append, never edit a released one.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -361,6 +366,73 @@ def notify_sql(topic: str) -> str:
 # ---------------------------------------------------------------- the database
 
 
+class Locks(msgspec.Struct, frozen=True):
+    """The conversation locks one grouped call needs (see `_LOCKS_SQL`)."""
+
+    names: tuple[str, ...] = ()  # `table<US>channel<US>conversation` (the text `_CONVERSATION_KEY` hashes)
+    # or `peers<US>channel<US>peer`
+    inbox: tuple[int, ...] = ()  # inbox entries whose conversation is locked
+    outbox: tuple[int, ...] = ()  # outbox entries whose conversation and peer are locked
+
+
+def lock_name(table: str, channel_id: str, conversation: str) -> str:
+    return f"{table}\x1f{channel_id}\x1f{conversation}"
+
+
+# every lock of a group (or of one multi-lock call) in one statement, in the keys' order: PostgreSQL
+# evaluates the volatile lock function above the sort, so the locks are taken in that order. Besides the
+# conversations, a group writing `peers` rows (accepts, sends) locks each peer first: the rows of two
+# groups are then never taken in crossing orders
+_LOCKS_SQL = (
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(x, 0) AS k FROM unnest(%(names)s::text[]) AS x"
+    " UNION SELECT hashtextextended('inbox' || chr(31) || channel_id || chr(31) || conversation, 0)"
+    " FROM inbox WHERE id = ANY(%(inbox)s::bigint[])"
+    " UNION SELECT hashtextextended('outbox' || chr(31) || channel_id || chr(31) || conversation, 0)"
+    " FROM outbox WHERE id = ANY(%(outbox)s::bigint[])"
+    " UNION SELECT hashtextextended('peers' || chr(31) || channel_id || chr(31) || peer_id, 0)"
+    " FROM outbox WHERE id = ANY(%(outbox)s::bigint[])) AS keys ORDER BY k"
+)
+
+
+async def take_locks(conn: Conn, locks: Sequence[Locks]) -> None:
+    await conn.execute(
+        _LOCKS_SQL,
+        {
+            "names": sorted({n for lock in locks for n in lock.names}),
+            "inbox": sorted({i for lock in locks for i in lock.inbox}),
+            "outbox": sorted({i for lock in locks for i in lock.outbox}),
+        },
+    )
+
+
+class _Call:
+    """One `Database.grouped` call waiting for (or leading) its shared transaction."""
+
+    def __init__(
+        self,
+        work: Callable[[Conn], Awaitable[Any]],
+        locks: Locks,
+        recover: Callable[[Conn, Exception], Awaitable[None]] | None,
+    ) -> None:
+        self.work = work
+        self.locks = locks
+        self.recover = recover
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lead = False  # this caller runs the next group
+        self.wake = anyio.Event()  # finished, or asked to lead
+
+
+class Group:
+    """The calls of one kind gathering for a shared transaction; one such transaction runs at a time."""
+
+    def __init__(self) -> None:
+        self.waiting: list[_Call] = []
+        self.busy = False
+        self.sizes: list[int] = []  # how many calls each transaction carried (the last few, for tests and benches)
+        self.failures = 0  # shared transactions that failed (their calls then ran alone)
+
+
 class Database:
     """A connection pool with the migrations, transactions and group commit of one PostgreSQL database."""
 
@@ -416,6 +488,12 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             return await work(conn)
 
+    async def run_pipelined(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`run` in pipeline mode: statements whose results `work` does not read yet (BEGIN, locks, ...)
+        travel with the next one it reads, so the transaction costs fewer round trips (and wake-ups)."""
+        async with self.connection() as conn, conn.pipeline(), conn.transaction():
+            return await work(conn)
+
     async def run_or_recover(
         self, work: Callable[[Conn], Awaitable[T]], recover: Callable[[Conn, Exception], Awaitable[None]]
     ) -> T:
@@ -423,10 +501,94 @@ class Database:
         try:
             return await self.run(work)
         except Exception as exc:
+            await self._record_failure(recover, exc)
+            raise
+
+    async def _record_failure(self, recover: Callable[[Conn, Exception], Awaitable[None]], exc: Exception) -> None:
+        try:
+            await self.run(functools.partial(_recover_alone, recover, error=exc))
+        except Exception:
+            log.exception("recording a failed store operation failed")
+
+    async def grouped(
+        self,
+        group: Group,
+        work: Callable[[Conn], Awaitable[T]],
+        locks: Locks,
+        recover: Callable[[Conn, Exception], Awaitable[None]] | None = None,
+    ) -> T:
+        """`work(conn)` after `locks`, in a transaction shared with the calls of `group` gathered meanwhile.
+
+        Group commit: the first caller runs a transaction at once; the calls that
+        arrive while it is in flight wait and then share the next one (led by the
+        first of them), so under load one fsync carries many calls. `work` must
+        not take conversation locks itself: the group takes all of them first,
+        in one order. A caller returns only after the commit that carries its
+        work. When a shared transaction fails, it committed nothing, and each of
+        its calls runs again alone (`run_or_recover`): only a call that fails by
+        itself fails its caller, and `recover` records that failure.
+        """
+        call = _Call(work, locks, recover)
+        with anyio.CancelScope(shield=True):  # a cancelled caller must not leave its group without a leader
+            group.waiting.append(call)
+            if group.busy:
+                await call.wake.wait()
+            else:
+                group.busy = True
+                call.lead = True
+                await anyio.sleep(0)  # one loop turn: the callers woken with this one (the last group's) join
+            if call.lead:
+                batch, group.waiting = group.waiting[:GROUP_MAX], group.waiting[GROUP_MAX:]
+                try:
+                    await self._run_group(group, batch)
+                finally:
+                    for other in batch:
+                        other.wake.set()
+                    if group.waiting:  # hand over: the first caller waiting leads the next transaction
+                        group.waiting[0].lead = True
+                        group.waiting[0].wake.set()
+                    else:
+                        group.busy = False
+        if call.error is not None:
+            raise call.error
+        result: T = call.result
+        return result
+
+    async def _run_group(self, group: Group, batch: list[_Call]) -> None:
+        group.sizes = [*group.sizes[-99:], len(batch)]
+        if len(batch) > 1:
             try:
-                await self.run(functools.partial(_recover_alone, recover, error=exc))
-            except Exception:
-                log.exception("recording a failed store operation failed")
+                async with self.connection() as conn, conn.pipeline(), conn.transaction():
+                    await take_locks(conn, [call.locks for call in batch])
+                    results = [await call.work(conn) for call in batch]
+            except Exception as exc:
+                group.failures += 1
+                log.debug("a group of %d store calls failed (%s); each runs again alone", len(batch), exc)
+            except BaseException as exc:
+                for call in batch:
+                    call.error = exc
+                raise
+            else:
+                for call, result in zip(batch, results, strict=True):
+                    call.result = result
+                return
+        for call in batch:  # nothing of the group was committed
+            try:
+                call.result = await self._alone(call)
+            except Exception as exc:
+                call.error = exc
+
+    async def _alone(self, call: _Call) -> Any:
+        async def work(conn: Conn) -> Any:
+            await take_locks(conn, [call.locks])
+            return await call.work(conn)
+
+        if call.recover is None:
+            return await self.run_pipelined(work)
+        try:
+            return await self.run_pipelined(work)
+        except Exception as exc:
+            await self._record_failure(call.recover, exc)
             raise
 
     async def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
@@ -690,15 +852,16 @@ class _Queue:
             " attempts = attempts + 1, updated_at = %(now)s"
         )
         self.of_channels = "(%(channels)s::text[] IS NULL OR channel_id = ANY(%(channels)s::text[]))"
-        # two index walks: claims whose holder vanished (rare), then due heads, earliest first
-        self._claim_lapsed = (
-            f"{claim} WHERE id IN (SELECT id FROM {t} WHERE status = 'claimed' AND claimed_until <= %(now)s"
-            f" AND {self.of_channels} ORDER BY claimed_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING *"
-        )
-        self._claim_due = (
-            f"{claim} WHERE id IN (SELECT id FROM {t} WHERE head AND status = 'pending' AND next_attempt_at <= %(now)s"
-            f" AND {self.of_channels} ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            " RETURNING *"
+        # one statement, two index walks: claims whose holder vanished (rare), then due heads, earliest
+        # first, as many as the first left room for (the two walk disjoint rows: claimed, pending)
+        self._claim = (
+            f"WITH lapsed AS ({claim} WHERE id IN (SELECT id FROM {t} WHERE status = 'claimed'"
+            f" AND claimed_until <= %(now)s AND {self.of_channels} ORDER BY claimed_until LIMIT %(limit)s"
+            " FOR UPDATE SKIP LOCKED) RETURNING *),"
+            f" due AS ({claim} WHERE id IN (SELECT id FROM {t} WHERE head AND status = 'pending'"
+            f" AND next_attempt_at <= %(now)s AND {self.of_channels} ORDER BY next_attempt_at, id"
+            " LIMIT greatest(%(limit)s - (SELECT count(*) FROM lapsed), 0) FOR UPDATE SKIP LOCKED) RETURNING *)"
+            " SELECT * FROM lapsed UNION ALL SELECT * FROM due"
         )
         # after the entry's own change: the next live entry of its conversation becomes the head
         self._promote = (
@@ -719,8 +882,10 @@ class _Queue:
         now: float,
         *,
         unique: bool,
+        locked: bool = False,
     ) -> int | None:
-        """Insert a pending entry; its id, or None when `unique` and `key` is already known."""
+        """Insert a pending entry; its id, or None when `unique` and `key` is already known.
+        `locked`: the caller holds the conversation's lock already."""
         params = {
             "channel": channel_id,
             "conversation": conversation,
@@ -729,7 +894,8 @@ class _Queue:
             "peer": peer_id,
             "now": now,
         }
-        await conn.execute(self.lock_sql, params)
+        if not locked:
+            await conn.execute(self.lock_sql, params)
         conflict = " ON CONFLICT (item_key) DO NOTHING" if unique else ""
         cur = await conn.execute(
             f"INSERT INTO {self.table} ({self.insert_columns}) VALUES ({self.insert_values}){conflict} RETURNING id",
@@ -753,12 +919,7 @@ class _Queue:
             due = await self.next_due(channels)
             if due is None or due > now:
                 return []
-        async with self.db.connection() as conn:
-            cur = await conn.execute(self._claim_lapsed, params)
-            claimed = await cur.fetchall()
-            if len(claimed) < limit:
-                cur = await conn.execute(self._claim_due, {**params, "limit": limit - len(claimed)})
-                claimed += await cur.fetchall()
+        claimed = await self.db.all(self._claim, params)
         self._idle = not claimed
         return sorted(claimed, key=lambda r: r["id"])
 
@@ -787,12 +948,17 @@ class _Queue:
             (self.clock.time() + lease, owner),
         )
 
-    async def finish_in(self, conn: Conn, entry_id: int, change: str, params: dict[str, Any]) -> bool:
+    async def finish_in(
+        self, conn: Conn, entry_id: int, change: str, params: dict[str, Any], *, locked: bool = False, also: str = ""
+    ) -> bool:
         """End a live entry (`change`: a DELETE or an UPDATE ... of `%(id)s` RETURNING its conversation)
-        and hand its conversation's head on; False when it is unknown or already finished."""
-        await conn.execute(self.lock_entry_sql, (entry_id,))
+        and hand its conversation's head on; False when it is unknown or already finished.
+        `locked`: the caller holds the conversation's lock; `also`: more CTEs of the same statement,
+        reading `done` (so they act only when the entry was live)."""
+        if not locked:
+            await conn.execute(self.lock_entry_sql, (entry_id,))
         cur = await conn.execute(
-            f"WITH done AS ({change}), {self._promote} SELECT count(*) AS n FROM done",
+            f"WITH done AS ({change}), {self._promote}{also} SELECT count(*) AS n FROM done",
             {**params, "id": entry_id},
         )
         row = await cur.fetchone()
@@ -889,11 +1055,12 @@ class PgInbox(InboxStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "inbox", lease)
         q = self._queue
-        # runtime dedupe and the entry in one statement: no entry when the message id was seen
+        # runtime dedupe, the entry and `record_inbound` in one statement: nothing when the message id was seen
         self.commit_sql = (
             "WITH seen AS (INSERT INTO message_dedupe (channel_id, message_id, seen_at)"
-            " VALUES (%(channel)s, %(key)s, %(now)s) ON CONFLICT DO NOTHING RETURNING 1)"
-            f" INSERT INTO inbox ({q.insert_columns}) SELECT {q.insert_values} FROM seen RETURNING id"
+            " VALUES (%(channel)s, %(key)s, %(now)s) ON CONFLICT DO NOTHING RETURNING 1),"
+            f" i AS (INSERT INTO inbox ({q.insert_columns}) SELECT {q.insert_values} FROM seen RETURNING id)"
+            f"{INBOUND_CTES} SELECT id FROM i"
         )
 
     @staticmethod
@@ -913,7 +1080,7 @@ class PgInbox(InboxStore):
             updated_at=now,
         )
 
-    def params(self, message: InboundMessage, payload: str, now: float) -> dict[str, Any]:
+    def params(self, message: InboundMessage, payload: str, now: float, window: bool = True) -> dict[str, Any]:
         return {
             "channel": message.channel_id,
             "conversation": message.session_id,
@@ -921,25 +1088,31 @@ class PgInbox(InboxStore):
             "payload": payload,
             "peer": message.peer_id,
             "now": now,
+            "window": window,
         }
 
     async def commit_in(
-        self, conn: Conn, message: InboundMessage, payload: str, now: float, window: bool = True
+        self,
+        conn: Conn,
+        message: InboundMessage,
+        payload: str,
+        now: float,
+        window: bool = True,
+        *,
+        locked: bool = False,
     ) -> InboxEntry | None:
-        """`commit` inside the caller's transaction."""
-        params = self.params(message, payload, now)
-        await conn.execute(self._queue.lock_sql, params)
+        """`commit` inside the caller's transaction (`locked`: holding the conversation's lock already)."""
+        params = self.params(message, payload, now, window)
+        if not locked:
+            await conn.execute(self._queue.lock_sql, params)
         cur = await conn.execute(self.commit_sql, params)
         row = await cur.fetchone()
-        if row is None:
-            return None
-        await record_inbound(conn, message.channel_id, message.peer_id, now, window)
-        return self.entry(message, int(row["id"]), now)
+        return None if row is None else self.entry(message, int(row["id"]), now)
 
-    async def ack_in(self, conn: Conn, entry_id: int) -> bool:
+    async def ack_in(self, conn: Conn, entry_id: int, *, locked: bool = False) -> bool:
         """`ack` inside the caller's transaction."""
         change = f"DELETE FROM inbox WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation"
-        return await self._queue.finish_in(conn, entry_id, change, {})
+        return await self._queue.finish_in(conn, entry_id, change, {}, locked=locked)
 
     async def commit(self, message: InboundMessage, *, window: bool = True) -> InboxEntry | None:
         q = self._queue
@@ -1011,22 +1184,17 @@ def _filters(channel_id: str | None, peer_id: str | None) -> tuple[list[str], di
     return where, params
 
 
-async def record_inbound(conn: Conn, channel_id: str, peer_id: str, now: float, window: bool = True) -> None:
-    """The peer wrote: its deliveries deferred for it are due now, and (`window`) its reply window opens afresh."""
-    params = {"channel": channel_id, "peer": peer_id, "now": now}
-    if window:  # a channel without a reply window never reads it: no write on its hot path
-        await conn.execute(
-            "INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed)"
-            " VALUES (%(channel)s, %(peer)s, %(now)s, 0, false) ON CONFLICT (channel_id, peer_id)"
-            " DO UPDATE SET last_inbound_at = excluded.last_inbound_at, replies = 0, closed = false",
-            params,
-        )
-    await conn.execute(
-        "UPDATE outbox SET defer_reason = NULL, next_attempt_at = %(now)s, updated_at = %(now)s"
-        " WHERE channel_id = %(channel)s AND defer_reason = 'reply_window' AND peer_id = %(peer)s"
-        " AND status = 'pending'",
-        params,
-    )
+# `record_inbound` as CTEs after `i` (the inbox insert, RETURNING id): when an entry was written, the peer
+# wrote, so its deliveries deferred for it are due now, and (`%(window)s`) its reply window opens afresh
+# (a channel without a reply window never reads it: no write on its hot path)
+INBOUND_CTES = (
+    ", p AS (INSERT INTO peers (channel_id, peer_id, last_inbound_at, replies, closed)"
+    " SELECT %(channel)s, %(peer)s, %(now)s, 0, false FROM i WHERE %(window)s ON CONFLICT (channel_id, peer_id)"
+    " DO UPDATE SET last_inbound_at = excluded.last_inbound_at, replies = 0, closed = false)"
+    ", o AS (UPDATE outbox SET defer_reason = NULL, next_attempt_at = %(now)s, updated_at = %(now)s"
+    " WHERE EXISTS (SELECT 1 FROM i) AND channel_id = %(channel)s AND defer_reason = 'reply_window'"
+    " AND peer_id = %(peer)s AND status = 'pending')"
+)
 
 
 # the public states of SPEC 6.4 over the stored columns (as in the SQLite backend)
@@ -1048,6 +1216,7 @@ _PeerCalls = list[PeerCall]  # named before the class whose `list` method shadow
 class PgOutbox(OutboxStore):
     def __init__(self, db: Database, clock: Clock, *, lease: float = DEFAULT_LEASE) -> None:
         self._queue = _Queue(db, clock, "outbox", lease)
+        self._sent = Group()
 
     async def enqueue_in(
         self,
@@ -1058,8 +1227,10 @@ class PgOutbox(OutboxStore):
         conversation: str | None,
         peer_id: str | None,
         now: float,
+        *,
+        locked: bool = False,
     ) -> int | None:
-        """`enqueue` inside the caller's transaction."""
+        """`enqueue` inside the caller's transaction (`locked`: holding the conversation's lock already)."""
         return await self._queue.add(
             conn,
             channel_id,
@@ -1069,6 +1240,7 @@ class PgOutbox(OutboxStore):
             payload_peer_id(payload) if peer_id is None else peer_id,
             now,
             unique=True,
+            locked=locked,
         )
 
     async def enqueue(
@@ -1119,21 +1291,19 @@ class PgOutbox(OutboxStore):
         change = (
             "UPDATE outbox SET status = 'sent', result = %(result)s, provider_message_id = %(provider)s,"
             " sent_at = %(now)s, defer_reason = NULL, head = false, claimed_until = NULL, claimed_by = NULL,"
-            f" updated_at = %(now)s{_ATTEMPT} WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation"
+            f" updated_at = %(now)s{_ATTEMPT} WHERE id = %(id)s AND {_LIVE} RETURNING channel_id, conversation, peer_id"
+        )
+        # one more reply in the peer's window (maxRepliesPerInbound), in the same statement
+        replies = (
+            ", replied AS (UPDATE peers SET replies = replies + 1 FROM done"
+            " WHERE peers.channel_id = done.channel_id AND peers.peer_id = done.peer_id)"
         )
 
         async def sent(conn: Conn) -> bool:
-            if not await q.finish_in(conn, entry_id, change, params):
-                return False
-            # one more reply in the peer's window (maxRepliesPerInbound), in the same transaction
-            await conn.execute(
-                "UPDATE peers SET replies = replies + 1 FROM outbox"
-                " WHERE outbox.id = %s AND peers.channel_id = outbox.channel_id AND peers.peer_id = outbox.peer_id",
-                (entry_id,),
-            )
-            return True
+            return await q.finish_in(conn, entry_id, change, params, locked=True, also=replies)
 
-        return await q.db.run(sent)
+        # the dispatcher's deliveries finish together: they share a commit
+        return await q.db.grouped(self._sent, sent, Locks(outbox=(entry_id,)))
 
     async def retry(self, entry_id: int, error: str, delay: float, *, attempted_at: float | None = None) -> bool:
         return await self._queue.retry(entry_id, error, delay, _ATTEMPT, {"attempted": attempted_at})
@@ -1300,7 +1470,8 @@ class PgOutbox(OutboxStore):
 
 
 class PgPipeline(PipelineStore):
-    """Each call one transaction; when `accept_event` fails, its failure is recorded in one of its own."""
+    """Each call all or nothing in one transaction, shared with concurrent calls of its kind (group commit,
+    see the module doc); when `accept_event` fails, its failure is recorded in one of its own."""
 
     def __init__(self, db: Database, clock: Clock, dedupe: PgBridgeDedupe, inbox: PgInbox, outbox: PgOutbox) -> None:
         self._db = db
@@ -1308,15 +1479,18 @@ class PgPipeline(PipelineStore):
         self._dedupe = dedupe
         self._inbox = inbox
         self._outbox = outbox
+        self._accepts = Group()
+        self._finishes = Group()
         q = inbox._queue
-        # a new event: its dedupe record (already `completed`), its message id and its entry in one statement
+        # a new event: its dedupe record (already `completed`), its message id, its entry and
+        # `record_inbound` in one statement
         self._accept_new = (
             f"WITH d AS (INSERT INTO bridge_dedupe ({_DEDUPE_COLUMNS}) VALUES ({_DEDUPE_VALUES})"
             " ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1),"
             " seen AS (INSERT INTO message_dedupe (channel_id, message_id, seen_at)"
             " SELECT %(channel)s, %(key)s, %(now)s FROM d ON CONFLICT DO NOTHING RETURNING 1),"
             f" i AS (INSERT INTO inbox ({q.insert_columns}) SELECT {q.insert_values} FROM seen RETURNING id)"
-            " SELECT (SELECT count(*) FROM d) AS inserted, (SELECT id FROM i) AS entry_id"
+            f"{INBOUND_CTES} SELECT (SELECT count(*) FROM d) AS inserted, (SELECT id FROM i) AS entry_id"
         )
 
     async def accept_event(
@@ -1328,14 +1502,14 @@ class PgPipeline(PipelineStore):
 
         async def accept(conn: Conn) -> tuple[BeginResult, InboxEntry | None]:
             nonlocal existing, begun
+            existing = begun = None  # each attempt (in a group, then alone) decides afresh
             now = self._clock.time()
             try:
                 payload: str | None = _json(message)
                 encode_error: Exception | None = None
             except (TypeError, ValueError, msgspec.EncodeError) as exc:
                 payload, encode_error = None, exc  # raised where the inbox insert would fail
-            params = self._inbox.params(message, payload or "", now)
-            await conn.execute(self._inbox._queue.lock_sql, params)  # one lock order
+            params = self._inbox.params(message, payload or "", now, window)
             if payload is not None:
                 _, fresh, _ = decide_begin(
                     None,
@@ -1353,7 +1527,6 @@ class PgPipeline(PipelineStore):
                     entry_id = row["entry_id"]
                     if entry_id is None:
                         return BeginResult(outcome="new", record=done), None
-                    await record_inbound(conn, message.channel_id, message.peer_id, now, window)
                     return BeginResult(outcome="new", record=done), self._inbox.entry(message, int(entry_id), now)
             # the key is known: decide from the record as it is now, and hold it
             existing = await _get_dedupe(conn, key, for_update=True)
@@ -1371,7 +1544,7 @@ class PgPipeline(PipelineStore):
             if encode_error is not None:
                 raise encode_error
             assert payload is not None
-            entry = await self._inbox.commit_in(conn, message, payload, now, window)
+            entry = await self._inbox.commit_in(conn, message, payload, now, window, locked=True)
             record = msgspec.structs.replace(record, status="completed", last_error=None)
             await _put_dedupe(conn, record)
             return BeginResult(outcome=outcome, record=record), entry
@@ -1389,34 +1562,37 @@ class PgPipeline(PipelineStore):
                     ),
                 )
 
-        return await self._db.run_or_recover(accept, record_failure)
+        locks = Locks(
+            names=(
+                lock_name("inbox", message.channel_id, message.session_id),
+                lock_name("peers", message.channel_id, message.peer_id),
+            )
+        )
+        return await self._db.grouped(self._accepts, accept, locks, record_failure)
 
     async def finish_inbound(self, entry_id: int, deliveries: Sequence[Delivery]) -> list[bool] | None:
-        # the outbox conversations' locks in one order everywhere: two hosts never wait for each other in a cycle
-        order = sorted(
-            range(len(deliveries)),
-            key=lambda i: (
-                deliveries[i].channel_id,
-                deliveries[i].conversation or outbox_conversation(deliveries[i].request_id),
+        # the entry's conversation and the replies' ones, taken together in the one global order
+        locks = Locks(
+            names=tuple(
+                lock_name("outbox", d.channel_id, d.conversation or outbox_conversation(d.request_id))
+                for d in deliveries
             ),
+            inbox=(entry_id,),
         )
 
         async def finish(conn: Conn) -> list[bool] | None:
-            if not await self._inbox.ack_in(conn, entry_id):
+            if not await self._inbox.ack_in(conn, entry_id, locked=True):
                 return None
             now = self._clock.time()
-            enqueued = [False] * len(deliveries)
-            for i in order:
-                d = deliveries[i]
-                enqueued[i] = (
-                    await self._outbox.enqueue_in(
-                        conn, d.channel_id, d.request_id, d.payload, d.conversation, d.peer_id, now
-                    )
-                    is not None
+            return [
+                await self._outbox.enqueue_in(
+                    conn, d.channel_id, d.request_id, d.payload, d.conversation, d.peer_id, now, locked=True
                 )
-            return enqueued
+                is not None
+                for d in deliveries
+            ]
 
-        return await self._db.run(finish)
+        return await self._db.grouped(self._finishes, finish, locks)
 
 
 # ---------------------------------------------------------------- connections and sessions
@@ -1642,6 +1818,19 @@ class PgKeyValue(KeyValueStore):
         return await self._db.execute("DELETE FROM kv WHERE key = %s", (key,)) > 0
 
 
+# a value for a key that exists, after the fence (`check_fence`'s rule, spelled in SQL: the lease is held by the
+# fence's node at no newer epoch than the fence's); the lease as read (FOR SHARE: unchanged until the write
+# commits) and whether the value was written
+_STATE_UPDATE = (
+    "WITH lease AS (SELECT * FROM connection_leases WHERE %(fenced)s AND connection_id = %(connection)s FOR SHARE),"
+    " written AS (UPDATE plugin_state SET value = %(value)s, updated_at = %(now)s"
+    " WHERE plugin_id = %(plugin)s AND scope = %(scope)s AND key = %(key)s AND (NOT %(fenced)s OR EXISTS"
+    " (SELECT 1 FROM lease WHERE node_id = %(node)s AND (%(epoch)s::bigint IS NULL OR %(epoch)s::bigint >= epoch)))"
+    " RETURNING 1)"
+    " SELECT (SELECT count(*) FROM written) AS updated, lease.* FROM (SELECT 1) AS one LEFT JOIN lease ON true"
+)
+
+
 class PgPluginState(PluginStateStore):
     def __init__(
         self,
@@ -1675,9 +1864,32 @@ class PgPluginState(PluginStateStore):
             )
         now = self._clock.time()
         ids = (plugin_id, scope, key)
+        fenced = fence is not None and bool(connection_id)
+        if text is not None:
+            # the common write, a key that exists: one statement, no transaction of its own
+            row = await self._db.one(
+                _STATE_UPDATE,
+                {
+                    "fenced": fenced,
+                    "connection": connection_id,
+                    "node": fence.node_id if fence is not None else None,
+                    "epoch": fence.epoch if fence is not None else None,
+                    "value": text,
+                    "now": now,
+                    "plugin": plugin_id,
+                    "scope": scope,
+                    "key": key,
+                },
+            )
+            assert row is not None
+            if fence is not None and connection_id:
+                # the decision and its error: the statement refused the write by the same rule
+                check_fence(None if row["connection_id"] is None else rows.lease(row), fence, connection_id)
+            if row["updated"]:
+                return
 
         async def write(conn: Conn) -> None:
-            if fence is not None and connection_id:
+            if fenced and fence is not None and connection_id:
                 check_fence(await _get_lease(conn, connection_id), fence, connection_id)
             if text is None:
                 cur = await conn.execute(

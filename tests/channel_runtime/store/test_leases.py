@@ -87,6 +87,7 @@ async def test_state_writes_carry_the_fence_and_a_stale_owner_is_refused(url: st
         assert info.value.epoch == moved.epoch
         with pytest.raises(FencedError):  # the new owner with the old epoch: a stale writer on its side
             await state.put("weixin", cid, "cursor", 2, fence=LeaseFence("node-b", lease.epoch))
+        assert await state.get("weixin", cid, "cursor") == 1  # the refused writes changed nothing
         await state.put("weixin", cid, "cursor", 3, fence=LeaseFence("node-b", moved.epoch))
         assert await state.get("weixin", cid, "cursor") == 3
         with pytest.raises(FencedError):
