@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 from plugin_host.clock import Clock, SystemClock
 from plugin_host.redact import redact
 
-from .bridge_http import BridgeConnection, BridgeError, target
+from .bridge_http import BridgeClient, BridgeError
 from .queues import QueueWorker, backoff_delay, retry_after_answer
 from .store import ForwardEntry, Store
 from .store.base import RETRY_AFTER_SECONDS
@@ -56,7 +56,7 @@ class ForwarderStats:
 
 
 class _Answer(Protocol):
-    """What the forwarder reads of an answer: `httpx.Response` and `BridgeAnswer` both have it."""
+    """What the forwarder reads of an answer: `httpx.Response` and `bridge_http.BridgeAnswer` both have it."""
 
     @property
     def status_code(self) -> int: ...
@@ -74,7 +74,7 @@ class _Slot(Protocol):
 
 
 class _HttpxSlot:
-    """A slot on httpx: for an injected transport, a proxy, or a URL `bridge_http` does not cover."""
+    """A slot on httpx: for an injected transport (the tests' in-process application)."""
 
     def __init__(self, client: httpx.AsyncClient, url: str) -> None:
         self._client = client
@@ -137,24 +137,22 @@ class Forwarder:
             task_status.started()
             return
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
-        # one connection per delivery slot: a shared pool looks at every connection on each request
-        tls = ssl.create_default_context()  # one for all the slots (each would build its own)
-        lean = target(self.url, headers) if self._transport is None else None
+        tls = ssl.create_default_context()  # one for all the connections (each would build its own)
         async with contextlib.AsyncExitStack() as stack:
-            for _ in range(self._concurrency):
-                if lean is not None:
-                    connection = BridgeConnection(lean, timeout=self._timeout, tls=tls)
-                    stack.callback(connection.close)
-                    self._slots.append(connection)
-                    continue
-                client = httpx.AsyncClient(
+            if self._transport is None:  # aiohttp, one keep-alive connection per delivery slot
+                client = BridgeClient(self.url, headers, timeout=self._timeout, connections=self._concurrency, tls=tls)
+                self._slots.extend([await stack.enter_async_context(client)] * self._concurrency)
+            for _ in range(self._concurrency if self._transport is not None else 0):
+                # an injected transport (tests): httpx, one client per slot (a shared pool looks at
+                # every connection on each request)
+                httpx_client = httpx.AsyncClient(
                     headers=headers,
                     timeout=self._timeout,
                     verify=tls,
                     transport=self._transport,
                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                 )
-                self._slots.append(_HttpxSlot(await stack.enter_async_context(client), self.url))
+                self._slots.append(_HttpxSlot(await stack.enter_async_context(httpx_client), self.url))
             try:
                 await self._worker.run(task_status=task_status)
             finally:
