@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +388,22 @@ async def test_accepted_events_survive_a_restart_of_a_sqlite_runtime(tmp_path: P
 # ---------------------------------------------------------------- external sidecar channel
 
 
+@asynccontextmanager
+async def sidecar_stub(send: Callable[[Request], Awaitable[JSONResponse]]) -> AsyncIterator[int]:
+    """A real HTTP server on 127.0.0.1 whose `POST /send` is `send`; yields its port."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/send", send, methods=["POST"])]), port=port, log_level="warning")
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        await eventually(lambda: server.started)
+        try:
+            yield port
+        finally:
+            server.should_exit = True
+
+
 async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
     received: list[tuple[str, dict[str, Any]]] = []
 
@@ -396,13 +414,7 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
             return JSONResponse({"retryAfterSeconds": 0}, status_code=409)
         return JSONResponse({"providerMessageId": "side-1", "duplicate": False})
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(Starlette(routes=[Route("/send", send, methods=["POST"])]), port=port, log_level="warning")
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await eventually(lambda: server.started)
+    async with sidecar_stub(send) as port:
         async with fast_runtime() as rt:
             config = ChannelConfig(
                 kind="external_connector",
@@ -416,7 +428,6 @@ async def test_http_channel_sends_to_sidecar_with_token_and_retries_409():
             assert done.status == "sent" and done.provider_message_id == "side-1"
             assert done.attempts == 1  # the 409 waited without counting an attempt
             request_id = done.request_id
-        server.should_exit = True
     assert [auth for auth, _ in received] == ["Bearer sidecar-token-123"] * 2
     assert [body["requestId"] for _, body in received] == [request_id] * 2
     assert received[0][1]["target"]["peerId"] == "u9" and received[0][1]["kind"] == "sidecar"
@@ -453,13 +464,7 @@ async def test_http_channel_reads_the_sidecars_rpc_code_and_the_status():
             return script[calls[peer] - 1]
         return JSONResponse({"providerMessageId": f"pm-{peer}", "duplicate": False})
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(Starlette(routes=[Route("/send", send, methods=["POST"])]), port=port, log_level="warning")
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        await eventually(lambda: server.started)
+    async with sidecar_stub(send) as port:
         async with fast_runtime(delivery_attempts=3) as rt:
             config = ChannelConfig(kind="external_connector", config={"url": f"http://127.0.0.1:{port}"})
             ids = {}
@@ -470,7 +475,6 @@ async def test_http_channel_reads_the_sidecars_rpc_code_and_the_status():
                 await rt.wait_delivery(ids[peer], timeout=15)
             await eventually(lambda: all(calls.get(p) for p in SIDECAR_ANSWERS))
             views = {p: await rt.delivery(i) for p, i in ids.items()}
-        server.should_exit = True
     got = {p: (v.status, v.reason) for p, v in views.items() if v is not None}
     assert got == {
         "token": ("sent", None),
