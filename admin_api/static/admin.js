@@ -233,12 +233,15 @@
   window.addEventListener("hashchange", selectTab);
   document.addEventListener("visibilitychange", () => { if (!document.hidden && token()) scheduleRefresh("all"); });
   window.addEventListener("online", () => { if (token()) { wakeLive(); scheduleRefresh("all"); } });  // back: show it at once
+  // the browser knows it is offline before any stream notices: say so, and end the stream (it reconnects when back)
+  window.addEventListener("offline", () => { if (token()) { setLost(true); liveAbort.abort(); } });
 
   // ------------------------------------------------------------------ live updates
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   // the live loop's wait before it reconnects; the browser coming back online ends it at once
   let wakeLive = () => {};
+  let liveAbort = new AbortController();  // the live loop's current event stream
   const sleepUntilWoken = (ms) => new Promise((r) => {
     const timer = setTimeout(r, ms);
     wakeLive = () => { clearTimeout(timer); wakeLive = () => {}; r(); };
@@ -251,6 +254,7 @@
     while (gen === S.gen) {
       let res;
       const abort = new AbortController();
+      liveAbort = abort;
       try {
         const headers = { Authorization: "Bearer " + token(), Accept: "text/event-stream" };
         if (lastEventId) headers["Last-Event-ID"] = lastEventId;
